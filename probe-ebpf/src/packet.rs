@@ -1,0 +1,130 @@
+//! Packet header parsing for programs that see the packet's bytes (tc classifiers).
+//!
+//! Reads go through `bpf_skb_load_bytes` (`TcContext::load`), so every access is bounds-checked by
+//! the kernel and nothing here can read past the packet. A header that cannot be read leaves the
+//! fields that follow it zero and sets `TRUNCATED`.
+
+use aya_ebpf::programs::TcContext;
+use probe_common::{PacketInfo, family, packet_flags};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// Fills `out` from the packet. `l2_len` is 14 for Ethernet devices and 0 for devices whose
+/// packets start at the network header (tun, WireGuard).
+#[inline(always)]
+pub fn parse(ctx: &TcContext, l2_len: usize, out: &mut PacketInfo) {
+    out.len = ctx.len();
+    let (l3_proto, l3_off) = if l2_len == 0 {
+        // skb->protocol is big-endian in the low 16 bits.
+        (u16::from_be(ctx.skb.protocol() as u16), 0)
+    } else {
+        match ctx.load::<[u8; 2]>(12) {
+            Ok(b) => {
+                let ethertype = u16::from_be_bytes(b);
+                if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+                    match ctx.load::<[u8; 2]>(16) {
+                        Ok(inner) => (u16::from_be_bytes(inner), l2_len + 4),
+                        Err(_) => {
+                            out.flags |= packet_flags::TRUNCATED;
+                            return;
+                        }
+                    }
+                } else {
+                    (ethertype, l2_len)
+                }
+            }
+            Err(_) => {
+                out.flags |= packet_flags::TRUNCATED;
+                return;
+            }
+        }
+    };
+    out.l3_proto = l3_proto;
+    let l4_off = match l3_proto {
+        ETH_P_IP => parse_ipv4(ctx, l3_off, out),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3_off, out),
+        _ => None,
+    };
+    if let Some(l4_off) = l4_off {
+        parse_l4(ctx, l4_off, out);
+    }
+}
+
+/// Returns the transport header's offset, or None when there is no transport header to read.
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext, off: usize, out: &mut PacketInfo) -> Option<usize> {
+    let Ok(h) = ctx.load::<[u8; 20]>(off) else {
+        out.flags |= packet_flags::TRUNCATED;
+        return None;
+    };
+    out.family = family::IPV4;
+    out.l4_proto = h[9];
+    out.ip_id = u16::from_be_bytes([h[4], h[5]]);
+    out.saddr[..4].copy_from_slice(&h[12..16]);
+    out.daddr[..4].copy_from_slice(&h[16..20]);
+    let frag_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1FFF;
+    if frag_offset != 0 {
+        out.flags |= packet_flags::FRAGMENT;
+        return None;
+    }
+    let ihl = ((h[0] & 0x0F) as usize) * 4;
+    if ihl < 20 {
+        out.flags |= packet_flags::TRUNCATED;
+        return None;
+    }
+    Some(off + ihl)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &TcContext, off: usize, out: &mut PacketInfo) -> Option<usize> {
+    let Ok(h) = ctx.load::<[u8; 40]>(off) else {
+        out.flags |= packet_flags::TRUNCATED;
+        return None;
+    };
+    out.family = family::IPV6;
+    out.l4_proto = h[6];
+    out.saddr.copy_from_slice(&h[8..24]);
+    out.daddr.copy_from_slice(&h[24..40]);
+    // Extension headers are not walked: their transport fields stay zero.
+    Some(off + 40)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, off: usize, out: &mut PacketInfo) {
+    match out.l4_proto {
+        IPPROTO_TCP => match ctx.load::<[u8; 14]>(off) {
+            Ok(t) => {
+                out.sport = u16::from_be_bytes([t[0], t[1]]);
+                out.dport = u16::from_be_bytes([t[2], t[3]]);
+                out.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+                out.tcp_flags = t[13];
+            }
+            Err(_) => out.flags |= packet_flags::TRUNCATED,
+        },
+        IPPROTO_UDP => match ctx.load::<[u8; 4]>(off) {
+            Ok(u) => {
+                out.sport = u16::from_be_bytes([u[0], u[1]]);
+                out.dport = u16::from_be_bytes([u[2], u[3]]);
+            }
+            Err(_) => out.flags |= packet_flags::TRUNCATED,
+        },
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match ctx.load::<[u8; 8]>(off) {
+            Ok(i) => {
+                out.icmp_type = i[0];
+                out.icmp_code = i[1];
+                // Echo request/reply carry an identifier and a sequence number.
+                out.sport = u16::from_be_bytes([i[4], i[5]]);
+                out.dport = u16::from_be_bytes([i[6], i[7]]);
+            }
+            Err(_) => out.flags |= packet_flags::TRUNCATED,
+        },
+        _ => {}
+    }
+}

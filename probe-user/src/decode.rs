@@ -1,0 +1,378 @@
+//! Ring-buffer bytes → [`Event`]. Two steps: check the length against the kind the header names,
+//! then read each field at the offset probe-common's definition gives. Bytes are never cast to a
+//! struct, so a short, long or foreign buffer is an error, never undefined behaviour or a panic.
+
+use std::{
+    mem::{offset_of, size_of},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use probe_common::{EventHeader, PacketInfo, TcEvent, direction, family, kind, packet_flags};
+use thiserror::Error;
+
+use crate::event::{
+    Direction, Event, EventBody, IpHeader, L4Header, Packet, TcSighting, TcpFlags, Transport,
+};
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("event of {got} bytes is shorter than the {need}-byte header")]
+    ShortHeader { need: usize, got: usize },
+    #[error("unknown event kind {0}")]
+    UnknownKind(u16),
+    #[error("event of kind {kind} has {got} bytes, expected {expected}")]
+    WrongSize {
+        kind: u16,
+        expected: usize,
+        got: usize,
+    },
+    #[error("unknown tc direction {0}")]
+    BadDirection(u8),
+}
+
+/// Decodes one event exactly as a kernel program wrote it.
+pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
+    let header_len = size_of::<EventHeader>();
+    if buf.len() < header_len {
+        return Err(DecodeError::ShortHeader {
+            need: header_len,
+            got: buf.len(),
+        });
+    }
+    let header = Fields::new(buf, 0);
+    let event_kind = header.u16(offset_of!(EventHeader, kind));
+    let ts_ns = header.u64(offset_of!(EventHeader, ts_ns));
+    let cpu = header.u32(offset_of!(EventHeader, cpu));
+    let body = match event_kind {
+        kind::TC => EventBody::Tc(decode_tc(exact::<TcEvent>(buf, event_kind)?)?),
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    Ok(Event { ts_ns, cpu, body })
+}
+
+/// The buffer, if it has exactly the size of `T`.
+fn exact<T>(buf: &[u8], event_kind: u16) -> Result<Fields<'_>, DecodeError> {
+    if buf.len() != size_of::<T>() {
+        return Err(DecodeError::WrongSize {
+            kind: event_kind,
+            expected: size_of::<T>(),
+            got: buf.len(),
+        });
+    }
+    Ok(Fields::new(buf, 0))
+}
+
+fn decode_tc(f: Fields<'_>) -> Result<TcSighting, DecodeError> {
+    let dir = f.u8(offset_of!(TcEvent, direction));
+    let direction = match dir {
+        direction::INGRESS => Direction::Ingress,
+        direction::EGRESS => Direction::Egress,
+        other => return Err(DecodeError::BadDirection(other)),
+    };
+    Ok(TcSighting {
+        ifindex: f.u32(offset_of!(TcEvent, ifindex)),
+        direction,
+        netns_cookie: f.u64(offset_of!(TcEvent, netns_cookie)),
+        mark: f.u32(offset_of!(TcEvent, mark)),
+        packet: decode_packet(f.at(offset_of!(TcEvent, packet))),
+    })
+}
+
+fn decode_packet(p: Fields<'_>) -> Packet {
+    let flags = p.u8(offset_of!(PacketInfo, flags));
+    let fam = p.u8(offset_of!(PacketInfo, family));
+    let saddr = p.array::<16>(offset_of!(PacketInfo, saddr));
+    let daddr = p.array::<16>(offset_of!(PacketInfo, daddr));
+    let (src, dst) = match fam {
+        family::IPV4 => (
+            IpAddr::V4(Ipv4Addr::new(saddr[0], saddr[1], saddr[2], saddr[3])),
+            IpAddr::V4(Ipv4Addr::new(daddr[0], daddr[1], daddr[2], daddr[3])),
+        ),
+        family::IPV6 => (
+            IpAddr::V6(Ipv6Addr::from(saddr)),
+            IpAddr::V6(Ipv6Addr::from(daddr)),
+        ),
+        _ => (
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ),
+    };
+    let truncated = flags & packet_flags::TRUNCATED != 0;
+    let fragment = flags & packet_flags::FRAGMENT != 0;
+    let ip = (fam == family::IPV4 || fam == family::IPV6).then(|| {
+        let proto = Transport::from_number(p.u8(offset_of!(PacketInfo, l4_proto)));
+        let sport = p.u16(offset_of!(PacketInfo, sport));
+        let dport = p.u16(offset_of!(PacketInfo, dport));
+        // The kernel side leaves transport fields zero when it could not read them.
+        let l4 = if truncated || fragment {
+            None
+        } else {
+            match proto {
+                Transport::Tcp => Some(L4Header::Tcp {
+                    sport,
+                    dport,
+                    seq: p.u32(offset_of!(PacketInfo, tcp_seq)),
+                    tcp_flags: TcpFlags(p.u8(offset_of!(PacketInfo, tcp_flags))),
+                }),
+                Transport::Udp => Some(L4Header::Udp { sport, dport }),
+                Transport::Icmp | Transport::Icmpv6 => Some(L4Header::Icmp {
+                    icmp_type: p.u8(offset_of!(PacketInfo, icmp_type)),
+                    icmp_code: p.u8(offset_of!(PacketInfo, icmp_code)),
+                    icmp_id: sport,
+                    icmp_seq: dport,
+                }),
+                Transport::Other(_) => None,
+            }
+        };
+        IpHeader {
+            src,
+            dst,
+            proto,
+            ip_id: p.u16(offset_of!(PacketInfo, ip_id)),
+            fragment,
+            l4,
+        }
+    });
+    Packet {
+        ethertype: p.u16(offset_of!(PacketInfo, l3_proto)),
+        len: p.u32(offset_of!(PacketInfo, len)),
+        ip,
+        truncated,
+    }
+}
+
+/// Reads native-endian fields out of a buffer whose length has already been checked against the
+/// struct being read. Offsets come from `offset_of!` on that struct, so they are in bounds.
+#[derive(Clone, Copy)]
+struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8], base: usize) -> Self {
+        Self { buf: &buf[base..] }
+    }
+
+    fn at(self, base: usize) -> Self {
+        Self::new(self.buf, base)
+    }
+
+    fn array<const N: usize>(self, off: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.buf[off..off + N]);
+        out
+    }
+
+    fn u8(self, off: usize) -> u8 {
+        self.buf[off]
+    }
+
+    fn u16(self, off: usize) -> u16 {
+        u16::from_ne_bytes(self.array(off))
+    }
+
+    fn u32(self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.array(off))
+    }
+
+    fn u64(self, off: usize) -> u64 {
+        u64::from_ne_bytes(self.array(off))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serializes a probe-common struct into bytes the way the kernel writes it.
+    fn bytes_of<T: aya::Pod>(value: &T) -> Vec<u8> {
+        // SAFETY: T is Pod: plain integers and arrays with explicit padding.
+        unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn udp_event() -> TcEvent {
+        let mut packet = PacketInfo {
+            sport: 40000,
+            dport: 9000,
+            l3_proto: 0x0800,
+            l4_proto: 17,
+            family: family::IPV4,
+            ip_id: 0x1234,
+            len: 60,
+            ..Default::default()
+        };
+        packet.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        packet.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        TcEvent {
+            header: EventHeader {
+                ts_ns: 123_456_789,
+                kind: kind::TC,
+                flags: 0,
+                cpu: 1,
+            },
+            packet,
+            netns_cookie: 4096,
+            ifindex: 7,
+            mark: 0,
+            direction: direction::EGRESS,
+            _pad: [0; 7],
+        }
+    }
+
+    #[test]
+    fn decodes_a_udp_sighting() {
+        let event = decode(&bytes_of(&udp_event())).unwrap();
+        assert_eq!(event.ts_ns, 123_456_789);
+        assert_eq!(event.cpu, 1);
+        let EventBody::Tc(tc) = event.body;
+        assert_eq!(tc.ifindex, 7);
+        assert_eq!(tc.direction, Direction::Egress);
+        assert_eq!(tc.netns_cookie, 4096);
+        let ip = tc.packet.ip.unwrap();
+        assert_eq!(ip.src, "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ip.dst, "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(ip.proto, Transport::Udp);
+        assert_eq!(ip.ip_id, 0x1234);
+        assert_eq!(
+            ip.l4,
+            Some(L4Header::Udp {
+                sport: 40000,
+                dport: 9000
+            })
+        );
+        assert_eq!(tc.packet.len, 60);
+    }
+
+    #[test]
+    fn decodes_tcp_ipv6_with_flags() {
+        let mut ev = udp_event();
+        ev.direction = direction::INGRESS;
+        ev.packet.family = family::IPV6;
+        ev.packet.l3_proto = 0x86DD;
+        ev.packet.l4_proto = 6;
+        ev.packet.saddr = "fd00::1".parse::<Ipv6Addr>().unwrap().octets();
+        ev.packet.daddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        ev.packet.tcp_flags = TcpFlags::SYN | TcpFlags::ACK;
+        ev.packet.tcp_seq = 77;
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body;
+        assert_eq!(tc.direction, Direction::Ingress);
+        let ip = tc.packet.ip.unwrap();
+        assert_eq!(ip.dst, "fd00::2".parse::<IpAddr>().unwrap());
+        match ip.l4 {
+            Some(L4Header::Tcp { seq, tcp_flags, .. }) => {
+                assert_eq!(seq, 77);
+                assert_eq!(tcp_flags.to_string(), "S.");
+            }
+            other => panic!("expected TCP, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_icmp_echo_and_non_ip() {
+        let mut ev = udp_event();
+        ev.packet.l4_proto = 1;
+        ev.packet.icmp_type = 8;
+        ev.packet.sport = 5;
+        ev.packet.dport = 9;
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body;
+        assert_eq!(
+            tc.packet.ip.unwrap().l4,
+            Some(L4Header::Icmp {
+                icmp_type: 8,
+                icmp_code: 0,
+                icmp_id: 5,
+                icmp_seq: 9
+            })
+        );
+
+        let mut arp = udp_event();
+        arp.packet = PacketInfo {
+            l3_proto: 0x0806,
+            len: 42,
+            ..Default::default()
+        };
+        let EventBody::Tc(tc) = decode(&bytes_of(&arp)).unwrap().body;
+        assert_eq!(tc.packet.ip, None);
+        assert_eq!(tc.packet.ethertype, 0x0806);
+    }
+
+    #[test]
+    fn truncated_and_fragment_packets_have_no_transport_header() {
+        let mut ev = udp_event();
+        ev.packet.flags = packet_flags::TRUNCATED;
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body;
+        assert!(tc.packet.truncated);
+        assert_eq!(tc.packet.ip.unwrap().l4, None);
+
+        let mut ev = udp_event();
+        ev.packet.flags = packet_flags::FRAGMENT;
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body;
+        let ip = tc.packet.ip.unwrap();
+        assert!(ip.fragment);
+        assert_eq!(ip.l4, None);
+    }
+
+    #[test]
+    fn rejects_every_truncation_of_a_tc_event() {
+        let full = bytes_of(&udp_event());
+        for len in 0..full.len() {
+            let err = decode(&full[..len]).unwrap_err();
+            if len < size_of::<EventHeader>() {
+                assert_eq!(err, DecodeError::ShortHeader { need: 16, got: len });
+            } else {
+                assert_eq!(
+                    err,
+                    DecodeError::WrongSize {
+                        kind: kind::TC,
+                        expected: size_of::<TcEvent>(),
+                        got: len
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_oversized_and_unknown_events() {
+        let mut long = bytes_of(&udp_event());
+        long.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            decode(&long),
+            Err(DecodeError::WrongSize { got: 104, .. })
+        ));
+
+        let mut unknown = udp_event();
+        unknown.header.kind = 999;
+        assert_eq!(
+            decode(&bytes_of(&unknown)),
+            Err(DecodeError::UnknownKind(999))
+        );
+
+        let mut bad_dir = udp_event();
+        bad_dir.direction = 9;
+        assert_eq!(
+            decode(&bytes_of(&bad_dir)),
+            Err(DecodeError::BadDirection(9))
+        );
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic fuzz: every length up to two events, with varied contents.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for len in 0..2 * size_of::<TcEvent>() {
+            for _ in 0..64 {
+                let buf: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect();
+                let _ = decode(&buf);
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Decoded events: owned types that know nothing of eBPF, so a saved stream can be printed
+//! without the kernel programs. Produced by [`crate::decode`], consumed by renderers.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// One sighting from a kernel program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds at the sighting.
+    pub ts_ns: u64,
+    pub cpu: u32,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A packet seen by a tc classifier.
+    Tc(TcSighting),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TcSighting {
+    pub ifindex: u32,
+    pub direction: Direction,
+    /// Network namespace cookie; 0 when the kernel could not tell.
+    pub netns_cookie: u64,
+    pub mark: u32,
+    pub packet: Packet,
+}
+
+/// Transport protocol, by IP protocol number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+    /// Any other IP protocol number.
+    #[serde(untagged)]
+    Other(u8),
+}
+
+impl Transport {
+    pub fn from_number(n: u8) -> Self {
+        match n {
+            6 => Transport::Tcp,
+            17 => Transport::Udp,
+            1 => Transport::Icmp,
+            58 => Transport::Icmpv6,
+            other => Transport::Other(other),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tcp => f.write_str("tcp"),
+            Transport::Udp => f.write_str("udp"),
+            Transport::Icmp => f.write_str("icmp"),
+            Transport::Icmpv6 => f.write_str("icmpv6"),
+            Transport::Other(n) => write!(f, "proto-{n}"),
+        }
+    }
+}
+
+/// What was read of a packet's headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Packet {
+    /// EtherType, e.g. 0x0800 for IPv4.
+    pub ethertype: u16,
+    /// skb length at the observation point.
+    pub len: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpHeader>,
+    /// The headers were cut short: fields after the cut are absent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IpHeader {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub proto: Transport,
+    /// IPv4 identification; 0 for IPv6.
+    pub ip_id: u16,
+    /// A non-first IPv4 fragment: no transport header.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub fragment: bool,
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    pub l4: Option<L4Header>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum L4Header {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        tcp_flags: TcpFlags,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        icmp_type: u8,
+        icmp_code: u8,
+        /// Echo identifier and sequence (meaningful for echo request/reply only).
+        icmp_id: u16,
+        icmp_seq: u16,
+    },
+}
+
+/// TCP flags, rendered like tcpdump (`S`, `S.`, `P.`, `F.`, `R`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+impl std::fmt::Display for TcpFlags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::new();
+        for (bit, c) in [
+            (Self::SYN, 'S'),
+            (Self::FIN, 'F'),
+            (Self::RST, 'R'),
+            (Self::PSH, 'P'),
+            (Self::URG, 'U'),
+        ] {
+            if self.0 & bit != 0 {
+                s.push(c);
+            }
+        }
+        if self.0 & Self::ACK != 0 {
+            s.push('.');
+        }
+        if s.is_empty() {
+            s.push_str("none");
+        }
+        f.write_str(&s)
+    }
+}
+
+impl Serialize for TcpFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}

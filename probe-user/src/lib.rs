@@ -1,0 +1,15 @@
+//! probe: an eBPF datapath observer for container hosts.
+//!
+//! Data flows one way: kernel sighting → ring buffer → [`decode`] → [`event`] → [`render`].
+//! Loading and attaching live in [`ebpf`] and [`tc`]; [`trace`] ties them together.
+
+pub mod decode;
+pub mod ebpf;
+pub mod event;
+pub mod iface;
+pub mod netns;
+pub mod privileges;
+pub mod render;
+pub mod rtnl;
+pub mod tc;
+pub mod trace;

@@ -1,0 +1,158 @@
+//! The `probe` command line: parse arguments, set up logging, run a subcommand, and turn any
+//! error into one line on stderr and a non-zero exit status.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use probe::{netns, render::Format, tc::BackendChoice, trace};
+
+#[derive(Parser)]
+#[command(
+    name = "probe",
+    version,
+    about = "Where did my packet go on this host, and why? An eBPF datapath observer.",
+    long_about = "probe watches packets at the places that decide their fate on a container host \
+                  (tc on bridges, veths, tunnels and the uplink) and prints what it sees.",
+    after_help = "Examples:\n  \
+        sudo probe trace --iface docker0\n  \
+        sudo probe trace --iface veth1a2b3c,docker0 --json\n  \
+        sudo probe trace --netns lab-host --iface br0 --count 20"
+)]
+struct Cli {
+    /// More diagnostics on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every packet seen on the given interfaces, until Ctrl-C.
+    #[command(after_help = "Examples:\n  \
+        sudo probe trace --iface docker0\n  \
+        sudo probe trace --iface eth0,docker0 --json > sightings.jsonl\n  \
+        sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
+        sudo probe trace --iface veth0 --tc-backend clsact")]
+    Trace(TraceArgs),
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    /// Interfaces to watch, comma-separated or repeated.
+    #[arg(
+        short,
+        long = "iface",
+        value_name = "IF[,IF...]",
+        value_delimiter = ',',
+        required = true
+    )]
+    ifaces: Vec<String>,
+    /// Network namespace to trace in: a name from `ip netns list`, or a path such as
+    /// /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME|PATH")]
+    netns: Option<String>,
+    /// JSON Lines on stdout, one event per line.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many events.
+    #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Write "ready" to this file once every program is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
+    /// How to attach tc programs: tcx links (Linux 6.6+), a clsact qdisc, or the best available.
+    #[arg(long, value_enum, default_value_t = TcBackendArg::Auto)]
+    tc_backend: TcBackendArg,
+    /// Size of the event ring buffer in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = probe_common::DEFAULT_RINGBUF_BYTES / 1024)]
+    ringbuf_kib: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TcBackendArg {
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("probe: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Trace(args) => {
+            probe::privileges::check()?;
+            if let Some(ns) = &args.netns {
+                // Before the event loop starts any thread: threads inherit the namespace.
+                netns::enter(ns)?;
+            }
+            let ringbuf_bytes = args.ringbuf_kib.checked_mul(1024).ok_or_else(|| {
+                anyhow::anyhow!("--ringbuf-kib {} is too large", args.ringbuf_kib)
+            })?;
+            let opts = trace::TraceOptions {
+                ifaces: args.ifaces,
+                format: if args.json {
+                    Format::Json
+                } else {
+                    Format::Text
+                },
+                count: args.count,
+                ready_file: args.ready_file,
+                backend: match args.tc_backend {
+                    TcBackendArg::Auto => BackendChoice::Auto,
+                    TcBackendArg::Tcx => BackendChoice::Tcx,
+                    TcBackendArg::Clsact => BackendChoice::Clsact,
+                },
+                ringbuf_bytes,
+            };
+            let summary = trace::run(&opts)?;
+            let mut line = format!("{} events", summary.events);
+            if summary.lost > 0 {
+                line.push_str(&format!(
+                    "; {} LOST because the ring buffer was full (try a larger --ringbuf-kib)",
+                    summary.lost
+                ));
+            } else {
+                line.push_str(", none lost");
+            }
+            if summary.malformed > 0 {
+                line.push_str(&format!("; {} malformed events skipped", summary.malformed));
+            }
+            log::info!("{line}");
+            Ok(())
+        }
+    }
+}
+
+/// Diagnostics go to stderr as `probe: ...` lines; RUST_LOG still overrides the level.
+fn init_logging(verbose: u8) {
+    use std::io::Write as _;
+    let level = match verbose {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_default_env()
+        .format(|buf, record| match record.level() {
+            log::Level::Info => writeln!(buf, "probe: {}", record.args()),
+            other => writeln!(
+                buf,
+                "probe: {}: {}",
+                other.as_str().to_lowercase(),
+                record.args()
+            ),
+        })
+        .init();
+}

@@ -1,0 +1,62 @@
+//! Entering a network namespace before anything else starts.
+//!
+//! `ip netns exec` remounts /sys, which breaks tracefs for the programs that need it, so probe
+//! enters a namespace itself with setns(2), on the main thread, before the async runtime spawns
+//! threads (threads inherit the namespace of the thread that creates them).
+
+use std::{fs::File, os::fd::AsRawFd, path::PathBuf};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetnsError {
+    #[error("network namespace '{name}' not found (looked for {path})")]
+    NotFound { name: String, path: PathBuf },
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot enter network namespace {path}: {source}")]
+    Enter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where a namespace given by name or path lives: a bare name is one `ip netns add` created
+/// (under /run/netns); anything with a `/` is a path such as /proc/PID/ns/net.
+pub fn resolve(spec: &str) -> PathBuf {
+    if spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        PathBuf::from("/run/netns").join(spec)
+    }
+}
+
+/// Moves the calling thread into the network namespace `spec`.
+pub fn enter(spec: &str) -> Result<(), NetnsError> {
+    let path = resolve(spec);
+    let file = File::open(&path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            NetnsError::NotFound {
+                name: spec.to_owned(),
+                path: path.clone(),
+            }
+        } else {
+            NetnsError::Open {
+                path: path.clone(),
+                source,
+            }
+        }
+    })?;
+    // SAFETY: plain syscall on a descriptor we own.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(NetnsError::Enter {
+            path,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}

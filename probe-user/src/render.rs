@@ -1,0 +1,251 @@
+//! Turning events into text lines for people or JSON Lines for programs.
+
+use std::{collections::HashMap, io::Write};
+
+use serde::Serialize;
+
+use crate::event::{Event, EventBody, IpHeader, L4Header, Packet, Transport};
+
+/// Interface names by index, for the namespace being traced.
+pub type IfNames = HashMap<u32, String>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Converts CLOCK_MONOTONIC event times to wall-clock time of day.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let read = |id| {
+            // SAFETY: plain syscall into a stack struct.
+            let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+        };
+        let mono = read(libc::CLOCK_MONOTONIC);
+        let real = read(libc::CLOCK_REALTIME);
+        Self {
+            realtime_minus_monotonic_ns: real - mono,
+        }
+    }
+
+    /// `HH:MM:SS.uuuuuu` in local time.
+    pub fn time_of_day(&self, monotonic_ns: u64) -> String {
+        let real = monotonic_ns as i128 + self.realtime_minus_monotonic_ns;
+        let secs = real.div_euclid(1_000_000_000) as libc::time_t;
+        let micros = real.rem_euclid(1_000_000_000) / 1000;
+        // SAFETY: localtime_r writes into our struct only.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        unsafe { libc::localtime_r(&secs, &mut tm) };
+        format!(
+            "{:02}:{:02}:{:02}.{:06}",
+            tm.tm_hour, tm.tm_min, tm.tm_sec, micros
+        )
+    }
+}
+
+pub struct Renderer {
+    format: Format,
+    clock: Clock,
+    names: IfNames,
+}
+
+#[derive(Serialize)]
+struct JsonLine<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ifname: Option<&'a str>,
+}
+
+impl Renderer {
+    pub fn new(format: Format, clock: Clock, names: IfNames) -> Self {
+        Self {
+            format,
+            clock,
+            names,
+        }
+    }
+
+    pub fn write(&self, out: &mut impl Write, event: &Event) -> std::io::Result<()> {
+        match self.format {
+            Format::Json => {
+                let ifname = match &event.body {
+                    EventBody::Tc(tc) => self.names.get(&tc.ifindex).map(String::as_str),
+                };
+                serde_json::to_writer(&mut *out, &JsonLine { event, ifname })?;
+                out.write_all(b"\n")
+            }
+            Format::Text => writeln!(out, "{}", self.text(event)),
+        }
+    }
+
+    pub fn text(&self, event: &Event) -> String {
+        let time = self.clock.time_of_day(event.ts_ns);
+        match &event.body {
+            EventBody::Tc(tc) => {
+                let ifname = self
+                    .names
+                    .get(&tc.ifindex)
+                    .cloned()
+                    .unwrap_or_else(|| format!("if{}", tc.ifindex));
+                format!(
+                    "{time} {ifname:<12} {:<7} {}",
+                    tc.direction.as_str(),
+                    packet_text(&tc.packet)
+                )
+            }
+        }
+    }
+}
+
+/// tcpdump-like one-line summary of a packet.
+pub fn packet_text(p: &Packet) -> String {
+    let mut s = match &p.ip {
+        Some(ip) => ip_text(ip),
+        None => format!("ethertype 0x{:04x}", p.ethertype),
+    };
+    s.push_str(&format!(" len {}", p.len));
+    if p.truncated {
+        s.push_str(" (truncated)");
+    }
+    s
+}
+
+fn ip_text(ip: &IpHeader) -> String {
+    let addr = |a: std::net::IpAddr, port: u16| match a {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+        v4 => format!("{v4}:{port}"),
+    };
+    match &ip.l4 {
+        Some(L4Header::Tcp {
+            sport,
+            dport,
+            seq,
+            tcp_flags,
+        }) => format!(
+            "tcp {} > {} [{tcp_flags}] seq {seq}",
+            addr(ip.src, *sport),
+            addr(ip.dst, *dport)
+        ),
+        Some(L4Header::Udp { sport, dport }) => {
+            format!("udp {} > {}", addr(ip.src, *sport), addr(ip.dst, *dport))
+        }
+        Some(L4Header::Icmp {
+            icmp_type,
+            icmp_code,
+            icmp_id,
+            icmp_seq,
+        }) => {
+            let what = icmp_name(ip.proto, *icmp_type, *icmp_code);
+            let echo = matches!(
+                (ip.proto, icmp_type),
+                (Transport::Icmp, 0 | 8) | (Transport::Icmpv6, 128 | 129)
+            );
+            if echo {
+                format!(
+                    "{} {} > {} {what} id {icmp_id} seq {icmp_seq}",
+                    ip.proto, ip.src, ip.dst
+                )
+            } else {
+                format!("{} {} > {} {what}", ip.proto, ip.src, ip.dst)
+            }
+        }
+        None => {
+            let frag = if ip.fragment { " fragment" } else { "" };
+            format!("{} {} > {}{frag}", ip.proto, ip.src, ip.dst)
+        }
+    }
+}
+
+fn icmp_name(proto: Transport, t: u8, code: u8) -> String {
+    let name = match (proto, t) {
+        (Transport::Icmp, 0) | (Transport::Icmpv6, 129) => "echo-reply",
+        (Transport::Icmp, 8) | (Transport::Icmpv6, 128) => "echo-request",
+        (Transport::Icmp, 3) | (Transport::Icmpv6, 1) => "unreachable",
+        (Transport::Icmp, 11) | (Transport::Icmpv6, 3) => "time-exceeded",
+        (Transport::Icmpv6, 135) => "neighbor-solicit",
+        (Transport::Icmpv6, 136) => "neighbor-advert",
+        (Transport::Icmpv6, 133) => "router-solicit",
+        (Transport::Icmpv6, 134) => "router-advert",
+        _ => return format!("type {t} code {code}"),
+    };
+    if code == 0 {
+        name.to_owned()
+    } else {
+        format!("{name} code {code}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Direction, TcSighting, TcpFlags};
+
+    fn tcp_event() -> Event {
+        Event {
+            ts_ns: 5,
+            cpu: 0,
+            body: EventBody::Tc(TcSighting {
+                ifindex: 3,
+                direction: Direction::Ingress,
+                netns_cookie: 1,
+                mark: 0,
+                packet: Packet {
+                    ethertype: 0x0800,
+                    len: 74,
+                    ip: Some(IpHeader {
+                        src: "10.0.0.1".parse().unwrap(),
+                        dst: "10.0.0.2".parse().unwrap(),
+                        proto: Transport::Tcp,
+                        ip_id: 1,
+                        fragment: false,
+                        l4: Some(L4Header::Tcp {
+                            sport: 40000,
+                            dport: 80,
+                            seq: 9,
+                            tcp_flags: TcpFlags(TcpFlags::SYN),
+                        }),
+                    }),
+                    truncated: false,
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn text_line_names_interface_and_tuple() {
+        let names = IfNames::from([(3, "veth0".to_owned())]);
+        let r = Renderer::new(Format::Text, Clock::now(), names);
+        let line = r.text(&tcp_event());
+        assert!(
+            line.ends_with(
+                "veth0        ingress tcp 10.0.0.1:40000 > 10.0.0.2:80 [S] seq 9 len 74"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn json_line_is_flat_and_complete() {
+        let names = IfNames::from([(3, "veth0".to_owned())]);
+        let r = Renderer::new(Format::Json, Clock::now(), names);
+        let mut out = Vec::new();
+        r.write(&mut out, &tcp_event()).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["kind"], "tc");
+        assert_eq!(v["ifname"], "veth0");
+        assert_eq!(v["direction"], "ingress");
+        assert_eq!(v["packet"]["ip"]["proto"], "tcp");
+        assert_eq!(v["packet"]["ip"]["sport"], 40000);
+        assert_eq!(v["packet"]["ip"]["tcp_flags"], "S");
+        assert_eq!(v["packet"]["ip"]["src"], "10.0.0.1");
+    }
+}

@@ -1,0 +1,208 @@
+//! `probe trace`: attach, stream sightings until stopped, detach, summarise.
+
+use std::{
+    io::{self, Write},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    decode, ebpf, iface,
+    render::{Clock, Format, IfNames, Renderer},
+    tc::{self, BackendChoice, TcAttacher},
+};
+
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    /// Interface names in the current network namespace.
+    pub ifaces: Vec<String>,
+    pub format: Format,
+    /// Stop after this many events.
+    pub count: Option<u64>,
+    /// Written ("ready") once every program is attached.
+    pub ready_file: Option<PathBuf>,
+    pub backend: BackendChoice,
+    pub ringbuf_bytes: u32,
+}
+
+/// What a trace saw, reported on exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub events: u64,
+    pub malformed: u64,
+    pub lost: u64,
+}
+
+/// Runs a trace to completion. Must be called before any other thread exists if the caller
+/// entered a network namespace (the runtime's threads inherit it).
+pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
+    crate::privileges::check()?;
+    if opts.ifaces.is_empty() {
+        bail!("no interface to trace: name one with --iface");
+    }
+    let mut ifaces = Vec::with_capacity(opts.ifaces.len());
+    for name in &opts.ifaces {
+        let found = iface::lookup(name)?;
+        if !ifaces.iter().any(|i: &iface::Iface| i.index == found.index) {
+            ifaces.push(found);
+        }
+    }
+
+    let mut bpf = ebpf::load(opts.ringbuf_bytes)?;
+    let logger = match aya_log::EbpfLogger::init(&mut bpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            log::debug!("eBPF program logging unavailable: {e}");
+            None
+        }
+    };
+    tc::load_programs(&mut bpf)?;
+    let mut attacher = TcAttacher::new(opts.backend);
+    let mut names = IfNames::new();
+    let mut used = Vec::new();
+    for i in &ifaces {
+        let backend = attacher.attach(&mut bpf, i)?;
+        names.insert(i.index, i.name.clone());
+        used.push(format!("{} ({backend})", i.name));
+    }
+    let ring = ebpf::take_events(&mut bpf)?;
+    let counters = ebpf::Counters::take(&mut bpf)?;
+
+    log::info!("tracing {}; press Ctrl-C to stop", used.join(", "));
+    if let Some(path) = &opts.ready_file {
+        std::fs::write(path, "ready\n")
+            .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    }
+
+    let renderer = Renderer::new(opts.format, Clock::now(), names);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("cannot start the event loop")?;
+    let mut summary = runtime.block_on(stream(ring, logger, &renderer, opts.count))?;
+    summary.lost = counters.read().ringbuf_full;
+
+    // Links go with the programs; then the qdiscs probe created, if any.
+    drop(bpf);
+    attacher.remove_created_qdiscs();
+    Ok(summary)
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+async fn stream(
+    ring: RingBuf<MapData>,
+    logger: Option<Logger>,
+    renderer: &Renderer,
+    count: Option<u64>,
+) -> anyhow::Result<Summary> {
+    let mut ring = pollable(ring).context("cannot poll the event ring buffer")?;
+    let mut logger = match logger {
+        Some(l) => Some(pollable(l).context("cannot poll the eBPF log buffer")?),
+        None => None,
+    };
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let stdout = io::stdout();
+    let mut out = io::BufWriter::new(stdout.lock());
+    let mut summary = Summary::default();
+    let limit = count.unwrap_or(u64::MAX);
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let done = drain(guard.get_inner_mut(), renderer, &mut out, &mut summary, limit)?;
+                guard.clear_ready();
+                if done {
+                    break;
+                }
+            }
+            guard = readable(&mut logger) => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sighup.recv() => break,
+        }
+    }
+    // Whatever the kernel submitted before we stopped is still shown.
+    if summary.events < limit {
+        drain(ring.get_mut(), renderer, &mut out, &mut summary, limit)?;
+    }
+    if let Some(l) = logger.as_mut() {
+        l.get_mut().flush();
+    }
+    Ok(summary)
+}
+
+/// Registers a map-backed buffer with the event loop.
+fn pollable<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: RingBuf and EbpfLogger own their map's descriptor for as long as they live, and
+    // the AsyncFd owns them, so the descriptor stays open and the same until it is dropped.
+    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
+}
+
+async fn readable(
+    logger: &mut Option<AsyncFd<Logger>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, Logger>> {
+    match logger {
+        Some(l) => l.readable_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Renders everything in the ring buffer; returns true once `limit` events were shown or the
+/// output is gone.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    renderer: &Renderer,
+    out: &mut impl Write,
+    summary: &mut Summary,
+    limit: u64,
+) -> anyhow::Result<bool> {
+    let mut done = false;
+    while summary.events < limit {
+        let Some(item) = ring.next() else { break };
+        match decode::decode(&item) {
+            Ok(event) => {
+                summary.events += 1;
+                if let Err(e) = renderer.write(out, &event) {
+                    return output_gone(e);
+                }
+            }
+            Err(e) => {
+                if summary.malformed == 0 {
+                    log::warn!("skipping malformed event: {e}");
+                }
+                summary.malformed += 1;
+            }
+        }
+    }
+    if summary.events >= limit {
+        done = true;
+    }
+    if let Err(e) = out.flush() {
+        return output_gone(e);
+    }
+    Ok(done)
+}
+
+/// A closed pipe (`probe trace | head`) ends the trace quietly; other write errors are errors.
+fn output_gone(e: io::Error) -> anyhow::Result<bool> {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        Ok(true)
+    } else {
+        Err(e).context("cannot write to standard output")
+    }
+}

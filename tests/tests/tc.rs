@@ -1,0 +1,286 @@
+//! The tc slice end to end: real programs attached to veths in test namespaces, real UDP and
+//! TCP between them, and probe's JSON output checked against what was sent.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use probe_lab::{ProbeRun, TwoHosts, probe::json_lines, require_root};
+use serde_json::Value;
+
+const UDP_PORT: u16 = 9000;
+const TCP_PORT: u16 = 9001;
+const CLIENT_UDP_PORT: u16 = 40001;
+
+fn trace_args<'a>(ns: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["trace", "--netns", ns, "--iface", TwoHosts::IFACE, "--json"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Sightings on `ifindex` whose IP header matches.
+fn matching<'a>(
+    events: &'a [Value],
+    ifindex: u32,
+    direction: &str,
+    proto: &str,
+    src: (&str, u16),
+    dst: (&str, u16),
+) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| {
+            let ip = &e["packet"]["ip"];
+            e["kind"] == "tc"
+                && e["ifindex"] == ifindex
+                && e["direction"] == direction
+                && ip["proto"] == proto
+                && ip["src"] == src.0
+                && ip["sport"] == src.1
+                && ip["dst"] == dst.0
+                && ip["dport"] == dst.1
+        })
+        .collect()
+}
+
+#[test]
+fn udp_and_tcp_sightings_match_what_was_sent() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let ifindex = lab.a.ifindex(TwoHosts::IFACE).unwrap();
+    let probe = ProbeRun::start(&trace_args(lab.a.name(), &[])).unwrap();
+
+    // Servers in B.
+    let b_addr = lab.b_addr;
+    let udp_server = lab
+        .b
+        .run(move || UdpSocket::bind((b_addr, UDP_PORT)).unwrap())
+        .unwrap();
+    let tcp_server = lab
+        .b
+        .run(move || TcpListener::bind((b_addr, TCP_PORT)).unwrap())
+        .unwrap();
+
+    // Client traffic from A: three datagrams and one TCP exchange.
+    let tcp_client_port = lab
+        .a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", CLIENT_UDP_PORT)).unwrap();
+            for i in 0..3u8 {
+                sock.send_to(&[i; 32], (b_addr, UDP_PORT)).unwrap();
+            }
+            let mut stream = TcpStream::connect_timeout(
+                &SocketAddr::from((b_addr, TCP_PORT)),
+                Duration::from_secs(5),
+            )
+            .unwrap();
+            stream.write_all(b"hello").unwrap();
+            stream.local_addr().unwrap().port()
+        })
+        .unwrap();
+    let (mut conn, _) = tcp_server.accept().unwrap();
+    let mut buf = [0u8; 5];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+    let mut dgram = [0u8; 64];
+    udp_server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for _ in 0..3 {
+        udp_server.recv_from(&mut dgram).unwrap();
+    }
+    drop(conn);
+
+    let (stdout, _) = probe.stop().unwrap();
+    let events = json_lines(&stdout).unwrap();
+    let a = lab.a_addr.to_string();
+    let b = lab.b_addr.to_string();
+
+    let udp = matching(
+        &events,
+        ifindex,
+        "egress",
+        "udp",
+        (&a, CLIENT_UDP_PORT),
+        (&b, UDP_PORT),
+    );
+    assert_eq!(udp.len(), 3, "UDP sightings: {udp:#?}");
+    for e in &udp {
+        assert_eq!(e["ifname"], TwoHosts::IFACE);
+        assert_eq!(e["packet"]["ethertype"], 0x0800);
+        // 14 Ethernet + 20 IP + 8 UDP + 32 payload.
+        assert_eq!(e["packet"]["len"], 74);
+        assert!(e["netns_cookie"].as_u64().unwrap() > 0);
+    }
+
+    let syn = matching(
+        &events,
+        ifindex,
+        "egress",
+        "tcp",
+        (&a, tcp_client_port),
+        (&b, TCP_PORT),
+    );
+    assert!(
+        syn.iter().any(|e| e["packet"]["ip"]["tcp_flags"] == "S"),
+        "no SYN among {syn:#?}"
+    );
+    let syn_ack = matching(
+        &events,
+        ifindex,
+        "ingress",
+        "tcp",
+        (&b, TCP_PORT),
+        (&a, tcp_client_port),
+    );
+    assert!(
+        syn_ack
+            .iter()
+            .any(|e| e["packet"]["ip"]["tcp_flags"] == "S."),
+        "no SYN-ACK among {syn_ack:#?}"
+    );
+    // Timestamps never go backwards on one CPU.
+    let mut last = std::collections::HashMap::new();
+    for e in &events {
+        let (cpu, ts) = (e["cpu"].as_u64().unwrap(), e["ts_ns"].as_u64().unwrap());
+        let prev = last.insert(cpu, ts).unwrap_or(0);
+        assert!(ts >= prev, "time went backwards on cpu {cpu}");
+    }
+}
+
+/// The observer never changes a packet's fate: with programs on both ends, every datagram sent
+/// arrives, and each was seen leaving A and entering B.
+fn every_packet_arrives(backend: &str) {
+    require_root();
+    const N: usize = 500;
+    let lab = TwoHosts::new().unwrap();
+    let on_a = ProbeRun::start(&trace_args(lab.a.name(), &["--tc-backend", backend])).unwrap();
+    let on_b = ProbeRun::start(&trace_args(lab.b.name(), &["--tc-backend", backend])).unwrap();
+    let b_addr = lab.b_addr;
+    let server = lab
+        .b
+        .run(move || {
+            let s = UdpSocket::bind((b_addr, UDP_PORT)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        })
+        .unwrap();
+    let receiver = std::thread::spawn(move || {
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        while got < N && server.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    });
+    lab.a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", CLIENT_UDP_PORT)).unwrap();
+            for i in 0..N {
+                sock.send_to(&(i as u32).to_be_bytes(), (b_addr, UDP_PORT))
+                    .unwrap();
+                // Pace by the receiver's socket buffer, not by time: a tiny pause every 50.
+                if i % 50 == 49 {
+                    std::thread::yield_now();
+                }
+            }
+        })
+        .unwrap();
+    let received = receiver.join().unwrap();
+    assert_eq!(received, N, "{backend}: datagrams lost with probe attached");
+
+    let a = lab.a_addr.to_string();
+    let b = lab.b_addr.to_string();
+    for (run, ns, direction) in [(on_a, &lab.a, "egress"), (on_b, &lab.b, "ingress")] {
+        let ifindex = ns.ifindex(TwoHosts::IFACE).unwrap();
+        let (stdout, stderr) = run.stop().unwrap();
+        assert!(stderr.contains(&format!("({backend})")), "{stderr}");
+        assert!(stderr.contains("none lost"), "{stderr}");
+        let events = json_lines(&stdout).unwrap();
+        let seen = matching(
+            &events,
+            ifindex,
+            direction,
+            "udp",
+            (&a, CLIENT_UDP_PORT),
+            (&b, UDP_PORT),
+        );
+        assert_eq!(
+            seen.len(),
+            N,
+            "{backend}: {direction} sightings in {}",
+            ns.name()
+        );
+    }
+}
+
+#[test]
+fn every_packet_arrives_with_tcx() {
+    every_packet_arrives("tcx");
+}
+
+#[test]
+fn every_packet_arrives_with_clsact() {
+    every_packet_arrives("clsact");
+}
+
+fn qdiscs(ns: &probe_lab::Netns) -> String {
+    ns.exec("tc", &["qdisc", "show", "dev", TwoHosts::IFACE])
+        .unwrap()
+}
+
+fn filters(ns: &probe_lab::Netns, dir: &str) -> String {
+    ns.exec("tc", &["filter", "show", "dev", TwoHosts::IFACE, dir])
+        .unwrap()
+}
+
+#[test]
+fn clsact_qdisc_is_removed_only_when_probe_created_it() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    // A: no qdisc before, so probe creates one and must remove it.
+    // B: a clsact qdisc already there (someone else's), which must survive.
+    lab.b
+        .exec("tc", &["qdisc", "add", "dev", TwoHosts::IFACE, "clsact"])
+        .unwrap();
+    for ns in [&lab.a, &lab.b] {
+        let run = ProbeRun::start(&trace_args(ns.name(), &["--tc-backend", "clsact"])).unwrap();
+        assert!(qdiscs(ns).contains("clsact"), "{}", qdiscs(ns));
+        assert!(filters(ns, "ingress").contains("tc_ingress"));
+        assert!(filters(ns, "egress").contains("tc_egress"));
+        run.stop().unwrap();
+        assert!(
+            filters(ns, "ingress").is_empty(),
+            "{}",
+            filters(ns, "ingress")
+        );
+        assert!(
+            filters(ns, "egress").is_empty(),
+            "{}",
+            filters(ns, "egress")
+        );
+    }
+    assert!(!qdiscs(&lab.a).contains("clsact"), "{}", qdiscs(&lab.a));
+    assert!(qdiscs(&lab.b).contains("clsact"), "{}", qdiscs(&lab.b));
+}
+
+#[test]
+fn count_stops_the_trace_by_itself() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let run = ProbeRun::start(&trace_args(lab.a.name(), &["--count", "4"])).unwrap();
+    let b_addr = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            for _ in 0..10 {
+                sock.send_to(b"x", (b_addr, UDP_PORT)).unwrap();
+            }
+        })
+        .unwrap();
+    let (stdout, stderr) = run.finish().unwrap();
+    assert_eq!(json_lines(&stdout).unwrap().len(), 4, "{stdout}");
+    assert!(stderr.contains("4 events"), "{stderr}");
+}
