@@ -80,7 +80,15 @@ impl std::fmt::Display for Transport {
             Transport::Udp => f.write_str("udp"),
             Transport::Icmp => f.write_str("icmp"),
             Transport::Icmpv6 => f.write_str("icmpv6"),
-            Transport::Other(n) => write!(f, "proto-{n}"),
+            Transport::Other(n) => match n {
+                0 => f.write_str("hopopt"),
+                2 => f.write_str("igmp"),
+                4 => f.write_str("ipip"),
+                47 => f.write_str("gre"),
+                50 => f.write_str("esp"),
+                132 => f.write_str("sctp"),
+                n => write!(f, "proto-{n}"),
+            },
         }
     }
 }

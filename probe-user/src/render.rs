@@ -110,7 +110,11 @@ impl Renderer {
 pub fn packet_text(p: &Packet) -> String {
     let mut s = match &p.ip {
         Some(ip) => ip_text(ip),
-        None => format!("ethertype 0x{:04x}", p.ethertype),
+        None => match p.ethertype {
+            0x0806 => "arp".to_owned(),
+            0x88cc => "lldp".to_owned(),
+            other => format!("ethertype 0x{other:04x}"),
+        },
     };
     s.push_str(&format!(" len {}", p.len));
     if p.truncated {

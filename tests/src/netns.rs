@@ -44,6 +44,17 @@ impl Netns {
         &self.name
     }
 
+    /// Leaves the namespace in place (for `cargo xtask lab up`).
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+
+    /// Deletes a namespace by name if it exists; true if it did.
+    pub fn remove(name: &str) -> bool {
+        std::path::Path::new("/run/netns").join(name).exists()
+            && cmd::run("ip", &["netns", "del", name]).is_ok()
+    }
+
     /// `ip -n <this> args...`
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
         cmd::ip(&self.name, args)

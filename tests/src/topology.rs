@@ -135,6 +135,22 @@ impl BridgeLab {
         Ok(lab)
     }
 
+    /// Leaves every namespace in place (for `cargo xtask lab up`).
+    pub fn keep(self) {
+        for c in self.containers {
+            c.ns.keep();
+        }
+        self.host.keep();
+    }
+
+    /// Removes a lab left in place; returns how many namespaces were deleted.
+    pub fn remove(prefix: &str, containers: &[&str]) -> usize {
+        std::iter::once("host")
+            .chain(containers.iter().copied())
+            .filter(|role| Netns::remove(&format!("{prefix}{role}")))
+            .count()
+    }
+
     pub fn container(&self, name: &str) -> &Container {
         self.containers
             .iter()

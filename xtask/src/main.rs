@@ -1,1 +1,83 @@
-fn main() {}
+//! `cargo xtask`: everything around the code, from a fresh machine to a demo.
+
+mod demo;
+mod lab;
+mod privilege;
+mod setup;
+mod tasks;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "probe's project tasks",
+    after_help = "Examples:\n  \
+        cargo xtask demo                      # the built-in lab, traced end to end\n  \
+        cargo xtask test                      # every test, with the toolchain set up first\n  \
+        cargo xtask run -- trace --iface docker0\n  \
+        cargo xtask lab up && sudo target/debug/probe trace --netns probe-lab-host --iface docker0"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the eBPF programs needs (idempotent; root installs packages).
+    Setup,
+    /// Set up, then build probe (the eBPF object is embedded in the binary).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run probe as root with the given arguments.
+    #[command(after_help = "Example:\n  cargo xtask run -- trace --iface docker0 --json")]
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for probe.
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Build, create a small lab of namespaces, trace traffic through it, print what probe saw,
+    /// and remove the lab.
+    Demo {
+        /// Skip setup and build (used when re-running as root).
+        #[arg(long, hide = true)]
+        no_build: bool,
+    },
+    /// Set up, build, and run every test (as root: they create namespaces and load programs).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Create or remove the lab (namespaces with a Docker-like bridge) to explore by hand.
+    Lab {
+        #[arg(value_enum)]
+        action: lab::Action,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Setup => setup::run().map(|_| ()),
+        Task::Build { release } => tasks::build(release).map(|_| ()),
+        Task::Run { release, args } => tasks::run(release, &args),
+        Task::Demo { no_build } => demo::run(no_build),
+        Task::Test { args } => tasks::test(&args),
+        Task::Lab { action } => lab::run(action),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
