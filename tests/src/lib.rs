@@ -22,3 +22,24 @@ pub fn require_root() {
         );
     }
 }
+
+/// Gives a UDP socket a receive buffer large enough for a test's whole burst, so datagrams are
+/// never lost to a slow reader (SO_RCVBUFFORCE: root may exceed net.core.rmem_max).
+pub fn large_receive_buffer(socket: &std::net::UdpSocket, bytes: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: setsockopt on a socket we own with a properly sized int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
