@@ -10,12 +10,16 @@ use core::mem::size_of;
 
 /// Version of the event layout. Bumped whenever any struct in this crate changes shape, so a
 /// recorded file from another version is refused instead of misread.
-pub const EVENT_ABI_VERSION: u16 = 1;
+pub const EVENT_ABI_VERSION: u16 = 2;
 
 /// `EventHeader::kind` values.
 pub mod kind {
     /// A packet seen by a tc classifier: [`super::TcEvent`].
     pub const TC: u16 = 1;
+    /// A packet freed as dropped (`skb:kfree_skb`): [`super::DropEvent`].
+    pub const DROP: u16 = 2;
+    /// A routing table lookup (`fib:fib_table_lookup` and friends): [`super::FibEvent`].
+    pub const FIB: u16 = 3;
 }
 
 /// `TcEvent::direction` values.
@@ -103,6 +107,169 @@ pub struct TcEvent {
     pub _pad: [u8; 7],
 }
 
+/// A packet the kernel freed as dropped (tracepoint `skb:kfree_skb`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    pub header: EventHeader,
+    /// Read from the skb's network header when the kernel had set one.
+    pub packet: PacketInfo,
+    /// Address of the sk_buff: identifies the packet among other sightings of it.
+    pub skb_addr: u64,
+    /// Kernel text address of the caller that dropped it (symbolized in userspace).
+    pub location: u64,
+    /// Inode number of the network namespace of the skb's device (as in /proc/PID/ns/net).
+    pub netns_inum: u32,
+    /// skb->dev->ifindex, 0 when the skb had no device.
+    pub ifindex: u32,
+    /// `enum skb_drop_reason` value; names are read from the running kernel.
+    pub reason: u32,
+    /// skb->protocol (EtherType, host order).
+    pub protocol: u16,
+    pub _pad: u16,
+}
+
+/// `FibEvent::source` values: which mechanism reported the lookup.
+pub mod fib_source {
+    /// Tracepoint `fib:fib_table_lookup` (IPv4).
+    pub const TP_FIB4: u8 = 1;
+    /// Tracepoint `fib6:fib6_table_lookup` (IPv6).
+    pub const TP_FIB6: u8 = 2;
+}
+
+/// A routing table lookup and its result.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibEvent {
+    pub header: EventHeader,
+    /// Addresses in network order; IPv4 in the first four bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Gateway of the chosen next hop, of family `gw_family`.
+    pub gw: [u8; 16],
+    /// Name of the output device the lookup chose, NUL-padded.
+    pub dev_name: [u8; 16],
+    /// Routing table id (254 main, 255 local, ...).
+    pub table: u32,
+    /// 0 on success, else a negative errno (-ENETUNREACH, -EHOSTUNREACH, ...).
+    pub err: i32,
+    /// Output and input interface of the flow being routed (0 = any).
+    pub oif: i32,
+    pub iif: i32,
+    pub sport: u16,
+    pub dport: u16,
+    /// One of [`family`].
+    pub family: u8,
+    /// IP protocol of the flow.
+    pub proto: u8,
+    pub tos: u8,
+    pub scope: u8,
+    pub flags: u8,
+    /// One of [`fib_source`].
+    pub source: u8,
+    /// Family of `gw` ([`family`]); OTHER when the route has no gateway (directly connected)
+    /// or the lookup failed.
+    pub gw_family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Marks a layout offset the running kernel does not have.
+pub const ABSENT: u16 = u16::MAX;
+
+/// Where fields sit in a fib tracepoint record (`fib:fib_table_lookup` or
+/// `fib6:fib6_table_lookup`), read from its `format` file at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FibTpLayout {
+    pub tb_id: u16,
+    pub err: u16,
+    pub oif: u16,
+    pub iif: u16,
+    pub proto: u16,
+    pub tos: u16,
+    pub scope: u16,
+    pub flags: u16,
+    pub src: u16,
+    pub dst: u16,
+    /// IPv4 gateway (fib) or the only gateway (fib6).
+    pub gw4: u16,
+    pub gw6: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub name: u16,
+    pub _pad: u16,
+}
+
+impl FibTpLayout {
+    pub const ABSENT: Self = Self {
+        tb_id: ABSENT,
+        err: ABSENT,
+        oif: ABSENT,
+        iif: ABSENT,
+        proto: ABSENT,
+        tos: ABSENT,
+        scope: ABSENT,
+        flags: ABSENT,
+        src: ABSENT,
+        dst: ABSENT,
+        gw4: ABSENT,
+        gw6: ABSENT,
+        sport: ABSENT,
+        dport: ABSENT,
+        name: ABSENT,
+        _pad: 0,
+    };
+}
+
+/// Offsets of kernel struct members and tracepoint fields the programs read, taken from the
+/// running kernel's BTF and tracefs at load time. [`ABSENT`] where the kernel lacks one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    // struct sk_buff
+    pub skb_head: u16,
+    pub skb_network_header: u16,
+    pub skb_transport_header: u16,
+    pub skb_dev: u16,
+    pub skb_len: u16,
+    // struct net_device
+    pub dev_ifindex: u16,
+    pub dev_nd_net: u16,
+    // struct net
+    pub net_ns_inum: u16,
+    // tracepoint skb:kfree_skb
+    pub kfree_skbaddr: u16,
+    pub kfree_location: u16,
+    pub kfree_protocol: u16,
+    pub kfree_reason: u16,
+    pub _pad: [u16; 4],
+    pub fib4: FibTpLayout,
+    pub fib6: FibTpLayout,
+}
+
+impl KernelLayout {
+    pub const ABSENT: Self = Self {
+        skb_head: ABSENT,
+        skb_network_header: ABSENT,
+        skb_transport_header: ABSENT,
+        skb_dev: ABSENT,
+        skb_len: ABSENT,
+        dev_ifindex: ABSENT,
+        dev_nd_net: ABSENT,
+        net_ns_inum: ABSENT,
+        kfree_skbaddr: ABSENT,
+        kfree_location: ABSENT,
+        kfree_protocol: ABSENT,
+        kfree_reason: ABSENT,
+        _pad: [0; 4],
+        fib4: FibTpLayout::ABSENT,
+        fib6: FibTpLayout::ABSENT,
+    };
+}
+
+/// Name of the global holding the [`KernelLayout`].
+pub const LAYOUT_GLOBAL: &str = "LAYOUT";
+
 /// Per-CPU counters kept by the programs, indices into the `COUNTERS` per-CPU array.
 pub mod counter {
     /// Events dropped because the ring buffer was full.
@@ -121,6 +288,9 @@ pub mod names {
     pub const TC_EGRESS: &str = "tc_egress";
     pub const TC_INGRESS_L3: &str = "tc_ingress_l3";
     pub const TC_EGRESS_L3: &str = "tc_egress_l3";
+    pub const TP_KFREE_SKB: &str = "kfree_skb";
+    pub const TP_FIB_LOOKUP: &str = "fib_table_lookup";
+    pub const TP_FIB6_LOOKUP: &str = "fib6_table_lookup";
 }
 
 /// Default size of the event ring buffer in bytes (power of two, multiple of the page size).
@@ -130,6 +300,9 @@ pub const DEFAULT_RINGBUF_BYTES: u32 = 4 * 1024 * 1024;
 const _: () = assert!(size_of::<EventHeader>() == 16);
 const _: () = assert!(size_of::<PacketInfo>() == 56);
 const _: () = assert!(size_of::<TcEvent>() == 96);
+const _: () = assert!(size_of::<DropEvent>() == 104);
+const _: () = assert!(size_of::<FibEvent>() == 112);
+const _: () = assert!(size_of::<KernelLayout>() == 96);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -138,4 +311,8 @@ mod pod {
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::PacketInfo {}
     unsafe impl aya::Pod for super::TcEvent {}
+    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::FibEvent {}
+    unsafe impl aya::Pod for super::FibTpLayout {}
+    unsafe impl aya::Pod for super::KernelLayout {}
 }

@@ -2,6 +2,9 @@
 #![no_std]
 #![no_main]
 
+mod drop;
+mod fib;
+mod layout;
 mod maps;
 mod packet;
 mod tc;

@@ -1,11 +1,35 @@
-//! Packet header parsing for programs that see the packet's bytes (tc classifiers).
+//! Packet header parsing, shared by every program that can see a packet's bytes.
 //!
-//! Reads go through `bpf_skb_load_bytes` (`TcContext::load`), so every access is bounds-checked by
-//! the kernel and nothing here can read past the packet. A header that cannot be read leaves the
-//! fields that follow it zero and sets `TRUNCATED`.
+//! tc classifiers read through `bpf_skb_load_bytes` ([`TcContext`]); tracing programs read an
+//! skb's headers in kernel memory through `bpf_probe_read_kernel` ([`KernelBytes`]). Both are
+//! checked by the kernel, so nothing here can read past the packet. A header that cannot be read
+//! leaves the fields that follow it zero and sets `TRUNCATED`.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{helpers::bpf_probe_read_kernel, programs::TcContext};
 use probe_common::{PacketInfo, family, packet_flags};
+
+/// Somewhere packet bytes can be loaded from, by offset.
+pub trait Bytes {
+    fn load<T: Copy>(&self, offset: usize) -> Result<T, ()>;
+}
+
+impl Bytes for TcContext {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        TcContext::load(self, offset).map_err(|_| ())
+    }
+}
+
+/// Packet bytes in kernel memory, starting at the network header.
+pub struct KernelBytes(pub u64);
+
+impl Bytes for KernelBytes {
+    #[inline(always)]
+    fn load<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        // SAFETY: bpf_probe_read_kernel checks the address and fails instead of faulting.
+        unsafe { bpf_probe_read_kernel((self.0 + offset as u64) as *const T) }.map_err(|_| ())
+    }
+}
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -57,10 +81,24 @@ pub fn parse(ctx: &TcContext, l2_len: usize, out: &mut PacketInfo) {
     }
 }
 
+/// Fills `out` from bytes that start at the network header of a packet of EtherType `l3_proto`.
+#[inline(always)]
+pub fn parse_from_network<B: Bytes>(bytes: &B, l3_proto: u16, out: &mut PacketInfo) {
+    out.l3_proto = l3_proto;
+    let l4_off = match l3_proto {
+        ETH_P_IP => parse_ipv4(bytes, 0, out),
+        ETH_P_IPV6 => parse_ipv6(bytes, 0, out),
+        _ => None,
+    };
+    if let Some(l4_off) = l4_off {
+        parse_l4(bytes, l4_off, out);
+    }
+}
+
 /// Returns the transport header's offset, or None when there is no transport header to read.
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, off: usize, out: &mut PacketInfo) -> Option<usize> {
-    let Ok(h) = ctx.load::<[u8; 20]>(off) else {
+fn parse_ipv4<B: Bytes>(ctx: &B, off: usize, out: &mut PacketInfo) -> Option<usize> {
+    let Ok(h) = Bytes::load::<[u8; 20]>(ctx, off) else {
         out.flags |= packet_flags::TRUNCATED;
         return None;
     };
@@ -83,8 +121,8 @@ fn parse_ipv4(ctx: &TcContext, off: usize, out: &mut PacketInfo) -> Option<usize
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &TcContext, off: usize, out: &mut PacketInfo) -> Option<usize> {
-    let Ok(h) = ctx.load::<[u8; 40]>(off) else {
+fn parse_ipv6<B: Bytes>(ctx: &B, off: usize, out: &mut PacketInfo) -> Option<usize> {
+    let Ok(h) = Bytes::load::<[u8; 40]>(ctx, off) else {
         out.flags |= packet_flags::TRUNCATED;
         return None;
     };
@@ -97,9 +135,9 @@ fn parse_ipv6(ctx: &TcContext, off: usize, out: &mut PacketInfo) -> Option<usize
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, off: usize, out: &mut PacketInfo) {
+fn parse_l4<B: Bytes>(ctx: &B, off: usize, out: &mut PacketInfo) {
     match out.l4_proto {
-        IPPROTO_TCP => match ctx.load::<[u8; 14]>(off) {
+        IPPROTO_TCP => match Bytes::load::<[u8; 14]>(ctx, off) {
             Ok(t) => {
                 out.sport = u16::from_be_bytes([t[0], t[1]]);
                 out.dport = u16::from_be_bytes([t[2], t[3]]);
@@ -108,14 +146,14 @@ fn parse_l4(ctx: &TcContext, off: usize, out: &mut PacketInfo) {
             }
             Err(_) => out.flags |= packet_flags::TRUNCATED,
         },
-        IPPROTO_UDP => match ctx.load::<[u8; 4]>(off) {
+        IPPROTO_UDP => match Bytes::load::<[u8; 4]>(ctx, off) {
             Ok(u) => {
                 out.sport = u16::from_be_bytes([u[0], u[1]]);
                 out.dport = u16::from_be_bytes([u[2], u[3]]);
             }
             Err(_) => out.flags |= packet_flags::TRUNCATED,
         },
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => match ctx.load::<[u8; 8]>(off) {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match Bytes::load::<[u8; 8]>(ctx, off) {
             Ok(i) => {
                 out.icmp_type = i[0];
                 out.icmp_code = i[1];

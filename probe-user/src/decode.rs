@@ -7,11 +7,15 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use probe_common::{EventHeader, PacketInfo, TcEvent, direction, family, kind, packet_flags};
+use probe_common::{
+    DropEvent, EventHeader, FibEvent, PacketInfo, TcEvent, direction, family, fib_source, kind,
+    packet_flags,
+};
 use thiserror::Error;
 
 use crate::event::{
-    Direction, Event, EventBody, IpHeader, L4Header, Packet, TcSighting, TcpFlags, Transport,
+    Direction, DropSighting, Event, EventBody, FibLookup, IpHeader, L4Header, Packet, TcSighting,
+    TcpFlags, Transport,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -28,6 +32,8 @@ pub enum DecodeError {
     },
     #[error("unknown tc direction {0}")]
     BadDirection(u8),
+    #[error("unknown address family {0}")]
+    BadFamily(u8),
 }
 
 /// Decodes one event exactly as a kernel program wrote it.
@@ -45,6 +51,8 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let cpu = header.u32(offset_of!(EventHeader, cpu));
     let body = match event_kind {
         kind::TC => EventBody::Tc(decode_tc(exact::<TcEvent>(buf, event_kind)?)?),
+        kind::DROP => EventBody::Drop(decode_drop(exact::<DropEvent>(buf, event_kind)?)),
+        kind::FIB => EventBody::Fib(decode_fib(exact::<FibEvent>(buf, event_kind)?)?),
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event { ts_ns, cpu, body })
@@ -75,6 +83,69 @@ fn decode_tc(f: Fields<'_>) -> Result<TcSighting, DecodeError> {
         netns_cookie: f.u64(offset_of!(TcEvent, netns_cookie)),
         mark: f.u32(offset_of!(TcEvent, mark)),
         packet: decode_packet(f.at(offset_of!(TcEvent, packet))),
+    })
+}
+
+fn decode_drop(f: Fields<'_>) -> DropSighting {
+    DropSighting {
+        skb: f.u64(offset_of!(DropEvent, skb_addr)),
+        reason_code: f.u32(offset_of!(DropEvent, reason)),
+        reason: None,
+        location: f.u64(offset_of!(DropEvent, location)),
+        location_sym: None,
+        ifindex: f.u32(offset_of!(DropEvent, ifindex)),
+        netns: f.u32(offset_of!(DropEvent, netns_inum)),
+        packet: decode_packet(f.at(offset_of!(DropEvent, packet))),
+    }
+}
+
+fn ip_from(fam: u8, bytes: [u8; 16]) -> IpAddr {
+    if fam == family::IPV4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+fn decode_fib(f: Fields<'_>) -> Result<FibLookup, DecodeError> {
+    let fam = f.u8(offset_of!(FibEvent, family));
+    if fam != family::IPV4 && fam != family::IPV6 {
+        return Err(DecodeError::BadFamily(fam));
+    }
+    let gw_family = f.u8(offset_of!(FibEvent, gw_family));
+    let gateway = match gw_family {
+        family::IPV4 | family::IPV6 => {
+            Some(ip_from(gw_family, f.array::<16>(offset_of!(FibEvent, gw))))
+        }
+        _ => None,
+    };
+    let name = f.array::<16>(offset_of!(FibEvent, dev_name));
+    let name_len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let dev = String::from_utf8_lossy(&name[..name_len]).into_owned();
+    let err = f.i32(offset_of!(FibEvent, err));
+    Ok(FibLookup {
+        table: f.u32(offset_of!(FibEvent, table)),
+        table_name: None,
+        err,
+        error: FibLookup::error_name(err).map(str::to_owned),
+        src: ip_from(fam, f.array::<16>(offset_of!(FibEvent, src))),
+        dst: ip_from(fam, f.array::<16>(offset_of!(FibEvent, dst))),
+        gateway,
+        // The tracepoints print "-" when no device was chosen.
+        dev: (!dev.is_empty() && dev != "-").then_some(dev),
+        oif: f.i32(offset_of!(FibEvent, oif)),
+        iif: f.i32(offset_of!(FibEvent, iif)),
+        proto: Transport::from_number(f.u8(offset_of!(FibEvent, proto))),
+        sport: f.u16(offset_of!(FibEvent, sport)),
+        dport: f.u16(offset_of!(FibEvent, dport)),
+        tos: f.u8(offset_of!(FibEvent, tos)),
+        scope: f.u8(offset_of!(FibEvent, scope)),
+        flags: f.u8(offset_of!(FibEvent, flags)),
+        source: match f.u8(offset_of!(FibEvent, source)) {
+            fib_source::TP_FIB4 => "tracepoint:fib:fib_table_lookup",
+            fib_source::TP_FIB6 => "tracepoint:fib6:fib6_table_lookup",
+            _ => "unknown",
+        },
     })
 }
 
@@ -178,6 +249,10 @@ impl<'a> Fields<'a> {
     fn u64(self, off: usize) -> u64 {
         u64::from_ne_bytes(self.array(off))
     }
+
+    fn i32(self, off: usize) -> i32 {
+        i32::from_ne_bytes(self.array(off))
+    }
 }
 
 #[cfg(test)]
@@ -225,7 +300,9 @@ mod tests {
         let event = decode(&bytes_of(&udp_event())).unwrap();
         assert_eq!(event.ts_ns, 123_456_789);
         assert_eq!(event.cpu, 1);
-        let EventBody::Tc(tc) = event.body;
+        let EventBody::Tc(tc) = event.body else {
+            panic!("not tc")
+        };
         assert_eq!(tc.ifindex, 7);
         assert_eq!(tc.direction, Direction::Egress);
         assert_eq!(tc.netns_cookie, 4096);
@@ -255,7 +332,9 @@ mod tests {
         ev.packet.daddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
         ev.packet.tcp_flags = TcpFlags::SYN | TcpFlags::ACK;
         ev.packet.tcp_seq = 77;
-        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body;
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body else {
+            panic!("not tc")
+        };
         assert_eq!(tc.direction, Direction::Ingress);
         let ip = tc.packet.ip.unwrap();
         assert_eq!(ip.dst, "fd00::2".parse::<IpAddr>().unwrap());
@@ -275,7 +354,9 @@ mod tests {
         ev.packet.icmp_type = 8;
         ev.packet.sport = 5;
         ev.packet.dport = 9;
-        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body;
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body else {
+            panic!("not tc")
+        };
         assert_eq!(
             tc.packet.ip.unwrap().l4,
             Some(L4Header::Icmp {
@@ -292,7 +373,9 @@ mod tests {
             len: 42,
             ..Default::default()
         };
-        let EventBody::Tc(tc) = decode(&bytes_of(&arp)).unwrap().body;
+        let EventBody::Tc(tc) = decode(&bytes_of(&arp)).unwrap().body else {
+            panic!("not tc")
+        };
         assert_eq!(tc.packet.ip, None);
         assert_eq!(tc.packet.ethertype, 0x0806);
     }
@@ -301,13 +384,17 @@ mod tests {
     fn truncated_and_fragment_packets_have_no_transport_header() {
         let mut ev = udp_event();
         ev.packet.flags = packet_flags::TRUNCATED;
-        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body;
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body else {
+            panic!("not tc")
+        };
         assert!(tc.packet.truncated);
         assert_eq!(tc.packet.ip.unwrap().l4, None);
 
         let mut ev = udp_event();
         ev.packet.flags = packet_flags::FRAGMENT;
-        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body;
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body else {
+            panic!("not tc")
+        };
         let ip = tc.packet.ip.unwrap();
         assert!(ip.fragment);
         assert_eq!(ip.l4, None);
@@ -355,6 +442,68 @@ mod tests {
             decode(&bytes_of(&bad_dir)),
             Err(DecodeError::BadDirection(9))
         );
+    }
+
+    #[test]
+    fn decodes_a_drop() {
+        let tc = udp_event();
+        let ev = DropEvent {
+            header: EventHeader {
+                kind: kind::DROP,
+                ..tc.header
+            },
+            packet: tc.packet,
+            skb_addr: 0xffff_8880_0000_1000,
+            location: 0xffff_ffff_8120_0123,
+            netns_inum: 4026531840,
+            ifindex: 3,
+            reason: 12,
+            protocol: 0x0800,
+            _pad: 0,
+        };
+        let EventBody::Drop(d) = decode(&bytes_of(&ev)).unwrap().body else {
+            panic!("not a drop")
+        };
+        assert_eq!(d.reason_code, 12);
+        assert_eq!(d.skb, 0xffff_8880_0000_1000);
+        assert_eq!(d.netns, 4026531840);
+        assert_eq!(
+            d.packet.ip.unwrap().dst,
+            "10.0.0.2".parse::<IpAddr>().unwrap()
+        );
+        let full = bytes_of(&ev);
+        assert!(decode(&full[..full.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn decodes_a_fib_lookup() {
+        let mut ev = FibEvent {
+            header: EventHeader {
+                kind: kind::FIB,
+                ..Default::default()
+            },
+            table: 254,
+            err: -libc::ENETUNREACH,
+            family: family::IPV4,
+            proto: 17,
+            source: fib_source::TP_FIB4,
+            dport: 53,
+            ..Default::default()
+        };
+        ev.dst[..4].copy_from_slice(&[10, 9, 9, 9]);
+        ev.dev_name[..1].copy_from_slice(b"-");
+        let EventBody::Fib(f) = decode(&bytes_of(&ev)).unwrap().body else {
+            panic!("not a fib lookup")
+        };
+        assert_eq!(f.table, 254);
+        assert_eq!(f.error.as_deref(), Some("ENETUNREACH"));
+        assert_eq!(f.dst, "10.9.9.9".parse::<IpAddr>().unwrap());
+        assert_eq!(f.dev, None);
+        assert_eq!(f.gateway, None);
+        assert_eq!(f.source, "tracepoint:fib:fib_table_lookup");
+
+        ev.family = 9;
+        assert_eq!(decode(&bytes_of(&ev)), Err(DecodeError::BadFamily(9)));
     }
 
     #[test]

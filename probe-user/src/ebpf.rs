@@ -4,7 +4,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use probe_common::{counter, names};
+use probe_common::{KernelLayout, LAYOUT_GLOBAL, counter, names};
 use thiserror::Error;
 
 /// The compiled probe-ebpf object, built by build.rs and embedded so `probe` runs on its own.
@@ -25,14 +25,21 @@ pub enum LoadError {
     },
 }
 
-/// Loads the object (maps created, programs not yet loaded into the kernel).
-pub fn load(ringbuf_bytes: u32) -> Result<Ebpf, LoadError> {
-    if ringbuf_bytes < 4096 || !ringbuf_bytes.is_power_of_two() {
-        return Err(LoadError::RingBufSize(ringbuf_bytes));
+/// Checks a ring buffer size before anything touches the kernel.
+pub fn check_ringbuf_size(bytes: u32) -> Result<(), LoadError> {
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err(LoadError::RingBufSize(bytes));
     }
+    Ok(())
+}
+
+/// Loads the object with this kernel's layout (maps created, programs not yet loaded).
+pub fn load(ringbuf_bytes: u32, layout: &KernelLayout) -> Result<Ebpf, LoadError> {
+    check_ringbuf_size(ringbuf_bytes)?;
     raise_memlock_limit();
     Ok(EbpfLoader::new()
         .map_max_entries(names::EVENTS_MAP, ringbuf_bytes)
+        .override_global(LAYOUT_GLOBAL, layout, true)
         .load(OBJECT)?)
 }
 

@@ -20,6 +20,10 @@ pub struct Event {
 pub enum EventBody {
     /// A packet seen by a tc classifier.
     Tc(TcSighting),
+    /// A packet the kernel dropped.
+    Drop(DropSighting),
+    /// A routing table lookup and its result.
+    Fib(FibLookup),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -183,5 +187,76 @@ impl std::fmt::Display for TcpFlags {
 impl Serialize for TcpFlags {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+/// A packet the kernel freed as dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DropSighting {
+    /// Kernel address of the sk_buff (identifies the packet among its other sightings).
+    pub skb: u64,
+    /// `enum skb_drop_reason` value (0 when the kernel does not report reasons).
+    pub reason_code: u32,
+    /// Its name in the running kernel, e.g. NETFILTER_DROP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Kernel text address of the code that dropped it.
+    pub location: u64,
+    /// `function+0xoffset` of `location`, when /proc/kallsyms shows addresses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location_sym: Option<String>,
+    /// Device the skb was on (0: none).
+    pub ifindex: u32,
+    /// Inode number of the device's network namespace (0: unknown).
+    pub netns: u32,
+    pub packet: Packet,
+}
+
+/// A routing table lookup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FibLookup {
+    pub table: u32,
+    /// Name from rt_tables (main, local, or the VPN's table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_name: Option<String>,
+    /// 0 when a route was found, else a negative errno.
+    pub err: i32,
+    /// Name of `err` (ENETUNREACH, EHOSTUNREACH, EACCES for a prohibit route, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<IpAddr>,
+    /// The output device the route chose.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
+    /// Interfaces of the flow being routed (0 = any).
+    pub oif: i32,
+    pub iif: i32,
+    pub proto: Transport,
+    pub sport: u16,
+    pub dport: u16,
+    pub tos: u8,
+    pub scope: u8,
+    pub flags: u8,
+    /// The mechanism that reported it, e.g. `tracepoint:fib:fib_table_lookup`.
+    pub source: &'static str,
+}
+
+impl FibLookup {
+    /// Name of a negative errno as routing reports it.
+    pub fn error_name(err: i32) -> Option<&'static str> {
+        Some(match -err {
+            0 => return None,
+            libc::ENETUNREACH => "ENETUNREACH",
+            libc::EHOSTUNREACH => "EHOSTUNREACH",
+            libc::EACCES => "EACCES",
+            // fib_table_lookup: no route in this table, the next policy rule is tried.
+            libc::EAGAIN => "no route in this table",
+            libc::EINVAL => "EINVAL",
+            libc::ESRCH => "ESRCH",
+            _ => "error",
+        })
     }
 }

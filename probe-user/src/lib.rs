@@ -3,13 +3,18 @@
 //! Data flows one way: kernel sighting → ring buffer → [`decode`] → [`event`] → [`render`].
 //! Loading and attaching live in [`ebpf`] and [`tc`]; [`trace`] ties them together.
 
+pub mod btf;
 pub mod decode;
 pub mod ebpf;
 pub mod event;
 pub mod iface;
+pub mod layout;
+pub mod names;
 pub mod netns;
 pub mod privileges;
 pub mod render;
 pub mod rtnl;
 pub mod tc;
 pub mod trace;
+pub mod tracefs;
+pub mod tracepoints;

@@ -39,15 +39,23 @@ enum Command {
 
 #[derive(Args)]
 struct TraceArgs {
-    /// Interfaces to watch, comma-separated or repeated.
+    /// Interfaces to watch with tc, comma-separated or repeated.
     #[arg(
         short,
         long = "iface",
         value_name = "IF[,IF...]",
-        value_delimiter = ',',
-        required = true
+        value_delimiter = ','
     )]
     ifaces: Vec<String>,
+    /// Do not report dropped packets (tracepoint skb:kfree_skb).
+    #[arg(long)]
+    no_drops: bool,
+    /// Do not report routing decisions (fib lookups).
+    #[arg(long)]
+    no_routes: bool,
+    /// Report drops from every network namespace, not only the one being traced.
+    #[arg(long)]
+    all_netns: bool,
     /// Network namespace to trace in: a name from `ip netns list`, or a path such as
     /// /proc/PID/ns/net.
     #[arg(long, value_name = "NAME|PATH")]
@@ -101,6 +109,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             })?;
             let opts = trace::TraceOptions {
                 ifaces: args.ifaces,
+                tracepoints: probe::tracepoints::Selection {
+                    drops: !args.no_drops,
+                    routes: !args.no_routes,
+                },
+                all_netns: args.all_netns,
                 format: if args.json {
                     Format::Json
                 } else {

@@ -4,7 +4,9 @@ use std::{collections::HashMap, io::Write};
 
 use serde::Serialize;
 
-use crate::event::{Event, EventBody, IpHeader, L4Header, Packet, Transport};
+use crate::event::{
+    DropSighting, Event, EventBody, FibLookup, IpHeader, L4Header, Packet, Transport,
+};
 
 /// Interface names by index, for the namespace being traced.
 pub type IfNames = HashMap<u32, String>;
@@ -79,6 +81,8 @@ impl Renderer {
             Format::Json => {
                 let ifname = match &event.body {
                     EventBody::Tc(tc) => self.names.get(&tc.ifindex).map(String::as_str),
+                    EventBody::Drop(d) => self.names.get(&d.ifindex).map(String::as_str),
+                    EventBody::Fib(_) => None,
                 };
                 serde_json::to_writer(&mut *out, &JsonLine { event, ifname })?;
                 out.write_all(b"\n")
@@ -102,8 +106,72 @@ impl Renderer {
                     packet_text(&tc.packet)
                 )
             }
+            EventBody::Drop(d) => format!(
+                "{time} {:<12} DROP    {}",
+                self.ifname(d.ifindex),
+                drop_text(d)
+            ),
+            EventBody::Fib(f) => format!("{time} {:<12} route   {}", "", fib_text(f)),
         }
     }
+
+    fn ifname(&self, ifindex: u32) -> String {
+        match ifindex {
+            0 => "-".to_owned(),
+            i => self
+                .names
+                .get(&i)
+                .cloned()
+                .unwrap_or_else(|| format!("if{i}")),
+        }
+    }
+}
+
+/// `tcp a:1 > b:2 [S] seq 1 len 60 reason NETFILTER_DROP at nf_hook_slow+0x9a`
+pub fn drop_text(d: &DropSighting) -> String {
+    let reason = match &d.reason {
+        Some(r) => r.clone(),
+        None if d.reason_code == 0 => "unreported".to_owned(),
+        None => format!("code {}", d.reason_code),
+    };
+    let mut s = format!("{} reason {reason}", packet_text(&d.packet));
+    if let Some(at) = &d.location_sym {
+        s.push_str(&format!(" at {at}"));
+    }
+    s
+}
+
+/// `table main: udp 10.0.0.1:5000 > 10.0.0.2:53 -> dev eth0 via 10.0.0.254` or `-> ENETUNREACH`
+pub fn fib_text(f: &FibLookup) -> String {
+    let table = match &f.table_name {
+        Some(n) => n.clone(),
+        None => f.table.to_string(),
+    };
+    let flow = match f.proto {
+        Transport::Tcp | Transport::Udp => {
+            let addr = |a: std::net::IpAddr, p: u16| match a {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]:{p}"),
+                v4 => format!("{v4}:{p}"),
+            };
+            format!(
+                "{} {} > {}",
+                f.proto,
+                addr(f.src, f.sport),
+                addr(f.dst, f.dport)
+            )
+        }
+        Transport::Other(0) => format!("{} > {}", f.src, f.dst),
+        p => format!("{p} {} > {}", f.src, f.dst),
+    };
+    let result = match (&f.error, &f.dev) {
+        (Some(e), _) => e.clone(),
+        (None, Some(dev)) => match f.gateway {
+            Some(gw) => format!("dev {dev} via {gw}"),
+            None => format!("dev {dev}"),
+        },
+        (None, None) => "no device".to_owned(),
+    };
+    format!("table {table}: {flow} -> {result}")
 }
 
 /// tcpdump-like one-line summary of a packet.

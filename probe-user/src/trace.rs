@@ -13,15 +13,25 @@ use tokio::{
 };
 
 use crate::{
-    decode, ebpf, iface,
+    btf::Btf,
+    decode, ebpf,
+    event::EventBody,
+    iface,
+    names::Names,
     render::{Clock, Format, IfNames, Renderer},
     tc::{self, BackendChoice, TcAttacher},
+    tracefs::Tracefs,
+    tracepoints,
 };
 
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
-    /// Interface names in the current network namespace.
+    /// Interface names in the current network namespace (tc observation points).
     pub ifaces: Vec<String>,
+    /// Drops (`skb:kfree_skb`) and routing decisions (fib tracepoints).
+    pub tracepoints: tracepoints::Selection,
+    /// Show drops from every network namespace, not only the one being traced.
+    pub all_netns: bool,
     pub format: Format,
     /// Stop after this many events.
     pub count: Option<u64>,
@@ -43,9 +53,7 @@ pub struct Summary {
 /// entered a network namespace (the runtime's threads inherit it).
 pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     crate::privileges::check()?;
-    if opts.ifaces.is_empty() {
-        bail!("no interface to trace: name one with --iface");
-    }
+    ebpf::check_ringbuf_size(opts.ringbuf_bytes)?;
     let mut ifaces = Vec::with_capacity(opts.ifaces.len());
     for name in &opts.ifaces {
         let found = iface::lookup(name)?;
@@ -53,8 +61,37 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             ifaces.push(found);
         }
     }
+    let wants_tracepoints = opts.tracepoints.drops || opts.tracepoints.routes;
+    if ifaces.is_empty() && !wants_tracepoints {
+        bail!("nothing to trace: name interfaces with --iface, or leave drops or routes on");
+    }
 
-    let mut bpf = ebpf::load(opts.ringbuf_bytes)?;
+    // Kernel facts first: they shape what the programs read.
+    let tracefs = if wants_tracepoints {
+        match Tracefs::open() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::warn!("{e}; drops and routing decisions will not be shown");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let btf = match Btf::from_sys() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            log::warn!("{e}; drop events will lack interface and packet details");
+            None
+        }
+    };
+    let (layout, names, missing) = tracepoints::prepare(tracefs.as_ref(), btf.as_ref());
+    drop(btf);
+    for m in &missing.0 {
+        log::debug!("not available on this kernel: {m}");
+    }
+
+    let mut bpf = ebpf::load(opts.ringbuf_bytes, &layout)?;
     let logger = match aya_log::EbpfLogger::init(&mut bpf) {
         Ok(logger) => Some(logger),
         Err(e) => {
@@ -62,14 +99,22 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             None
         }
     };
-    tc::load_programs(&mut bpf)?;
     let mut attacher = TcAttacher::new(opts.backend);
-    let mut names = IfNames::new();
+    let mut ifnames = IfNames::new();
     let mut used = Vec::new();
-    for i in &ifaces {
-        let backend = attacher.attach(&mut bpf, i)?;
-        names.insert(i.index, i.name.clone());
-        used.push(format!("{} ({backend})", i.name));
+    if !ifaces.is_empty() {
+        tc::load_programs(&mut bpf)?;
+        for i in &ifaces {
+            let backend = attacher.attach(&mut bpf, i)?;
+            ifnames.insert(i.index, i.name.clone());
+            used.push(format!("{} ({backend})", i.name));
+        }
+    }
+    if tracefs.is_some() {
+        used.extend(tracepoints::attach(&mut bpf, opts.tracepoints));
+    }
+    if used.is_empty() {
+        bail!("no observation point could be attached");
     }
     let ring = ebpf::take_events(&mut bpf)?;
     let counters = ebpf::Counters::take(&mut bpf)?;
@@ -80,18 +125,49 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
 
-    let renderer = Renderer::new(opts.format, Clock::now(), names);
+    let view = View {
+        renderer: Renderer::new(opts.format, Clock::now(), ifnames),
+        names,
+        netns: if opts.all_netns { None } else { own_netns() },
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
         .context("cannot start the event loop")?;
-    let mut summary = runtime.block_on(stream(ring, logger, &renderer, opts.count))?;
+    let mut summary = runtime.block_on(stream(ring, logger, &view, opts.count))?;
     summary.lost = counters.read().ringbuf_full;
 
-    // Links go with the programs; then the qdiscs probe created, if any.
+    // Links go with the programs; then the qdiscs probe created, if any; tracefs last.
     drop(bpf);
     attacher.remove_created_qdiscs();
+    drop(tracefs);
     Ok(summary)
+}
+
+/// Inode of this process's network namespace (as the kernel reports in drop events).
+fn own_netns() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self/ns/net")
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+}
+
+/// Everything between a decoded event and the output.
+struct View {
+    renderer: Renderer,
+    names: Names,
+    /// Show drops only from this namespace (None: from all).
+    netns: Option<u32>,
+}
+
+impl View {
+    fn wants(&self, body: &EventBody) -> bool {
+        match (body, self.netns) {
+            // Drops without a device (netns 0) cannot be placed: keep them.
+            (EventBody::Drop(d), Some(ns)) => d.netns == 0 || d.netns == ns,
+            _ => true,
+        }
+    }
 }
 
 type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
@@ -99,7 +175,7 @@ type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 async fn stream(
     ring: RingBuf<MapData>,
     logger: Option<Logger>,
-    renderer: &Renderer,
+    view: &View,
     count: Option<u64>,
 ) -> anyhow::Result<Summary> {
     let mut ring = pollable(ring).context("cannot poll the event ring buffer")?;
@@ -119,7 +195,7 @@ async fn stream(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let done = drain(guard.get_inner_mut(), renderer, &mut out, &mut summary, limit)?;
+                let done = drain(guard.get_inner_mut(), view, &mut out, &mut summary, limit)?;
                 guard.clear_ready();
                 if done {
                     break;
@@ -137,7 +213,7 @@ async fn stream(
     }
     // Whatever the kernel submitted before we stopped is still shown.
     if summary.events < limit {
-        drain(ring.get_mut(), renderer, &mut out, &mut summary, limit)?;
+        drain(ring.get_mut(), view, &mut out, &mut summary, limit)?;
     }
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
@@ -166,7 +242,7 @@ async fn readable(
 /// output is gone.
 fn drain(
     ring: &mut RingBuf<MapData>,
-    renderer: &Renderer,
+    view: &View,
     out: &mut impl Write,
     summary: &mut Summary,
     limit: u64,
@@ -175,9 +251,13 @@ fn drain(
     while summary.events < limit {
         let Some(item) = ring.next() else { break };
         match decode::decode(&item) {
-            Ok(event) => {
+            Ok(mut event) => {
+                if !view.wants(&event.body) {
+                    continue;
+                }
+                view.names.enrich(&mut event);
                 summary.events += 1;
-                if let Err(e) = renderer.write(out, &event) {
+                if let Err(e) = view.renderer.write(out, &event) {
                     return output_gone(e);
                 }
             }

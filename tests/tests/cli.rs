@@ -50,7 +50,6 @@ fn malformed_arguments_are_usage_errors() {
     for args in [
         &["trace", "--iface", "lo", "--count", "0"][..],
         &["trace", "--iface", "lo", "--tc-backend", "xdp"][..],
-        &["trace"][..],
         &["frobnicate"][..],
     ] {
         let out = probe(args);

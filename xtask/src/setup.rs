@@ -27,7 +27,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Commands the tests, the demo and the lab call, and the Debian packages that provide them.
-const TOOLS: &[(&str, &str)] = &[("ip", "iproute2"), ("tc", "iproute2")];
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+];
 
 /// What the build needs to know about the set-up machine.
 pub struct Toolchain {

@@ -1,0 +1,85 @@
+//! Packet drops: tracepoint `skb:kfree_skb` (kernel function `kfree_skb_reason` and friends).
+//! Record fields (skbaddr, location, protocol, reason) and sk_buff/net_device/net members are
+//! read at the offsets userspace found in this kernel's tracefs and BTF.
+
+use aya_ebpf::{
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use probe_common::{ABSENT, DropEvent, EventHeader, PacketInfo, counter, kind};
+
+use crate::{
+    layout::{self, read_kernel},
+    maps,
+    packet::{self, KernelBytes},
+};
+
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_kfree_skb(&ctx);
+    0
+}
+
+/// Reads a tracepoint record field of type `T` at `offset` (ABSENT → Err).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: u16) -> Result<T, i32> {
+    if offset == ABSENT {
+        return Err(-1);
+    }
+    // SAFETY: the offset comes from this tracepoint's format file; the read is checked.
+    unsafe { ctx.read_at::<T>(offset as usize) }
+}
+
+#[inline(always)]
+fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
+    let skb: u64 = field(ctx, layout::get(|l| &l.kfree_skbaddr))?;
+    let location: u64 = field(ctx, layout::get(|l| &l.kfree_location)).unwrap_or(0);
+    let protocol: u16 = field(ctx, layout::get(|l| &l.kfree_protocol)).unwrap_or(0);
+    // Kernels before 5.17 have no reason field: 0 means "not reported".
+    let reason: u32 = field(ctx, layout::get(|l| &l.kfree_reason)).unwrap_or(0);
+
+    let mut packet = PacketInfo::default();
+    let mut ifindex = 0u32;
+    let mut netns_inum = 0u32;
+    if let Ok(dev) = read_kernel::<u64>(skb, layout::get(|l| &l.skb_dev)) {
+        ifindex = read_kernel::<u32>(dev, layout::get(|l| &l.dev_ifindex)).unwrap_or(0);
+        if let Ok(net) = read_kernel::<u64>(dev, layout::get(|l| &l.dev_nd_net)) {
+            netns_inum = read_kernel::<u32>(net, layout::get(|l| &l.net_ns_inum)).unwrap_or(0);
+        }
+    }
+    packet.len = read_kernel::<u32>(skb, layout::get(|l| &l.skb_len)).unwrap_or(0);
+    let head = read_kernel::<u64>(skb, layout::get(|l| &l.skb_head)).unwrap_or(0);
+    let network = read_kernel::<u16>(skb, layout::get(|l| &l.skb_network_header)).unwrap_or(0xFFFF);
+    // 0xFFFF: the network header was never set (e.g. dropped before layer 3).
+    if head != 0 && network != 0xFFFF {
+        packet::parse_from_network(&KernelBytes(head + network as u64), protocol, &mut packet);
+    } else {
+        packet.l3_proto = protocol;
+    }
+
+    let Some(mut entry) = maps::EVENTS.reserve::<DropEvent>(0) else {
+        maps::bump(counter::RINGBUF_FULL);
+        return Err(-1);
+    };
+    // SAFETY: helpers without preconditions.
+    let (ts_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    entry.write(DropEvent {
+        header: EventHeader {
+            ts_ns,
+            kind: kind::DROP,
+            flags: 0,
+            cpu,
+        },
+        packet,
+        skb_addr: skb,
+        location,
+        netns_inum,
+        ifindex,
+        reason,
+        protocol,
+        _pad: 0,
+    });
+    entry.submit(0);
+    Ok(())
+}
