@@ -3,6 +3,7 @@
 //! - the standard one: a rustup nightly with rust-src (`-Z build-std=core`);
 //! - Debian's: rustc-web with its prebuilt `bpfel-unknown-none` core, linked into rustup as the
 //!   toolchain `probe-bpf` by `cargo xtask setup` (no build-std; RUSTC_BOOTSTRAP scoped to aya_ebpf).
+//!
 //! `PROBE_EBPF_TOOLCHAIN` overrides the choice. bpf-linker is taken from PATH, else from the cache
 //! directory `cargo xtask setup` installs it into.
 

@@ -269,7 +269,7 @@ impl Btf {
             id = member_ty;
             ty_name = format!("{ty_name}.{part}");
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::Bitfield {
                 ty: struct_name.to_owned(),
                 member: path.to_owned(),

@@ -5,6 +5,7 @@
 
 pub mod btf;
 pub mod decode;
+pub mod discover;
 pub mod ebpf;
 pub mod event;
 pub mod iface;
@@ -18,3 +19,4 @@ pub mod tc;
 pub mod trace;
 pub mod tracefs;
 pub mod tracepoints;
+pub mod watch;

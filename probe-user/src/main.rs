@@ -28,10 +28,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print every packet seen on the given interfaces, until Ctrl-C.
+    /// Print packets on the datapath, drops and routing decisions, until Ctrl-C.
     #[command(after_help = "Examples:\n  \
+        sudo probe trace                        # bridges, veths, tunnels, uplink; drops; routes\n  \
         sudo probe trace --iface docker0\n  \
-        sudo probe trace --iface eth0,docker0 --json > sightings.jsonl\n  \
+        sudo probe trace --iface 'veth*,docker0' --json > sightings.jsonl\n  \
+        sudo probe trace --no-tc --no-routes    # only drops, with reasons\n  \
         sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
         sudo probe trace --iface veth0 --tc-backend clsact")]
     Trace(TraceArgs),
@@ -47,6 +49,9 @@ struct TraceArgs {
         value_delimiter = ','
     )]
     ifaces: Vec<String>,
+    /// Do not attach tc programs to interfaces.
+    #[arg(long, conflicts_with = "ifaces")]
+    no_tc: bool,
     /// Do not report dropped packets (tracepoint skb:kfree_skb).
     #[arg(long)]
     no_drops: bool,
@@ -108,6 +113,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::anyhow!("--ringbuf-kib {} is too large", args.ringbuf_kib)
             })?;
             let opts = trace::TraceOptions {
+                tc: !args.no_tc,
                 ifaces: args.ifaces,
                 tracepoints: probe::tracepoints::Selection {
                     drops: !args.no_drops,

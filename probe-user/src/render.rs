@@ -76,6 +76,11 @@ impl Renderer {
         }
     }
 
+    /// Interface names, updated as interfaces are attached during a trace.
+    pub fn names_mut(&mut self) -> &mut IfNames {
+        &mut self.names
+    }
+
     pub fn write(&self, out: &mut impl Write, event: &Event) -> std::io::Result<()> {
         match self.format {
             Format::Json => {

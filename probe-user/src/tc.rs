@@ -191,6 +191,17 @@ impl TcAttacher {
         }
     }
 
+    /// The backend in use, once one attach has succeeded.
+    pub fn backend(&self) -> Option<Backend> {
+        self.settled
+    }
+
+    /// An interface went away, and its qdisc with it: never try to delete that qdisc later
+    /// (the index could be reused by someone else's interface).
+    pub fn forget(&mut self, ifindex: u32) {
+        self.created_qdiscs.retain(|&i| i != ifindex);
+    }
+
     /// Deletes the qdiscs probe created. Call after the programs' links are gone.
     pub fn remove_created_qdiscs(&mut self) {
         for ifindex in self.created_qdiscs.drain(..) {

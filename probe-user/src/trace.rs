@@ -2,6 +2,7 @@
 
 use std::{
     io::{self, Write},
+    os::fd::{AsRawFd, RawFd},
     path::PathBuf,
 };
 
@@ -14,19 +15,23 @@ use tokio::{
 
 use crate::{
     btf::Btf,
-    decode, ebpf,
+    decode,
+    discover::Selector,
+    ebpf,
     event::EventBody,
-    iface,
     names::Names,
     render::{Clock, Format, IfNames, Renderer},
-    tc::{self, BackendChoice, TcAttacher},
+    tc::{BackendChoice, TcAttacher},
     tracefs::Tracefs,
     tracepoints,
+    watch::TcWatch,
 };
 
 #[derive(Clone, Debug)]
 pub struct TraceOptions {
-    /// Interface names in the current network namespace (tc observation points).
+    /// tc observation points on interfaces.
+    pub tc: bool,
+    /// Interface names or globs for tc; empty: discover bridges, veths, tunnels and the uplink.
     pub ifaces: Vec<String>,
     /// Drops (`skb:kfree_skb`) and routing decisions (fib tracepoints).
     pub tracepoints: tracepoints::Selection,
@@ -54,16 +59,10 @@ pub struct Summary {
 pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     crate::privileges::check()?;
     ebpf::check_ringbuf_size(opts.ringbuf_bytes)?;
-    let mut ifaces = Vec::with_capacity(opts.ifaces.len());
-    for name in &opts.ifaces {
-        let found = iface::lookup(name)?;
-        if !ifaces.iter().any(|i: &iface::Iface| i.index == found.index) {
-            ifaces.push(found);
-        }
-    }
+    let selector = Selector::parse(&opts.ifaces)?;
     let wants_tracepoints = opts.tracepoints.drops || opts.tracepoints.routes;
-    if ifaces.is_empty() && !wants_tracepoints {
-        bail!("nothing to trace: name interfaces with --iface, or leave drops or routes on");
+    if !opts.tc && !wants_tracepoints {
+        bail!("nothing to trace: tc, drops and routes are all turned off");
     }
 
     // Kernel facts first: they shape what the programs read.
@@ -99,21 +98,22 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             None
         }
     };
-    let mut attacher = TcAttacher::new(opts.backend);
     let mut ifnames = IfNames::new();
-    let mut used = Vec::new();
-    if !ifaces.is_empty() {
-        tc::load_programs(&mut bpf)?;
-        for i in &ifaces {
-            let backend = attacher.attach(&mut bpf, i)?;
-            ifnames.insert(i.index, i.name.clone());
-            used.push(format!("{} ({backend})", i.name));
-        }
-    }
+    let watch = if opts.tc {
+        Some(TcWatch::start(
+            &mut bpf,
+            selector,
+            TcAttacher::new(opts.backend),
+            &mut ifnames,
+        )?)
+    } else {
+        None
+    };
+    let mut used = watch.as_ref().map(TcWatch::describe).unwrap_or_default();
     if tracefs.is_some() {
         used.extend(tracepoints::attach(&mut bpf, opts.tracepoints));
     }
-    if used.is_empty() {
+    if used.is_empty() && watch.is_none() {
         bail!("no observation point could be attached");
     }
     let ring = ebpf::take_events(&mut bpf)?;
@@ -125,7 +125,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             .with_context(|| format!("cannot write ready file {}", path.display()))?;
     }
 
-    let view = View {
+    let mut view = View {
         renderer: Renderer::new(opts.format, Clock::now(), ifnames),
         names,
         netns: if opts.all_netns { None } else { own_netns() },
@@ -134,14 +134,25 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         .enable_io()
         .build()
         .context("cannot start the event loop")?;
-    let mut summary = runtime.block_on(stream(ring, logger, &view, opts.count))?;
+    let mut session = Session { bpf, watch };
+    let mut summary =
+        runtime.block_on(stream(ring, logger, &mut session, &mut view, opts.count))?;
     summary.lost = counters.read().ringbuf_full;
 
     // Links go with the programs; then the qdiscs probe created, if any; tracefs last.
+    let Session { bpf, watch } = session;
     drop(bpf);
-    attacher.remove_created_qdiscs();
+    if let Some(w) = watch {
+        w.finish();
+    }
     drop(tracefs);
     Ok(summary)
+}
+
+/// The kernel side of a running trace.
+struct Session {
+    bpf: aya::Ebpf,
+    watch: Option<TcWatch>,
 }
 
 /// Inode of this process's network namespace (as the kernel reports in drop events).
@@ -175,12 +186,21 @@ type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
 async fn stream(
     ring: RingBuf<MapData>,
     logger: Option<Logger>,
-    view: &View,
+    session: &mut Session,
+    view: &mut View,
     count: Option<u64>,
 ) -> anyhow::Result<Summary> {
     let mut ring = pollable(ring).context("cannot poll the event ring buffer")?;
     let mut logger = match logger {
         Some(l) => Some(pollable(l).context("cannot poll the eBPF log buffer")?),
+        None => None,
+    };
+    let mut links = match session.watch.as_ref() {
+        // The socket lives in `session.watch` for the whole loop, so its descriptor stays open
+        // while the AsyncFd watches it.
+        Some(w) => Some(
+            pollable::<RawFd>(w.monitor().as_raw_fd()).context("cannot poll link notifications")?,
+        ),
         None => None,
     };
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -206,6 +226,13 @@ async fn stream(
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            guard = readable(&mut links) => {
+                let mut guard = guard?;
+                if let Some(w) = session.watch.as_mut() {
+                    w.on_link_events(&mut session.bpf, view.renderer.names_mut());
+                }
+                guard.clear_ready();
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => break,
@@ -221,18 +248,19 @@ async fn stream(
     Ok(summary)
 }
 
-/// Registers a map-backed buffer with the event loop.
-fn pollable<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: RingBuf and EbpfLogger own their map's descriptor for as long as they live, and
-    // the AsyncFd owns them, so the descriptor stays open and the same until it is dropped.
+/// Registers a descriptor with the event loop. Every caller passes something whose descriptor
+/// stays open and the same while the AsyncFd lives: RingBuf and EbpfLogger own their map's
+/// descriptor and are owned by the AsyncFd; the link socket outlives the loop.
+fn pollable<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: see above.
     unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
         .map_err(|e| io::Error::other(e.to_string()))
 }
 
-async fn readable(
-    logger: &mut Option<AsyncFd<Logger>>,
-) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, Logger>> {
-    match logger {
+async fn readable<T: AsRawFd>(
+    fd: &mut Option<AsyncFd<T>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, T>> {
+    match fd {
         Some(l) => l.readable_mut().await,
         None => std::future::pending().await,
     }

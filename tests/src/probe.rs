@@ -67,7 +67,7 @@ impl ProbeRun {
     }
 
     /// Waits (up to [`READY_TIMEOUT`]) for a stderr line starting with `prefix`.
-    fn wait_for_stderr(&mut self, prefix: &str) -> anyhow::Result<()> {
+    pub fn wait_for_stderr(&mut self, prefix: &str) -> anyhow::Result<()> {
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -118,6 +118,11 @@ impl ProbeRun {
             bail!("probe failed ({status}); stderr:\n{stderr}");
         }
         Ok((stdout, stderr))
+    }
+
+    /// Stderr lines read so far.
+    pub fn stderr_so_far(&self) -> &[String] {
+        &self.stderr_seen
     }
 
     /// The process id (to signal it).

@@ -282,3 +282,79 @@ fn count_stops_the_trace_by_itself() {
     assert_eq!(json_lines(&stdout).unwrap().len(), 4, "{stdout}");
     assert!(stderr.contains("4 events"), "{stderr}");
 }
+
+/// Without --iface probe finds the datapath interfaces itself, skips others (an ifb device), and attaches to
+/// interfaces created while it runs.
+fn attaches_to_interfaces_as_they_appear(iface_args: &[&str]) {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    lab.a.ip(&["link", "add", "ifb9", "type", "ifb"]).unwrap();
+    let mut args = vec![
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--no-drops",
+        "--no-routes",
+        "--json",
+    ];
+    args.extend_from_slice(iface_args);
+    let mut run = ProbeRun::start(&args).unwrap();
+    let tracing = run
+        .stderr_so_far()
+        .iter()
+        .find(|l| l.starts_with("probe: tracing"))
+        .unwrap()
+        .clone();
+    assert!(tracing.contains("veth0"), "{tracing}");
+    assert!(!tracing.contains("ifb9"), "{tracing}");
+
+    // A new link between the namespaces, made while probe runs.
+    lab.a
+        .ip(&[
+            "link",
+            "add",
+            "veth1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth1",
+            "netns",
+            lab.b.name(),
+        ])
+        .unwrap();
+    run.wait_for_stderr("probe: attached to veth1").unwrap();
+    for (ns, addr) in [(&lab.a, "10.202.0.1/24"), (&lab.b, "10.202.0.2/24")] {
+        ns.ip(&["addr", "add", addr, "dev", "veth1"]).unwrap();
+        ns.ip(&["link", "set", "veth1", "up"]).unwrap();
+    }
+    lab.a
+        .run(|| {
+            let sock = UdpSocket::bind(("10.202.0.1", CLIENT_UDP_PORT)).unwrap();
+            sock.send_to(b"new link", ("10.202.0.2", UDP_PORT)).unwrap();
+        })
+        .unwrap();
+    let ifindex = lab.a.ifindex("veth1").unwrap();
+    let (stdout, _) = run.stop().unwrap();
+    let events = json_lines(&stdout).unwrap();
+    let seen = matching(
+        &events,
+        ifindex,
+        "egress",
+        "udp",
+        ("10.202.0.1", CLIENT_UDP_PORT),
+        ("10.202.0.2", UDP_PORT),
+    );
+    assert_eq!(seen.len(), 1, "{events:#?}");
+    assert_eq!(seen[0]["ifname"], "veth1");
+}
+
+#[test]
+fn discovery_attaches_to_new_interfaces() {
+    attaches_to_interfaces_as_they_appear(&[]);
+}
+
+#[test]
+fn globs_attach_to_new_interfaces() {
+    attaches_to_interfaces_as_they_appear(&["--iface", "veth*"]);
+}

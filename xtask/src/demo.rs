@@ -5,7 +5,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -47,7 +46,7 @@ pub fn run(no_build: bool) -> anyhow::Result<()> {
     story(&bin)
 }
 
-fn story(bin: &PathBuf) -> anyhow::Result<()> {
+fn story(bin: &std::path::Path) -> anyhow::Result<()> {
     title("probe demo: one Docker-like host, two containers, every packet on the bridge");
     let lab = BridgeLab::new(PREFIX, &["web", "db"]).context("cannot build the lab")?;
     let web = lab.container("web");

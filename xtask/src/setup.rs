@@ -4,6 +4,7 @@
 //! 1. the standard aya route: a rustup nightly with rust-src (`-Z build-std=core`);
 //! 2. Debian's packaged route: rustc-web ships a prebuilt `core` for bpfel-unknown-none and
 //!    llvm-22-dev lets bpf-linker be built; rustc-web is linked into rustup as `probe-bpf`.
+//!
 //! Either way bpf-linker is taken from PATH or built into a cache directory. Missing pieces are
 //! installed when we are root; otherwise the exact commands are printed.
 
