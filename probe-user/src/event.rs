@@ -24,6 +24,8 @@ pub enum EventBody {
     Drop(DropSighting),
     /// A routing table lookup and its result.
     Fib(FibLookup),
+    /// An nftables rule, chain return or chain policy that decided about a packet (`--rules`).
+    Rule(RuleVerdict),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -259,4 +261,35 @@ impl FibLookup {
             _ => "error",
         })
     }
+}
+
+/// One step of nftables rule evaluation for a traced packet (iptables-nft rules included).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleVerdict {
+    /// The kernel's id for this packet's walk through the hooks.
+    pub trace_id: u32,
+    /// nftables family: ip, ip6, inet, bridge, arp, netdev.
+    pub family: String,
+    pub table: String,
+    pub chain: String,
+    /// The netfilter hook of the base chain this walk started from, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    /// What decided: a rule, the end of a regular chain (return), or a base chain's policy.
+    pub decided_by: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_handle: Option<u64>,
+    /// The rule as `nft list` shows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// accept, drop, continue, jump, goto, return, queue, stolen...
+    pub verdict: String,
+    /// Target chain of a jump or goto.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub iif: u32,
+    pub oif: u32,
+    pub mark: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet: Option<Packet>,
 }

@@ -12,6 +12,8 @@ pub mod iface;
 pub mod layout;
 pub mod names;
 pub mod netns;
+pub mod nftrace;
+pub mod packet;
 pub mod privileges;
 pub mod render;
 pub mod rtnl;

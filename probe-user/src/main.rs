@@ -34,6 +34,7 @@ enum Command {
         sudo probe trace --iface docker0\n  \
         sudo probe trace --iface 'veth*,docker0' --json > sightings.jsonl\n  \
         sudo probe trace --no-tc --no-routes    # only drops, with reasons\n  \
+        sudo probe trace --rules --no-tc        # which nftables/iptables rule decided\n  \
         sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
         sudo probe trace --iface veth0 --tc-backend clsact")]
     Trace(TraceArgs),
@@ -61,6 +62,10 @@ struct TraceArgs {
     /// Report drops from every network namespace, not only the one being traced.
     #[arg(long)]
     all_netns: bool,
+    /// Show which nftables/iptables-nft table, chain and rule decided each packet. Adds a small
+    /// nftables table (inet probe_trace_PID) that marks packets for tracing; removed on exit.
+    #[arg(long)]
+    rules: bool,
     /// Network namespace to trace in: a name from `ip netns list`, or a path such as
     /// /proc/PID/ns/net.
     #[arg(long, value_name = "NAME|PATH")]
@@ -120,6 +125,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     routes: !args.no_routes,
                 },
                 all_netns: args.all_netns,
+                rules: args.rules,
                 format: if args.json {
                     Format::Json
                 } else {
@@ -143,6 +149,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ));
             } else {
                 line.push_str(", none lost");
+            }
+            if summary.rules_lost > 0 {
+                line.push_str(&format!(
+                    "; nftables trace messages were lost {} time(s) (socket buffer full)",
+                    summary.rules_lost
+                ));
             }
             if summary.malformed > 0 {
                 line.push_str(&format!("; {} malformed events skipped", summary.malformed));

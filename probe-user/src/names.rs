@@ -21,7 +21,7 @@ impl Names {
     /// Fills the name fields of an event from the numbers it carries.
     pub fn enrich(&self, event: &mut Event) {
         match &mut event.body {
-            EventBody::Tc(_) => {}
+            EventBody::Tc(_) | EventBody::Rule(_) => {}
             EventBody::Drop(d) => {
                 d.reason = self.drop_reasons.name(d.reason_code).map(str::to_owned);
                 d.location_sym = self.symbols.symbolize(d.location);

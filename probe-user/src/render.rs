@@ -5,7 +5,7 @@ use std::{collections::HashMap, io::Write};
 use serde::Serialize;
 
 use crate::event::{
-    DropSighting, Event, EventBody, FibLookup, IpHeader, L4Header, Packet, Transport,
+    DropSighting, Event, EventBody, FibLookup, IpHeader, L4Header, Packet, RuleVerdict, Transport,
 };
 
 /// Interface names by index, for the namespace being traced.
@@ -87,7 +87,7 @@ impl Renderer {
                 let ifname = match &event.body {
                     EventBody::Tc(tc) => self.names.get(&tc.ifindex).map(String::as_str),
                     EventBody::Drop(d) => self.names.get(&d.ifindex).map(String::as_str),
-                    EventBody::Fib(_) => None,
+                    EventBody::Fib(_) | EventBody::Rule(_) => None,
                 };
                 serde_json::to_writer(&mut *out, &JsonLine { event, ifname })?;
                 out.write_all(b"\n")
@@ -117,6 +117,10 @@ impl Renderer {
                 drop_text(d)
             ),
             EventBody::Fib(f) => format!("{time} {:<12} route   {}", "", fib_text(f)),
+            EventBody::Rule(r) => {
+                let dev = if r.oif != 0 { r.oif } else { r.iif };
+                format!("{time} {:<12} rule    {}", self.ifname(dev), rule_text(r))
+            }
         }
     }
 
@@ -144,6 +148,34 @@ pub fn drop_text(d: &DropSighting) -> String {
         s.push_str(&format!(" at {at}"));
     }
     s
+}
+
+/// `ip filter FORWARD (forward) rule 12 "iifname ... drop" -> drop: udp a:1 > b:2`
+pub fn rule_text(r: &RuleVerdict) -> String {
+    let hook = r
+        .hook
+        .as_deref()
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default();
+    let by = match (r.decided_by, r.rule_handle, &r.rule) {
+        ("rule", Some(h), Some(text)) => format!("rule {h} \"{text}\""),
+        ("rule", Some(h), None) => format!("rule {h}"),
+        (other, _, _) => other.to_owned(),
+    };
+    let target = r
+        .target
+        .as_deref()
+        .map(|t| format!(" {t}"))
+        .unwrap_or_default();
+    let packet = r
+        .packet
+        .as_ref()
+        .map(|p| format!(": {}", packet_text(p)))
+        .unwrap_or_default();
+    format!(
+        "{} {} {}{hook} {by} -> {}{target}{packet}",
+        r.family, r.table, r.chain, r.verdict
+    )
 }
 
 /// `table main: udp 10.0.0.1:5000 > 10.0.0.2:53 -> dev eth0 via 10.0.0.254` or `-> ENETUNREACH`

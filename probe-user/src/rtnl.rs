@@ -204,7 +204,7 @@ impl Socket {
 }
 
 /// Splits a datagram into (type, sequence, body) messages, stopping at anything malformed.
-fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
+pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = (u16, u32, &[u8])> {
     std::iter::from_fn(move || {
         if buf.len() < NLMSG_HDRLEN {
             return None;
@@ -231,7 +231,7 @@ fn ack_error(body: &[u8]) -> io::Error {
 }
 
 /// Attributes (type, payload) following a fixed header.
-fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(crate) fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if buf.len() < 4 {
             return None;
@@ -247,7 +247,7 @@ fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn c_string(b: &[u8]) -> String {
+pub(crate) fn c_string(b: &[u8]) -> String {
     let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
 }

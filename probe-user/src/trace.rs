@@ -18,9 +18,11 @@ use crate::{
     decode,
     discover::Selector,
     ebpf,
-    event::EventBody,
+    event::{Event, EventBody},
     names::Names,
+    nftrace::{self, TraceSocket, TraceTable},
     render::{Clock, Format, IfNames, Renderer},
+    rtnl,
     tc::{BackendChoice, TcAttacher},
     tracefs::Tracefs,
     tracepoints,
@@ -37,6 +39,8 @@ pub struct TraceOptions {
     pub tracepoints: tracepoints::Selection,
     /// Show drops from every network namespace, not only the one being traced.
     pub all_netns: bool,
+    /// Rule-level netfilter verdicts through nftables tracing (adds a table while running).
+    pub rules: bool,
     pub format: Format,
     /// Stop after this many events.
     pub count: Option<u64>,
@@ -51,7 +55,10 @@ pub struct TraceOptions {
 pub struct Summary {
     pub events: u64,
     pub malformed: u64,
+    /// Events the kernel programs could not submit (ring buffer full).
     pub lost: u64,
+    /// nftables trace messages the kernel could not deliver (socket buffer full).
+    pub rules_lost: u64,
 }
 
 /// Runs a trace to completion. Must be called before any other thread exists if the caller
@@ -61,7 +68,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     ebpf::check_ringbuf_size(opts.ringbuf_bytes)?;
     let selector = Selector::parse(&opts.ifaces)?;
     let wants_tracepoints = opts.tracepoints.drops || opts.tracepoints.routes;
-    if !opts.tc && !wants_tracepoints {
+    if !opts.tc && !wants_tracepoints && !opts.rules {
         bail!("nothing to trace: tc, drops and routes are all turned off");
     }
 
@@ -98,7 +105,11 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             None
         }
     };
-    let mut ifnames = IfNames::new();
+    // Names of this namespace's interfaces, for events that carry only an index.
+    let mut ifnames: IfNames = rtnl::Socket::request_socket()
+        .and_then(|mut s| s.links())
+        .map(|links| links.into_iter().map(|l| (l.index, l.name)).collect())
+        .unwrap_or_default();
     let watch = if opts.tc {
         Some(TcWatch::start(
             &mut bpf,
@@ -113,11 +124,24 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     if tracefs.is_some() {
         used.extend(tracepoints::attach(&mut bpf, opts.tracepoints));
     }
+    let ring = ebpf::take_events(&mut bpf)?;
+    let counters = ebpf::Counters::take(&mut bpf)?;
+    // Subscribe before adding the table, so no trace message is missed.
+    let rules = if opts.rules {
+        let socket = TraceSocket::open()?;
+        let table = TraceTable::install()?;
+        used.push(format!("nftables rules (table inet {})", table.name()));
+        Some(RuleTracing {
+            tracer: nftrace::Tracer::new(table.name()),
+            socket,
+            table,
+        })
+    } else {
+        None
+    };
     if used.is_empty() && watch.is_none() {
         bail!("no observation point could be attached");
     }
-    let ring = ebpf::take_events(&mut bpf)?;
-    let counters = ebpf::Counters::take(&mut bpf)?;
 
     log::info!("tracing {}; press Ctrl-C to stop", used.join(", "));
     if let Some(path) = &opts.ready_file {
@@ -134,13 +158,17 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         .enable_io()
         .build()
         .context("cannot start the event loop")?;
-    let mut session = Session { bpf, watch };
+    let mut session = Session { bpf, watch, rules };
     let mut summary =
         runtime.block_on(stream(ring, logger, &mut session, &mut view, opts.count))?;
     summary.lost = counters.read().ringbuf_full;
 
     // Links go with the programs; then the qdiscs probe created, if any; tracefs last.
-    let Session { bpf, watch } = session;
+    let Session { bpf, watch, rules } = session;
+    if let Some(r) = rules {
+        summary.rules_lost = r.socket.lost;
+        drop(r.table);
+    }
     drop(bpf);
     if let Some(w) = watch {
         w.finish();
@@ -153,6 +181,15 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
 struct Session {
     bpf: aya::Ebpf,
     watch: Option<TcWatch>,
+    rules: Option<RuleTracing>,
+}
+
+/// `--rules`: probe's nftables table and the socket its trace messages arrive on.
+struct RuleTracing {
+    socket: TraceSocket,
+    tracer: nftrace::Tracer,
+    /// Deleted when dropped.
+    table: TraceTable,
 }
 
 /// Inode of this process's network namespace (as the kernel reports in drop events).
@@ -195,6 +232,14 @@ async fn stream(
         Some(l) => Some(pollable(l).context("cannot poll the eBPF log buffer")?),
         None => None,
     };
+    let mut rule_fd = match session.rules.as_ref() {
+        // The socket lives in `session.rules` for the whole loop.
+        Some(r) => Some(
+            pollable::<RawFd>(r.socket.as_raw_fd())
+                .context("cannot poll nftables trace messages")?,
+        ),
+        None => None,
+    };
     let mut links = match session.watch.as_ref() {
         // The socket lives in `session.watch` for the whole loop, so its descriptor stays open
         // while the AsyncFd watches it.
@@ -233,6 +278,17 @@ async fn stream(
                 }
                 guard.clear_ready();
             }
+            guard = readable(&mut rule_fd) => {
+                let mut guard = guard?;
+                let done = match session.rules.as_mut() {
+                    Some(r) => drain_rules(r, view, &mut out, &mut summary, limit)?,
+                    None => false,
+                };
+                guard.clear_ready();
+                if done {
+                    break;
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => break,
@@ -241,6 +297,11 @@ async fn stream(
     // Whatever the kernel submitted before we stopped is still shown.
     if summary.events < limit {
         drain(ring.get_mut(), view, &mut out, &mut summary, limit)?;
+    }
+    if summary.events < limit
+        && let Some(r) = session.rules.as_mut()
+    {
+        drain_rules(r, view, &mut out, &mut summary, limit)?;
     }
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
@@ -275,18 +336,12 @@ fn drain(
     summary: &mut Summary,
     limit: u64,
 ) -> anyhow::Result<bool> {
-    let mut done = false;
     while summary.events < limit {
         let Some(item) = ring.next() else { break };
         match decode::decode(&item) {
-            Ok(mut event) => {
-                if !view.wants(&event.body) {
-                    continue;
-                }
-                view.names.enrich(&mut event);
-                summary.events += 1;
-                if let Err(e) = view.renderer.write(out, &event) {
-                    return output_gone(e);
+            Ok(event) => {
+                if emit(view, out, summary, event)? {
+                    return Ok(true);
                 }
             }
             Err(e) => {
@@ -297,13 +352,62 @@ fn drain(
             }
         }
     }
-    if summary.events >= limit {
-        done = true;
+    flush(out, summary.events >= limit)
+}
+
+/// Filters, names and writes one event; true when the output is gone.
+fn emit(
+    view: &View,
+    out: &mut impl Write,
+    summary: &mut Summary,
+    mut event: Event,
+) -> anyhow::Result<bool> {
+    if !view.wants(&event.body) {
+        return Ok(false);
     }
-    if let Err(e) = out.flush() {
-        return output_gone(e);
+    view.names.enrich(&mut event);
+    summary.events += 1;
+    match view.renderer.write(out, &event) {
+        Ok(()) => Ok(false),
+        Err(e) => output_gone(e),
     }
-    Ok(done)
+}
+
+fn flush(out: &mut impl Write, done: bool) -> anyhow::Result<bool> {
+    match out.flush() {
+        Ok(()) => Ok(done),
+        Err(e) => output_gone(e),
+    }
+}
+
+/// Turns pending nftables trace messages into events.
+fn drain_rules(
+    rules: &mut RuleTracing,
+    view: &View,
+    out: &mut impl Write,
+    summary: &mut Summary,
+    limit: u64,
+) -> anyhow::Result<bool> {
+    let now = monotonic_ns();
+    for raw in rules.socket.receive() {
+        if summary.events >= limit {
+            break;
+        }
+        if let Some(event) = rules.tracer.event(raw, now)
+            && emit(view, out, summary, event)?
+        {
+            return Ok(true);
+        }
+    }
+    summary.rules_lost = rules.socket.lost;
+    flush(out, summary.events >= limit)
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: plain syscall into a stack struct.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A closed pipe (`probe trace | head`) ends the trace quietly; other write errors are errors.

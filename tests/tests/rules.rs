@@ -1,0 +1,153 @@
+//! `probe trace --rules`: rule-level verdicts through nftables tracing, for iptables-nft rules
+//! (what Docker writes) and native nftables tables (what firewalld writes), and the trace table
+//! probe adds is gone afterwards, even after a kill.
+
+use std::net::UdpSocket;
+
+use probe_lab::{ProbeRun, TwoHosts, probe::json_lines, require_root};
+use serde_json::Value;
+
+fn send(lab: &TwoHosts, port: u16) {
+    let dst = lab.b_addr;
+    lab.a
+        .run(move || {
+            UdpSocket::bind(("0.0.0.0", 0))
+                .unwrap()
+                .send_to(b"rules", (dst, port))
+                .unwrap();
+        })
+        .unwrap();
+}
+
+fn rule_events<'a>(events: &'a [Value], port: u16) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "rule" && e["packet"]["ip"]["dport"] == port)
+        .collect()
+}
+
+fn probe_tables(lab: &TwoHosts) -> Vec<String> {
+    lab.b
+        .exec("nft", &["list", "tables"])
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("probe_trace_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn iptables_and_nftables_rules_are_named_with_their_verdicts() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    // iptables-nft, as Docker writes it.
+    lab.b
+        .exec(
+            "iptables",
+            &["-A", "INPUT", "-p", "udp", "--dport", "7001", "-j", "DROP"],
+        )
+        .unwrap();
+    // A native nftables table, as firewalld writes it.
+    lab.b
+        .exec(
+            "nft",
+            &["add table inet fw; \
+                 add chain inet fw input { type filter hook input priority 10; policy accept; }; \
+                 add rule inet fw input udp dport 7002 counter drop"],
+        )
+        .unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--rules",
+        "--no-tc",
+        "--no-routes",
+        "--json",
+    ])
+    .unwrap();
+    assert_eq!(
+        probe_tables(&lab).len(),
+        1,
+        "trace table present while tracing"
+    );
+    send(&lab, 7001);
+    send(&lab, 7002);
+    send(&lab, 7003);
+    // probe drains pending trace messages on the way out.
+    let (stdout, _) = run.stop().unwrap();
+    let events = json_lines(&stdout).unwrap();
+
+    let ipt = rule_events(&events, 7001);
+    let drop = ipt
+        .iter()
+        .find(|e| e["verdict"] == "drop")
+        .unwrap_or_else(|| panic!("no drop verdict for 7001 in {ipt:#?}"));
+    assert_eq!(drop["family"], "ip");
+    assert_eq!(drop["table"], "filter");
+    assert_eq!(drop["chain"], "INPUT");
+    assert_eq!(drop["hook"], "input");
+    assert_eq!(drop["decided_by"], "rule");
+    assert!(drop["rule_handle"].as_u64().is_some());
+    let text = drop["rule"].as_str().unwrap();
+    assert!(text.contains("7001") && text.ends_with("drop"), "{text}");
+
+    let nft = rule_events(&events, 7002);
+    let drop = nft
+        .iter()
+        .find(|e| e["verdict"] == "drop")
+        .unwrap_or_else(|| panic!("no drop verdict for 7002 in {nft:#?}"));
+    assert_eq!(drop["family"], "inet");
+    assert_eq!(drop["table"], "fw");
+    assert_eq!(drop["chain"], "input");
+    assert_eq!(drop["rule"], "udp dport 7002 counter drop");
+
+    // The healthy packet is accepted by both chains' policies, never dropped.
+    let ok = rule_events(&events, 7003);
+    assert!(!ok.is_empty(), "no verdicts for 7003");
+    assert!(ok.iter().all(|e| e["verdict"] != "drop"), "{ok:#?}");
+    assert!(
+        ok.iter()
+            .any(|e| e["decided_by"] == "policy" && e["verdict"] == "accept" && e["table"] == "fw"),
+        "{ok:#?}"
+    );
+    // probe's own table never shows up, and is gone after exit.
+    assert!(events.iter().all(|e| {
+        e["table"]
+            .as_str()
+            .is_none_or(|t| !t.starts_with("probe_trace_"))
+    }));
+    assert!(probe_tables(&lab).is_empty(), "{:?}", probe_tables(&lab));
+}
+
+#[test]
+fn trace_table_of_a_killed_probe_is_swept() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let args = [
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--rules",
+        "--no-tc",
+        "--no-routes",
+        "--no-drops",
+    ];
+    let killed = ProbeRun::start(&args).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(killed.pid() as i32, libc::SIGKILL) };
+    drop(killed);
+    assert_eq!(
+        probe_tables(&lab).len(),
+        1,
+        "a kill leaves the table behind"
+    );
+    let next = ProbeRun::start(&args).unwrap();
+    assert_eq!(
+        probe_tables(&lab).len(),
+        1,
+        "only the running probe's table remains"
+    );
+    next.stop().unwrap();
+    assert!(probe_tables(&lab).is_empty());
+}
