@@ -10,7 +10,7 @@ use core::mem::size_of;
 
 /// Version of the event layout. Bumped whenever any struct in this crate changes shape, so a
 /// recorded file from another version is refused instead of misread.
-pub const EVENT_ABI_VERSION: u16 = 2;
+pub const EVENT_ABI_VERSION: u16 = 3;
 
 /// `EventHeader::kind` values.
 pub mod kind {
@@ -20,6 +20,27 @@ pub mod kind {
     pub const DROP: u16 = 2;
     /// A routing table lookup (`fib:fib_table_lookup` and friends): [`super::FibEvent`].
     pub const FIB: u16 = 3;
+    /// A netfilter hook's verdict (`nf_hook_slow`): [`super::NfEvent`].
+    pub const NF: u16 = 4;
+    /// A netfilter table/base chain's verdict (`nft_do_chain`, `ipt_do_table`):
+    /// [`super::ChainEvent`].
+    pub const CHAIN: u16 = 5;
+    /// The policy routing rule that chose a table (`fib_rules_lookup`): [`super::FibRuleEvent`].
+    pub const FIB_RULE: u16 = 6;
+}
+
+/// How a kernel-function observation was made (`source` fields).
+pub mod probe_source {
+    pub const FEXIT: u8 = 1;
+    pub const KRETPROBE: u8 = 2;
+}
+
+/// `ChainEvent::engine` values.
+pub mod chain_engine {
+    /// nf_tables (native nft rules, and iptables-nft).
+    pub const NFTABLES: u8 = 1;
+    /// Legacy x_tables (iptables-legacy).
+    pub const IPTABLES: u8 = 2;
 }
 
 /// `TcEvent::direction` values.
@@ -173,6 +194,70 @@ pub struct FibEvent {
     pub _pad: [u8; 5],
 }
 
+/// A packet through one netfilter hook (`nf_hook_slow`, which runs the hook's chains).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NfEvent {
+    pub header: EventHeader,
+    /// Read at entry, before any verdict could free the packet.
+    pub packet: PacketInfo,
+    pub skb_addr: u64,
+    /// Time spent in the hook's functions.
+    pub duration_ns: u64,
+    pub netns_inum: u32,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    /// nf_hook_slow's result: 1 the packet continues, 0 stolen or queued, negative: dropped
+    /// (-EPERM for a plain DROP, another -errno when a rule chose one).
+    pub ret: i32,
+    /// NF_INET_* hook number (0 PREROUTING, 1 INPUT, 2 FORWARD, 3 OUTPUT, 4 POSTROUTING).
+    pub hook: u8,
+    /// NFPROTO_* family (2 IPv4, 10 IPv6, 7 bridge, ...).
+    pub pf: u8,
+    /// One of [`probe_source`].
+    pub source: u8,
+    pub _pad: [u8; 5],
+}
+
+/// One table's base chain deciding about a packet: nf_tables (`nft_do_chain`) or legacy
+/// iptables (`ipt_do_table`, chain left empty).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChainEvent {
+    pub header: EventHeader,
+    pub skb_addr: u64,
+    /// NUL-padded names.
+    pub table: [u8; 32],
+    pub chain: [u8; 32],
+    /// NF_DROP 0, NF_ACCEPT 1, NF_STOLEN 2, NF_QUEUE 3 (low byte), ...
+    pub verdict: u32,
+    pub hook: u8,
+    pub pf: u8,
+    /// One of [`chain_engine`].
+    pub engine: u8,
+    /// One of [`probe_source`].
+    pub source: u8,
+}
+
+/// The policy routing rule that decided which table a lookup used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibRuleEvent {
+    pub header: EventHeader,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Rule priority (`ip rule` pref) and its table; 0 when no rule matched.
+    pub pref: u32,
+    pub table: u32,
+    /// fib_rules_lookup's result: 0 found, else -errno.
+    pub err: i32,
+    pub family: u8,
+    /// FR_ACT_* (1 to table, 6 blackhole, 7 unreachable, 8 prohibit).
+    pub action: u8,
+    pub source: u8,
+    pub _pad: u8,
+}
+
 /// Marks a layout offset the running kernel does not have.
 pub const ABSENT: u16 = u16::MAX;
 
@@ -242,7 +327,31 @@ pub struct KernelLayout {
     pub kfree_location: u16,
     pub kfree_protocol: u16,
     pub kfree_reason: u16,
-    pub _pad: [u16; 4],
+    // struct nf_hook_state
+    pub nfstate_hook: u16,
+    pub nfstate_pf: u16,
+    pub nfstate_in: u16,
+    pub nfstate_out: u16,
+    // struct nft_pktinfo, nft_chain, nft_table (module nf_tables)
+    pub nftpkt_skb: u16,
+    pub nftpkt_state: u16,
+    pub nftchain_name: u16,
+    pub nftchain_table: u16,
+    pub nfttable_name: u16,
+    // struct xt_table (module x_tables); argument positions of ipt_do_table, which changed
+    // order across kernel versions
+    pub xttable_name: u16,
+    pub ipt_arg_table: u16,
+    pub ipt_arg_skb: u16,
+    pub ipt_arg_state: u16,
+    // struct fib_lookup_arg, fib_rule, flowi
+    pub fibarg_rule: u16,
+    pub fibrule_pref: u16,
+    pub fibrule_table: u16,
+    pub fibrule_action: u16,
+    pub flowi4_saddr: u16,
+    pub flowi4_daddr: u16,
+    pub fibops_family: u16,
     pub fib4: FibTpLayout,
     pub fib6: FibTpLayout,
 }
@@ -261,7 +370,26 @@ impl KernelLayout {
         kfree_location: ABSENT,
         kfree_protocol: ABSENT,
         kfree_reason: ABSENT,
-        _pad: [0; 4],
+        nfstate_hook: ABSENT,
+        nfstate_pf: ABSENT,
+        nfstate_in: ABSENT,
+        nfstate_out: ABSENT,
+        nftpkt_skb: ABSENT,
+        nftpkt_state: ABSENT,
+        nftchain_name: ABSENT,
+        nftchain_table: ABSENT,
+        nfttable_name: ABSENT,
+        xttable_name: ABSENT,
+        ipt_arg_table: ABSENT,
+        ipt_arg_skb: ABSENT,
+        ipt_arg_state: ABSENT,
+        fibarg_rule: ABSENT,
+        fibrule_pref: ABSENT,
+        fibrule_table: ABSENT,
+        fibrule_action: ABSENT,
+        flowi4_saddr: ABSENT,
+        flowi4_daddr: ABSENT,
+        fibops_family: ABSENT,
         fib4: FibTpLayout::ABSENT,
         fib6: FibTpLayout::ABSENT,
     };
@@ -291,6 +419,16 @@ pub mod names {
     pub const TP_KFREE_SKB: &str = "kfree_skb";
     pub const TP_FIB_LOOKUP: &str = "fib_table_lookup";
     pub const TP_FIB6_LOOKUP: &str = "fib6_table_lookup";
+    pub const NF_HOOK_FENTRY: &str = "nf_hook_slow_fentry";
+    pub const NF_HOOK_FEXIT: &str = "nf_hook_slow_fexit";
+    pub const NF_HOOK_KPROBE: &str = "nf_hook_slow_kprobe";
+    pub const NF_HOOK_KRETPROBE: &str = "nf_hook_slow_kretprobe";
+    pub const NFT_CHAIN_KPROBE: &str = "nft_do_chain_kprobe";
+    pub const NFT_CHAIN_KRETPROBE: &str = "nft_do_chain_kretprobe";
+    pub const IPT_TABLE_KPROBE: &str = "ipt_do_table_kprobe";
+    pub const IPT_TABLE_KRETPROBE: &str = "ipt_do_table_kretprobe";
+    pub const FIB_RULES_KPROBE: &str = "fib_rules_lookup_kprobe";
+    pub const FIB_RULES_KRETPROBE: &str = "fib_rules_lookup_kretprobe";
 }
 
 /// Default size of the event ring buffer in bytes (power of two, multiple of the page size).
@@ -302,7 +440,10 @@ const _: () = assert!(size_of::<PacketInfo>() == 56);
 const _: () = assert!(size_of::<TcEvent>() == 96);
 const _: () = assert!(size_of::<DropEvent>() == 104);
 const _: () = assert!(size_of::<FibEvent>() == 112);
-const _: () = assert!(size_of::<KernelLayout>() == 96);
+const _: () = assert!(size_of::<NfEvent>() == 112);
+const _: () = assert!(size_of::<ChainEvent>() == 96);
+const _: () = assert!(size_of::<FibRuleEvent>() == 64);
+const _: () = assert!(size_of::<KernelLayout>() == 128);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -315,4 +456,7 @@ mod pod {
     unsafe impl aya::Pod for super::FibEvent {}
     unsafe impl aya::Pod for super::FibTpLayout {}
     unsafe impl aya::Pod for super::KernelLayout {}
+    unsafe impl aya::Pod for super::NfEvent {}
+    unsafe impl aya::Pod for super::ChainEvent {}
+    unsafe impl aya::Pod for super::FibRuleEvent {}
 }

@@ -11,8 +11,7 @@ use probe_common::{ABSENT, DropEvent, EventHeader, PacketInfo, counter, kind};
 
 use crate::{
     layout::{self, read_kernel},
-    maps,
-    packet::{self, KernelBytes},
+    maps, skb,
 };
 
 #[tracepoint]
@@ -40,23 +39,10 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     let reason: u32 = field(ctx, layout::get(|l| &l.kfree_reason)).unwrap_or(0);
 
     let mut packet = PacketInfo::default();
-    let mut ifindex = 0u32;
-    let mut netns_inum = 0u32;
-    if let Ok(dev) = read_kernel::<u64>(skb, layout::get(|l| &l.skb_dev)) {
-        ifindex = read_kernel::<u32>(dev, layout::get(|l| &l.dev_ifindex)).unwrap_or(0);
-        if let Ok(net) = read_kernel::<u64>(dev, layout::get(|l| &l.dev_nd_net)) {
-            netns_inum = read_kernel::<u32>(net, layout::get(|l| &l.net_ns_inum)).unwrap_or(0);
-        }
-    }
-    packet.len = read_kernel::<u32>(skb, layout::get(|l| &l.skb_len)).unwrap_or(0);
-    let head = read_kernel::<u64>(skb, layout::get(|l| &l.skb_head)).unwrap_or(0);
-    let network = read_kernel::<u16>(skb, layout::get(|l| &l.skb_network_header)).unwrap_or(0xFFFF);
-    // 0xFFFF: the network header was never set (e.g. dropped before layer 3).
-    if head != 0 && network != 0xFFFF {
-        packet::parse_from_network(&KernelBytes(head + network as u64), protocol, &mut packet);
-    } else {
-        packet.l3_proto = protocol;
-    }
+    let dev = read_kernel::<u64>(skb, layout::get(|l| &l.skb_dev)).unwrap_or(0);
+    let ifindex = skb::dev_ifindex(dev);
+    let netns_inum = skb::dev_netns(dev);
+    skb::read_packet(skb, protocol, &mut packet);
 
     let Some(mut entry) = maps::EVENTS.reserve::<DropEvent>(0) else {
         maps::bump(counter::RINGBUF_FULL);

@@ -2,11 +2,15 @@
 #![no_std]
 #![no_main]
 
+mod chain;
 mod drop;
 mod fib;
+mod fib_rules;
 mod layout;
 mod maps;
+mod nf;
 mod packet;
+mod skb;
 mod tc;
 
 #[cfg(not(test))]

@@ -35,6 +35,7 @@ const KIND_TYPEDEF: u32 = 8;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
 const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VAR: u32 = 14;
 const KIND_DATASEC: u32 = 15;
@@ -98,6 +99,21 @@ impl Btf {
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self, BtfError> {
+        Self::parse_with_base(bytes, None)
+    }
+
+    /// A kernel module's BTF (/sys/kernel/btf/<module>), which is split BTF on top of vmlinux:
+    /// its type ids and string offsets continue where the base's end. The result holds both.
+    pub fn module(name: &str, base: &Btf) -> Result<Self, BtfError> {
+        let path = Path::new("/sys/kernel/btf").join(name);
+        let bytes = std::fs::read(&path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse_with_base(&bytes, Some(base))
+    }
+
+    fn parse_with_base(bytes: &[u8], base: Option<&Btf>) -> Result<Self, BtfError> {
         if bytes.len() < 24 || bytes[0..2] != [0x9f, 0xeb] {
             return Err(BtfError::Malformed(
                 "bad magic (only little-endian BTF is read)",
@@ -115,16 +131,23 @@ impl Btf {
                 .and_then(|(start, end)| bytes.get(start..end))
                 .ok_or(BtfError::Malformed("section out of bounds"))
         };
-        let types = section(type_off, type_len)?.to_vec();
-        let strings = section(str_off, str_len)?.to_vec();
+        let (mut types, mut strings, mut entries) = match base {
+            Some(b) => (b.types.clone(), b.strings.clone(), b.entries.clone()),
+            None => (
+                Vec::new(),
+                Vec::new(),
+                vec![TypeEntry {
+                    name_off: 0,
+                    info: 0,
+                    size_or_type: 0,
+                    data: 0,
+                }],
+            ),
+        };
+        let mut pos = types.len();
+        types.extend_from_slice(section(type_off, type_len)?);
+        strings.extend_from_slice(section(str_off, str_len)?);
 
-        let mut entries = vec![TypeEntry {
-            name_off: 0,
-            info: 0,
-            size_or_type: 0,
-            data: 0,
-        }];
-        let mut pos = 0;
         while pos < types.len() {
             let name_off = u32_at(&types, pos)?;
             let info = u32_at(&types, pos + 4)?;
@@ -311,8 +334,28 @@ impl Btf {
 
     /// Whether the kernel has a function of this name (a candidate for kprobes/fentry).
     pub fn has_func(&self, name: &str) -> bool {
-        const KIND_FUNC: u32 = 12;
         self.find(name, &[KIND_FUNC]).is_some()
+    }
+
+    /// Parameter names of a function, in order (signatures change between kernel versions).
+    pub fn func_params(&self, name: &str) -> Result<Vec<String>, BtfError> {
+        let id = self
+            .find(name, &[KIND_FUNC])
+            .ok_or_else(|| BtfError::NotFound {
+                kind: "function",
+                name: name.to_owned(),
+            })?;
+        let proto = *self.entry(self.entry(id)?.size_or_type)?;
+        if proto.kind() != KIND_FUNC_PROTO {
+            return Err(BtfError::Malformed("function without prototype"));
+        }
+        (0..proto.vlen())
+            .map(|i| {
+                Ok(self
+                    .name(u32_at(&self.types, proto.data + 8 * i)?)
+                    .to_owned())
+            })
+            .collect()
     }
 }
 
@@ -356,6 +399,10 @@ mod tests {
                 .any(|(n, v)| n == "SKB_DROP_REASON_NETFILTER_DROP" && *v > 0)
         );
         assert!(btf.has_func("fib_table_lookup"));
+        assert_eq!(
+            btf.func_params("nf_hook_slow").unwrap(),
+            ["skb", "state", "e", "s"]
+        );
     }
 
     #[test]

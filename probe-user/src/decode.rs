@@ -8,14 +8,15 @@ use std::{
 };
 
 use probe_common::{
-    DropEvent, EventHeader, FibEvent, PacketInfo, TcEvent, direction, family, fib_source, kind,
-    packet_flags,
+    ChainEvent, DropEvent, EventHeader, FibEvent, FibRuleEvent, NfEvent, PacketInfo, TcEvent,
+    chain_engine, direction, family, fib_source, kind, packet_flags, probe_source,
 };
 use thiserror::Error;
 
 use crate::event::{
-    Direction, DropSighting, Event, EventBody, FibLookup, IpHeader, L4Header, Packet, TcSighting,
-    TcpFlags, Transport,
+    ChainVerdict, Direction, DropSighting, Event, EventBody, FibLookup, FibRuleMatch, HookVerdict,
+    IpHeader, L4Header, Packet, TcSighting, TcpFlags, Transport, fib_rule_action_name, hook_name,
+    nf_verdict_name, nfproto_name,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -53,6 +54,11 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
         kind::TC => EventBody::Tc(decode_tc(exact::<TcEvent>(buf, event_kind)?)?),
         kind::DROP => EventBody::Drop(decode_drop(exact::<DropEvent>(buf, event_kind)?)),
         kind::FIB => EventBody::Fib(decode_fib(exact::<FibEvent>(buf, event_kind)?)?),
+        kind::NF => EventBody::Netfilter(decode_nf(exact::<NfEvent>(buf, event_kind)?)),
+        kind::CHAIN => EventBody::Chain(decode_chain(exact::<ChainEvent>(buf, event_kind)?)),
+        kind::FIB_RULE => {
+            EventBody::FibRule(decode_fib_rule(exact::<FibRuleEvent>(buf, event_kind)?))
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     Ok(Event { ts_ns, cpu, body })
@@ -96,6 +102,74 @@ fn decode_drop(f: Fields<'_>) -> DropSighting {
         ifindex: f.u32(offset_of!(DropEvent, ifindex)),
         netns: f.u32(offset_of!(DropEvent, netns_inum)),
         packet: decode_packet(f.at(offset_of!(DropEvent, packet))),
+    }
+}
+
+fn source_name(source: u8, function: &'static str) -> &'static str {
+    match (source, function) {
+        (probe_source::FEXIT, "nf_hook_slow") => "fexit:nf_hook_slow",
+        (probe_source::KRETPROBE, "nf_hook_slow") => "kretprobe:nf_hook_slow",
+        _ => "unknown",
+    }
+}
+
+fn decode_nf(f: Fields<'_>) -> HookVerdict {
+    let ret = f.i32(offset_of!(NfEvent, ret));
+    let (verdict, errno) = match ret {
+        1 => ("accept", None),
+        0 => ("stolen", None),
+        r if r < 0 => ("drop", Some(-r)),
+        _ => ("unknown", None),
+    };
+    HookVerdict {
+        hook: hook_name(f.u8(offset_of!(NfEvent, hook))),
+        family: nfproto_name(f.u8(offset_of!(NfEvent, pf))),
+        verdict,
+        errno,
+        in_ifindex: f.u32(offset_of!(NfEvent, in_ifindex)),
+        out_ifindex: f.u32(offset_of!(NfEvent, out_ifindex)),
+        netns: f.u32(offset_of!(NfEvent, netns_inum)),
+        skb: f.u64(offset_of!(NfEvent, skb_addr)),
+        duration_ns: f.u64(offset_of!(NfEvent, duration_ns)),
+        packet: decode_packet(f.at(offset_of!(NfEvent, packet))),
+        source: source_name(f.u8(offset_of!(NfEvent, source)), "nf_hook_slow"),
+    }
+}
+
+fn c_str<const N: usize>(b: [u8; N]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(N);
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn decode_chain(f: Fields<'_>) -> ChainVerdict {
+    ChainVerdict {
+        engine: match f.u8(offset_of!(ChainEvent, engine)) {
+            chain_engine::NFTABLES => "nftables",
+            chain_engine::IPTABLES => "iptables",
+            _ => "unknown",
+        },
+        table: c_str(f.array::<32>(offset_of!(ChainEvent, table))),
+        chain: c_str(f.array::<32>(offset_of!(ChainEvent, chain))),
+        hook: hook_name(f.u8(offset_of!(ChainEvent, hook))),
+        family: nfproto_name(f.u8(offset_of!(ChainEvent, pf))),
+        verdict: nf_verdict_name(f.u32(offset_of!(ChainEvent, verdict))),
+        skb: f.u64(offset_of!(ChainEvent, skb_addr)),
+    }
+}
+
+fn decode_fib_rule(f: Fields<'_>) -> FibRuleMatch {
+    let fam = match f.u8(offset_of!(FibRuleEvent, family)) {
+        family::IPV6 => family::IPV6,
+        _ => family::IPV4,
+    };
+    FibRuleMatch {
+        src: ip_from(fam, f.array::<16>(offset_of!(FibRuleEvent, src))),
+        dst: ip_from(fam, f.array::<16>(offset_of!(FibRuleEvent, dst))),
+        pref: f.u32(offset_of!(FibRuleEvent, pref)),
+        table: f.u32(offset_of!(FibRuleEvent, table)),
+        table_name: None,
+        action: fib_rule_action_name(f.u8(offset_of!(FibRuleEvent, action))),
+        err: f.i32(offset_of!(FibRuleEvent, err)),
     }
 }
 
@@ -504,6 +578,72 @@ mod tests {
 
         ev.family = 9;
         assert_eq!(decode(&bytes_of(&ev)), Err(DecodeError::BadFamily(9)));
+    }
+
+    #[test]
+    fn decodes_hook_chain_and_rule_verdicts() {
+        let tc = udp_event();
+        let nf = NfEvent {
+            header: EventHeader {
+                kind: kind::NF,
+                ..tc.header
+            },
+            packet: tc.packet,
+            skb_addr: 1,
+            duration_ns: 1500,
+            netns_inum: 7,
+            in_ifindex: 3,
+            out_ifindex: 4,
+            ret: -libc::EPERM,
+            hook: 2,
+            pf: 2,
+            source: probe_source::FEXIT,
+            _pad: [0; 5],
+        };
+        let EventBody::Netfilter(v) = decode(&bytes_of(&nf)).unwrap().body else {
+            panic!("not a hook verdict")
+        };
+        assert_eq!((v.hook, v.family, v.verdict), ("FORWARD", "ipv4", "drop"));
+        assert_eq!(v.errno, Some(libc::EPERM));
+        assert_eq!(v.source, "fexit:nf_hook_slow");
+
+        let mut chain = ChainEvent {
+            header: EventHeader {
+                kind: kind::CHAIN,
+                ..tc.header
+            },
+            verdict: 0,
+            hook: 2,
+            pf: 2,
+            engine: chain_engine::NFTABLES,
+            source: probe_source::KRETPROBE,
+            ..Default::default()
+        };
+        chain.table[..6].copy_from_slice(b"filter");
+        chain.chain[..7].copy_from_slice(b"FORWARD");
+        let EventBody::Chain(c) = decode(&bytes_of(&chain)).unwrap().body else {
+            panic!("not a chain verdict")
+        };
+        assert_eq!((c.table.as_str(), c.chain.as_str()), ("filter", "FORWARD"));
+        assert_eq!(c.verdict, "drop");
+
+        let mut rule = FibRuleEvent {
+            header: EventHeader {
+                kind: kind::FIB_RULE,
+                ..tc.header
+            },
+            pref: 5209,
+            table: 51820,
+            action: 1,
+            family: family::IPV4,
+            ..Default::default()
+        };
+        rule.dst[..4].copy_from_slice(&[172, 18, 0, 2]);
+        let EventBody::FibRule(r) = decode(&bytes_of(&rule)).unwrap().body else {
+            panic!("not a rule match")
+        };
+        assert_eq!((r.pref, r.table, r.action), (5209, 51820, "to-table"));
+        assert_eq!(r.dst, "172.18.0.2".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub enum EventBody {
     Fib(FibLookup),
     /// An nftables rule, chain return or chain policy that decided about a packet (`--rules`).
     Rule(RuleVerdict),
+    /// A netfilter hook's verdict on a packet (`nf_hook_slow`).
+    Netfilter(HookVerdict),
+    /// A table's base chain verdict (`nft_do_chain` / `ipt_do_table`).
+    Chain(ChainVerdict),
+    /// The policy routing rule that chose a routing table (`fib_rules_lookup`).
+    FibRule(FibRuleMatch),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -292,4 +298,110 @@ pub struct RuleVerdict {
     pub mark: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packet: Option<Packet>,
+}
+
+/// Names of the netfilter hooks of the inet families, by NF_INET_* number.
+pub fn hook_name(hook: u8) -> &'static str {
+    match hook {
+        0 => "PREROUTING",
+        1 => "INPUT",
+        2 => "FORWARD",
+        3 => "OUTPUT",
+        4 => "POSTROUTING",
+        5 => "INGRESS",
+        _ => "unknown",
+    }
+}
+
+/// Names of NFPROTO_* families.
+pub fn nfproto_name(pf: u8) -> &'static str {
+    match pf {
+        1 => "inet",
+        2 => "ipv4",
+        3 => "arp",
+        5 => "netdev",
+        7 => "bridge",
+        10 => "ipv6",
+        _ => "unknown",
+    }
+}
+
+/// A netfilter hook's verdict on one packet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HookVerdict {
+    /// PREROUTING, INPUT, FORWARD, OUTPUT, POSTROUTING.
+    pub hook: &'static str,
+    /// ipv4, ipv6, bridge, ...
+    pub family: &'static str,
+    /// accept, drop, stolen (stolen or queued).
+    pub verdict: &'static str,
+    /// The errno a drop carried (EPERM for a plain DROP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errno: Option<i32>,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    pub netns: u32,
+    pub skb: u64,
+    /// Time spent running the hook's chains.
+    pub duration_ns: u64,
+    pub packet: Packet,
+    /// fexit:nf_hook_slow or kretprobe:nf_hook_slow.
+    pub source: &'static str,
+}
+
+/// Which engine's table and base chain decided, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainVerdict {
+    /// nftables (native nft and iptables-nft) or iptables (legacy).
+    pub engine: &'static str,
+    pub table: String,
+    /// Base chain (nftables only; legacy iptables reports the table).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub chain: String,
+    pub hook: &'static str,
+    pub family: &'static str,
+    /// accept, drop, stolen, queue, repeat, stop.
+    pub verdict: &'static str,
+    pub skb: u64,
+}
+
+/// The `ip rule` that chose the routing table for a lookup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FibRuleMatch {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// Rule priority, as `ip rule` shows it.
+    pub pref: u32,
+    pub table: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_name: Option<String>,
+    /// to-table, blackhole, unreachable, prohibit, ...
+    pub action: &'static str,
+    pub err: i32,
+}
+
+/// NF_* verdict names (low byte; the rest carries a queue number or errno).
+pub fn nf_verdict_name(v: u32) -> &'static str {
+    match v & 0xff {
+        0 => "drop",
+        1 => "accept",
+        2 => "stolen",
+        3 => "queue",
+        4 => "repeat",
+        5 => "stop",
+        _ => "unknown",
+    }
+}
+
+/// FR_ACT_* names.
+pub fn fib_rule_action_name(a: u8) -> &'static str {
+    match a {
+        1 => "to-table",
+        2 => "goto",
+        3 => "nop",
+        6 => "blackhole",
+        7 => "unreachable",
+        8 => "prohibit",
+        _ => "unknown",
+    }
 }

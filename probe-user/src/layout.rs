@@ -29,6 +29,73 @@ pub fn from_btf(btf: &Btf, layout: &mut KernelLayout, missing: &mut Missing) {
     layout.dev_ifindex = member("net_device", "ifindex");
     layout.dev_nd_net = member("net_device", "nd_net.net");
     layout.net_ns_inum = member("net", "ns.inum");
+    layout.nfstate_hook = member("nf_hook_state", "hook");
+    layout.nfstate_pf = member("nf_hook_state", "pf");
+    layout.nfstate_in = member("nf_hook_state", "in");
+    layout.nfstate_out = member("nf_hook_state", "out");
+    layout.fibarg_rule = member("fib_lookup_arg", "rule");
+    layout.fibrule_pref = member("fib_rule", "pref");
+    layout.fibrule_table = member("fib_rule", "table");
+    layout.fibrule_action = member("fib_rule", "action");
+    layout.fibops_family = member("fib_rules_ops", "family");
+    layout.flowi4_saddr = member("flowi", "u.ip4.saddr");
+    layout.flowi4_daddr = member("flowi", "u.ip4.daddr");
+}
+
+/// Offsets inside nf_tables and x_tables, which distribution kernels build as modules: their
+/// types live in the module's split BTF when not in vmlinux.
+pub fn from_netfilter_btf(vmlinux: &Btf, layout: &mut KernelLayout, missing: &mut Missing) {
+    let module = |name: &str| -> Option<Btf> { Btf::module(name, vmlinux).ok() };
+    let nft = if vmlinux.has_func("nft_do_chain") {
+        None
+    } else {
+        module("nf_tables")
+    };
+    let nft = nft.as_ref().unwrap_or(vmlinux);
+    let mut member = |btf: &Btf, ty: &str, path: &str| -> u16 {
+        match btf.member(ty, path) {
+            Ok(m) => u16::try_from(m.offset).unwrap_or(ABSENT),
+            Err(e) => {
+                missing.0.push(e.to_string());
+                ABSENT
+            }
+        }
+    };
+    layout.nftpkt_skb = member(nft, "nft_pktinfo", "skb");
+    layout.nftpkt_state = member(nft, "nft_pktinfo", "state");
+    layout.nftchain_name = member(nft, "nft_chain", "name");
+    layout.nftchain_table = member(nft, "nft_chain", "table");
+    layout.nfttable_name = member(nft, "nft_table", "name");
+
+    let xt = if vmlinux.has_func("ipt_do_table") {
+        None
+    } else {
+        module("ip_tables")
+    };
+    let xt_btf = xt.as_ref().unwrap_or(vmlinux);
+    let xt_types = if xt_btf.member("xt_table", "name").is_ok() {
+        None
+    } else {
+        module("x_tables")
+    };
+    layout.xttable_name = member(xt_types.as_ref().unwrap_or(xt_btf), "xt_table", "name");
+    match xt_btf.func_params("ipt_do_table") {
+        Ok(params) => {
+            let pos = |names: &[&str]| {
+                params
+                    .iter()
+                    .position(|p| names.contains(&p.as_str()))
+                    .and_then(|i| u16::try_from(i).ok())
+                    .unwrap_or(ABSENT)
+            };
+            // 6.x: (void *priv, struct sk_buff *skb, const struct nf_hook_state *state);
+            // 5.x: (struct sk_buff *skb, const struct nf_hook_state *state, struct xt_table *table).
+            layout.ipt_arg_table = pos(&["priv", "table"]);
+            layout.ipt_arg_skb = pos(&["skb"]);
+            layout.ipt_arg_state = pos(&["state"]);
+        }
+        Err(e) => missing.0.push(e.to_string()),
+    }
 }
 
 /// Offsets of `skb:kfree_skb` record fields.

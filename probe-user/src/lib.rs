@@ -6,9 +6,11 @@
 pub mod btf;
 pub mod decode;
 pub mod discover;
+pub mod doctor;
 pub mod ebpf;
 pub mod event;
 pub mod iface;
+pub mod kfunc;
 pub mod layout;
 pub mod names;
 pub mod netns;

@@ -38,6 +38,15 @@ enum Command {
         sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
         sudo probe trace --iface veth0 --tc-backend clsact")]
     Trace(TraceArgs),
+    /// Show what this kernel supports and which backend each observation point uses.
+    #[command(after_help = "Examples:\n  \
+        sudo probe doctor\n  \
+        sudo probe doctor --json | jq .points")]
+    Doctor {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -56,9 +65,13 @@ struct TraceArgs {
     /// Do not report dropped packets (tracepoint skb:kfree_skb).
     #[arg(long)]
     no_drops: bool,
-    /// Do not report routing decisions (fib lookups).
+    /// Do not report routing decisions (fib lookups and policy routing rules).
     #[arg(long)]
     no_routes: bool,
+    /// Do not report netfilter hook and chain verdicts (nf_hook_slow, nft_do_chain,
+    /// ipt_do_table; needs fentry or kprobes).
+    #[arg(long)]
+    no_netfilter: bool,
     /// Report drops from every network namespace, not only the one being traced.
     #[arg(long)]
     all_netns: bool,
@@ -108,6 +121,19 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Doctor { json } => {
+            let report = probe::doctor::examine();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", probe::doctor::render(&report));
+            }
+            if report.can_trace {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Trace(args) => {
             probe::privileges::check()?;
             if let Some(ns) = &args.netns {
@@ -126,6 +152,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 },
                 all_netns: args.all_netns,
                 rules: args.rules,
+                netfilter: !args.no_netfilter,
                 format: if args.json {
                     Format::Json
                 } else {
@@ -178,6 +205,7 @@ fn init_logging(verbose: u8) {
         .parse_default_env()
         .format(|buf, record| match record.level() {
             log::Level::Info => writeln!(buf, "probe: {}", record.args()),
+            log::Level::Warn => writeln!(buf, "probe: warning: {}", record.args()),
             other => writeln!(
                 buf,
                 "probe: {}: {}",

@@ -29,6 +29,10 @@ impl Names {
             EventBody::Fib(f) => {
                 f.table_name = self.route_tables.name(f.table).map(str::to_owned);
             }
+            EventBody::FibRule(r) => {
+                r.table_name = self.route_tables.name(r.table).map(str::to_owned);
+            }
+            EventBody::Netfilter(_) | EventBody::Chain(_) => {}
         }
     }
 }

@@ -87,7 +87,18 @@ impl Renderer {
                 let ifname = match &event.body {
                     EventBody::Tc(tc) => self.names.get(&tc.ifindex).map(String::as_str),
                     EventBody::Drop(d) => self.names.get(&d.ifindex).map(String::as_str),
-                    EventBody::Fib(_) | EventBody::Rule(_) => None,
+                    EventBody::Netfilter(v) => {
+                        let i = if v.out_ifindex != 0 {
+                            v.out_ifindex
+                        } else {
+                            v.in_ifindex
+                        };
+                        self.names.get(&i).map(String::as_str)
+                    }
+                    EventBody::Fib(_)
+                    | EventBody::Rule(_)
+                    | EventBody::Chain(_)
+                    | EventBody::FibRule(_) => None,
                 };
                 serde_json::to_writer(&mut *out, &JsonLine { event, ifname })?;
                 out.write_all(b"\n")
@@ -120,6 +131,48 @@ impl Renderer {
             EventBody::Rule(r) => {
                 let dev = if r.oif != 0 { r.oif } else { r.iif };
                 format!("{time} {:<12} rule    {}", self.ifname(dev), rule_text(r))
+            }
+            EventBody::Netfilter(v) => {
+                let errno = v.errno.map(|e| format!(" (errno {e})")).unwrap_or_default();
+                format!(
+                    "{time} {:<12} {:<7} {} {} {}{errno} in {} out {} after {}us: {}",
+                    self.ifname(if v.out_ifindex != 0 {
+                        v.out_ifindex
+                    } else {
+                        v.in_ifindex
+                    }),
+                    "hook",
+                    v.family,
+                    v.hook,
+                    v.verdict.to_uppercase(),
+                    self.ifname(v.in_ifindex),
+                    self.ifname(v.out_ifindex),
+                    v.duration_ns / 1000,
+                    packet_text(&v.packet)
+                )
+            }
+            EventBody::Chain(c) => {
+                let chain = if c.chain.is_empty() {
+                    String::new()
+                } else {
+                    format!(" chain {}", c.chain)
+                };
+                format!(
+                    "{time} {:<12} chain   {} {} table {}{chain} at {} -> {}",
+                    "",
+                    c.engine,
+                    c.family,
+                    c.table,
+                    c.hook,
+                    c.verdict.to_uppercase()
+                )
+            }
+            EventBody::FibRule(r) => {
+                let table = r.table_name.clone().unwrap_or_else(|| r.table.to_string());
+                format!(
+                    "{time} {:<12} ip-rule {} > {}: rule pref {} -> {} table {}",
+                    "", r.src, r.dst, r.pref, r.action, table
+                )
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::{
     discover::Selector,
     ebpf,
     event::{Event, EventBody},
+    kfunc,
     names::Names,
     nftrace::{self, TraceSocket, TraceTable},
     render::{Clock, Format, IfNames, Renderer},
@@ -41,6 +42,8 @@ pub struct TraceOptions {
     pub all_netns: bool,
     /// Rule-level netfilter verdicts through nftables tracing (adds a table while running).
     pub rules: bool,
+    /// Netfilter hook and chain verdicts through kernel functions, where the kernel allows.
+    pub netfilter: bool,
     pub format: Format,
     /// Stop after this many events.
     pub count: Option<u64>,
@@ -68,7 +71,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     ebpf::check_ringbuf_size(opts.ringbuf_bytes)?;
     let selector = Selector::parse(&opts.ifaces)?;
     let wants_tracepoints = opts.tracepoints.drops || opts.tracepoints.routes;
-    if !opts.tc && !wants_tracepoints && !opts.rules {
+    if !opts.tc && !wants_tracepoints && !opts.rules && !opts.netfilter {
         bail!("nothing to trace: tc, drops and routes are all turned off");
     }
 
@@ -123,6 +126,20 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     let mut used = watch.as_ref().map(TcWatch::describe).unwrap_or_default();
     if tracefs.is_some() {
         used.extend(tracepoints::attach(&mut bpf, opts.tracepoints));
+    }
+    let kfuncs = kfunc::attach(
+        &mut bpf,
+        kfunc::Selection {
+            netfilter: opts.netfilter,
+            routing_rules: opts.tracepoints.routes,
+        },
+    );
+    used.extend(kfuncs.attached());
+    if let kfunc::Outcome::Unavailable(why) = &kfuncs.hook_verdicts {
+        log::warn!(
+            "netfilter hook verdicts are not available here ({why}); netfilter drops still \
+             show as drops with reason NETFILTER_DROP, and --rules names the rule"
+        );
     }
     let ring = ebpf::take_events(&mut bpf)?;
     let counters = ebpf::Counters::take(&mut bpf)?;

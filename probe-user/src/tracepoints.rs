@@ -50,7 +50,10 @@ pub fn prepare(tracefs: Option<&Tracefs>, btf: Option<&Btf>) -> (KernelLayout, N
     let mut layout = KernelLayout::ABSENT;
     let mut missing = Missing::default();
     match btf {
-        Some(btf) => layout::from_btf(btf, &mut layout, &mut missing),
+        Some(btf) => {
+            layout::from_btf(btf, &mut layout, &mut missing);
+            layout::from_netfilter_btf(btf, &mut layout, &mut missing);
+        }
         None => missing.0.push("kernel BTF (struct offsets)".into()),
     }
     let mut kfree = None;

@@ -10,7 +10,7 @@ pub mod topology;
 
 pub use netns::{Netns, in_netns};
 pub use probe::{ProbeRun, probe_binary};
-pub use topology::{BridgeLab, TwoHosts};
+pub use topology::{BridgeLab, Routed, TwoHosts};
 
 /// Tests and the demo need root to create namespaces and load programs; say so plainly.
 pub fn require_root() {

@@ -66,6 +66,63 @@ impl TwoHosts {
     }
 }
 
+/// Three namespaces in a line: client — router — server, the router forwarding between two
+/// veth links (client 10.203.1.2 via 10.203.1.1, server 10.203.2.2 via 10.203.2.1).
+pub struct Routed {
+    pub client: Netns,
+    pub router: Netns,
+    pub server: Netns,
+}
+
+impl Routed {
+    pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 203, 1, 2);
+    pub const SERVER: Ipv4Addr = Ipv4Addr::new(10, 203, 2, 2);
+    /// Router interface names toward the client and the server.
+    pub const TO_CLIENT: &'static str = "to-client";
+    pub const TO_SERVER: &'static str = "to-server";
+
+    pub fn new() -> anyhow::Result<Self> {
+        let client = Netns::new("client")?;
+        let router = Netns::new("router")?;
+        let server = Netns::new("server")?;
+        for ns in [&client, &router, &server] {
+            quiet_ipv6(ns)?;
+        }
+        for (peer, router_if, net) in [(&client, Self::TO_CLIENT, 1), (&server, Self::TO_SERVER, 2)]
+        {
+            router.ip(&[
+                "link",
+                "add",
+                router_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                peer.name(),
+            ])?;
+            router.ip(&[
+                "addr",
+                "add",
+                &format!("10.203.{net}.1/24"),
+                "dev",
+                router_if,
+            ])?;
+            router.ip(&["link", "set", router_if, "up"])?;
+            peer.ip(&["addr", "add", &format!("10.203.{net}.2/24"), "dev", "eth0"])?;
+            peer.ip(&["link", "set", "eth0", "up"])?;
+            peer.ip(&["route", "add", "default", "via", &format!("10.203.{net}.1")])?;
+        }
+        sysctl(&router, "net.ipv4.ip_forward", "1")?;
+        Ok(Self {
+            client,
+            router,
+            server,
+        })
+    }
+}
+
 /// One "container": a namespace whose eth0 is a veth into the lab host's bridge.
 pub struct Container {
     pub ns: Netns,

@@ -19,7 +19,7 @@ fn send(lab: &TwoHosts, port: u16) {
         .unwrap();
 }
 
-fn rule_events<'a>(events: &'a [Value], port: u16) -> Vec<&'a Value> {
+fn rule_events(events: &[Value], port: u16) -> Vec<&Value> {
     events
         .iter()
         .filter(|e| e["kind"] == "rule" && e["packet"]["ip"]["dport"] == port)
