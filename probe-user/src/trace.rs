@@ -72,7 +72,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     let selector = Selector::parse(&opts.ifaces)?;
     let wants_tracepoints = opts.tracepoints.drops || opts.tracepoints.routes;
     if !opts.tc && !wants_tracepoints && !opts.rules && !opts.netfilter {
-        bail!("nothing to trace: tc, drops and routes are all turned off");
+        bail!("nothing to trace: tc, drops, routes and netfilter are all turned off");
     }
 
     // Kernel facts first: they shape what the programs read.
