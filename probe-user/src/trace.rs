@@ -68,6 +68,9 @@ pub struct Summary {
 /// entered a network namespace (the runtime's threads inherit it).
 pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     crate::privileges::check()?;
+    // Ctrl-C while attaching must not kill us half-way (leaving a qdisc or nft table): hold the
+    // stop signals until the event loop listens for them.
+    let _held = HeldSignals::hold();
     ebpf::check_ringbuf_size(opts.ringbuf_bytes)?;
     let selector = Selector::parse(&opts.ifaces)?;
     let wants_tracepoints = opts.tracepoints.drops || opts.tracepoints.routes;
@@ -160,11 +163,14 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         bail!("no observation point could be attached");
     }
 
-    log::info!("tracing {}; press Ctrl-C to stop", used.join(", "));
-    if let Some(path) = &opts.ready_file {
-        std::fs::write(path, "ready\n")
-            .with_context(|| format!("cannot write ready file {}", path.display()))?;
-    }
+    let announce = || -> anyhow::Result<()> {
+        log::info!("tracing {}; press Ctrl-C to stop", used.join(", "));
+        if let Some(path) = &opts.ready_file {
+            std::fs::write(path, "ready\n")
+                .with_context(|| format!("cannot write ready file {}", path.display()))?;
+        }
+        Ok(())
+    };
 
     let mut view = View {
         renderer: Renderer::new(opts.format, Clock::now(), ifnames),
@@ -176,8 +182,14 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         .build()
         .context("cannot start the event loop")?;
     let mut session = Session { bpf, watch, rules };
-    let mut summary =
-        runtime.block_on(stream(ring, logger, &mut session, &mut view, opts.count))?;
+    let mut summary = runtime.block_on(stream(
+        ring,
+        logger,
+        &mut session,
+        &mut view,
+        opts.count,
+        announce,
+    ))?;
     summary.lost = counters.read().ringbuf_full;
 
     // Links go with the programs; then the qdiscs probe created, if any; tracefs last.
@@ -192,6 +204,43 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     }
     drop(tracefs);
     Ok(summary)
+}
+
+/// SIGINT, SIGTERM and SIGHUP blocked on this thread; released explicitly once handled, or on
+/// drop (an error before the event loop), when their default action applies after cleanup.
+struct HeldSignals;
+
+impl HeldSignals {
+    fn set() -> libc::sigset_t {
+        // SAFETY: sigset manipulation on a local.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::sigaddset(&mut set, sig);
+            }
+            set
+        }
+    }
+
+    fn hold() -> Self {
+        let set = Self::set();
+        // SAFETY: blocks signals for this thread; threads spawned later inherit the mask.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        HeldSignals
+    }
+
+    fn release() {
+        let set = Self::set();
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    }
+}
+
+impl Drop for HeldSignals {
+    fn drop(&mut self) {
+        Self::release();
+    }
 }
 
 /// The kernel side of a running trace.
@@ -243,6 +292,7 @@ async fn stream(
     session: &mut Session,
     view: &mut View,
     count: Option<u64>,
+    announce: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Summary> {
     let mut ring = pollable(ring).context("cannot poll the event ring buffer")?;
     let mut logger = match logger {
@@ -268,6 +318,9 @@ async fn stream(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
+    // Listening now: a stop signal held since start-up (or sent after "tracing") ends the loop.
+    HeldSignals::release();
+    announce()?;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut summary = Summary::default();

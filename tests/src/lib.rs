@@ -4,10 +4,13 @@
 //! touched, and every object removes itself on drop (also when a test fails).
 
 pub mod cmd;
+pub mod host_lab;
 pub mod netns;
 pub mod probe;
 pub mod topology;
+pub mod traffic;
 
+pub use host_lab::HostLab;
 pub use netns::{Netns, in_netns};
 pub use probe::{ProbeRun, probe_binary};
 pub use topology::{BridgeLab, Routed, TwoHosts};

@@ -27,6 +27,14 @@ impl Netns {
         Self::named(&format!("{PREFIX}{}-{n}-{role}", std::process::id()))
     }
 
+    /// A prefix `probe-<pid>-<n>-` for labs that name several namespaces themselves; stale
+    /// ones are swept like those of [`Netns::new`].
+    pub fn unique_prefix() -> String {
+        sweep_stale();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        format!("{PREFIX}{}-{n}-", std::process::id())
+    }
+
     /// A namespace with exactly this name (an existing one is replaced).
     pub fn named(name: &str) -> anyhow::Result<Self> {
         if std::path::Path::new("/run/netns").join(name).exists() {

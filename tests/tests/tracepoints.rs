@@ -152,7 +152,13 @@ fn routing_decisions_show_table_device_gateway_and_errors() {
 fn nothing_to_trace_is_an_error() {
     require_root();
     let out = std::process::Command::new(probe_lab::probe_binary())
-        .args(["trace", "--no-tc", "--no-drops", "--no-routes", "--no-netfilter"])
+        .args([
+            "trace",
+            "--no-tc",
+            "--no-drops",
+            "--no-routes",
+            "--no-netfilter",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

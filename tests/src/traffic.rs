@@ -1,0 +1,62 @@
+//! Traffic for tests and the demo, sent from inside lab namespaces with ordinary sockets. Each
+//! call waits for its answer (or a bounded failure), never for a fixed time.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::Netns;
+
+/// A TCP server in `ns` that answers one connection: reads a request, writes "ok\n".
+pub fn serve_tcp_once(ns: &Netns, addr: Ipv4Addr, port: u16) -> anyhow::Result<JoinHandle<()>> {
+    let listener = ns.run(move || TcpListener::bind((addr, port)))??;
+    listener.set_nonblocking(false)?;
+    Ok(std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = [0u8; 64];
+            if conn.read(&mut buf).is_ok() {
+                let _ = conn.write_all(b"ok\n");
+            }
+        }
+    }))
+}
+
+/// Connects from `ns` to `dst:port`, sends a request and reads the answer. Returns the local
+/// port on success.
+pub fn tcp_exchange(
+    ns: &Netns,
+    dst: Ipv4Addr,
+    port: u16,
+    timeout: Duration,
+) -> anyhow::Result<u16> {
+    ns.run(move || -> std::io::Result<u16> {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::from((dst, port)), timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut answer = [0u8; 3];
+        s.read_exact(&mut answer)?;
+        s.local_addr().map(|a| a.port())
+    })?
+    .map_err(Into::into)
+}
+
+/// A UDP socket in `ns` bound to `addr:port`, ready to receive.
+pub fn udp_listen(ns: &Netns, addr: Ipv4Addr, port: u16) -> anyhow::Result<UdpSocket> {
+    let sock = ns.run(move || UdpSocket::bind((addr, port)))??;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(sock)
+}
+
+/// Sends one datagram from `ns`; returns the source port used.
+pub fn udp_send(ns: &Netns, dst: Ipv4Addr, port: u16) -> anyhow::Result<u16> {
+    ns.run(move || -> std::io::Result<u16> {
+        let s = UdpSocket::bind(("0.0.0.0", 0))?;
+        s.send_to(b"probe story", (dst, port))?;
+        s.local_addr().map(|a| a.port())
+    })?
+    .map_err(Into::into)
+}
