@@ -203,7 +203,7 @@ pub fn drop_text(d: &DropSighting) -> String {
     s
 }
 
-/// `ip filter FORWARD (forward) rule 12 "iifname ... drop" -> drop: udp a:1 > b:2`
+/// `ip filter FORWARD (forward) rule 12 [iifname ... drop] -> drop: udp a:1 > b:2`
 pub fn rule_text(r: &RuleVerdict) -> String {
     let hook = r
         .hook
@@ -211,7 +211,7 @@ pub fn rule_text(r: &RuleVerdict) -> String {
         .map(|h| format!(" ({h})"))
         .unwrap_or_default();
     let by = match (r.decided_by, r.rule_handle, &r.rule) {
-        ("rule", Some(h), Some(text)) => format!("rule {h} \"{text}\""),
+        ("rule", Some(h), Some(text)) => format!("rule {h} [{text}]"),
         ("rule", Some(h), None) => format!("rule {h}"),
         (other, _, _) => other.to_owned(),
     };

@@ -4,25 +4,48 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::Arc,
     thread::JoinHandle,
     time::Duration,
 };
 
 use crate::Netns;
 
+/// A TCP server answering one connection; dropping it closes the port even if nobody came.
+pub struct OneShotServer {
+    listener: Arc<TcpListener>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for OneShotServer {
+    fn drop(&mut self) {
+        // Wakes a thread blocked in accept() (it then fails), so the port is free again.
+        // SAFETY: shutdown on a socket we own.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A TCP server in `ns` that answers one connection: reads a request, writes "ok\n".
-pub fn serve_tcp_once(ns: &Netns, addr: Ipv4Addr, port: u16) -> anyhow::Result<JoinHandle<()>> {
-    let listener = ns.run(move || TcpListener::bind((addr, port)))??;
-    listener.set_nonblocking(false)?;
-    Ok(std::thread::spawn(move || {
-        if let Ok((mut conn, _)) = listener.accept() {
+pub fn serve_tcp_once(ns: &Netns, addr: Ipv4Addr, port: u16) -> anyhow::Result<OneShotServer> {
+    let listener = Arc::new(ns.run(move || TcpListener::bind((addr, port)))??);
+    let accepting = Arc::clone(&listener);
+    let thread = std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = accepting.accept() {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
             let mut buf = [0u8; 64];
             if conn.read(&mut buf).is_ok() {
                 let _ = conn.write_all(b"ok\n");
             }
         }
-    }))
+    });
+    Ok(OneShotServer {
+        listener,
+        thread: Some(thread),
+    })
 }
 
 /// Connects from `ns` to `dst:port`, sends a request and reads the answer. Returns the local

@@ -1,22 +1,22 @@
-//! `cargo xtask demo`: the first thing a new user sees. Builds probe, makes a small Docker-like
-//! host out of namespaces, sends traffic between two "containers" while probe traces the bridge
-//! and both veths, prints what probe saw, and removes everything.
+//! `cargo xtask demo`: the first thing a new user sees. Builds probe, makes a Docker-like host
+//! out of network namespaces (docker0, two containers, Docker's iptables chains, a published
+//! port, an uplink to an "outside" network), and tells the four stories of the design: for each,
+//! what was done, what probe printed, and how to read it. Everything is removed at the end.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use anyhow::{Context as _, ensure};
-use probe_lab::{BridgeLab, ProbeRun};
+use probe_lab::{
+    HostLab, ProbeRun,
+    traffic::{serve_tcp_once, tcp_exchange, udp_listen, udp_send},
+};
 
 use crate::privilege::{as_root, is_root};
 
 const PREFIX: &str = "probe-demo-";
-const POSTGRES_PORT: u16 = 5432;
-const DNS_PORT: u16 = 53;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -41,131 +41,246 @@ pub fn run(no_build: bool) -> anyhow::Result<()> {
     // SAFETY: installs an async-signal-safe handler (one atomic store). Ctrl-C then ends the
     // demo through the normal path, which removes the lab, instead of killing us mid-way.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    // SAFETY: as above; probe_lab finds the binary through PROBE_BIN.
+    // SAFETY: single-threaded at this point; probe_lab finds the binary through PROBE_BIN.
     unsafe { std::env::set_var("PROBE_BIN", &bin) };
-    story(&bin)
+
+    println!("probe demo: where did my packet go on this host, and why?\n");
+    let lab = HostLab::new(PREFIX).context("cannot build the demo lab")?;
+    println!(
+        "The lab, in network namespaces (all removed at the end):\n  \
+         host     {host}: bridge docker0 172.17.0.1/16, uplink eth0 {up}, Docker's iptables \
+         chains,\n           port 8080 published to web:80 (as `docker run -p 8080:80`)\n  \
+         web      {web} on veth-web      db  {db} on veth-db\n  \
+         outside  {out}: the network behind the uplink",
+        host = lab.host().name(),
+        up = HostLab::HOST_ADDR,
+        web = lab.web().addr,
+        db = lab.db().addr,
+        out = HostLab::OUTSIDE_ADDR,
+    );
+    let stories: [(&str, fn(&HostLab) -> anyhow::Result<()>); 4] = [
+        ("1/4  The VPN that ate the container subnet", vpn),
+        ("2/4  The published port", published_port),
+        (
+            "3/4  The firewall that dropped forwarded traffic",
+            firewalld,
+        ),
+        ("4/4  Inter-container isolation and the bridge path", icc),
+    ];
+    for (title, story) in stories {
+        ensure!(
+            !INTERRUPTED.load(Ordering::SeqCst),
+            "interrupted; the lab has been removed"
+        );
+        if color() {
+            println!("\n\x1b[1m== Story {title} ==\x1b[0m");
+        } else {
+            println!("\n== Story {title} ==");
+        }
+        story(&lab).with_context(|| format!("story {title}"))?;
+    }
+    drop(lab);
+    println!("\nThe lab has been removed; nothing is left attached. Try it on your host:");
+    println!(
+        "  sudo target/debug/probe trace                 # every datapath interface, drops, routes"
+    );
+    println!(
+        "  sudo target/debug/probe trace --rules --no-tc # which nftables/iptables rule decided"
+    );
+    println!("  sudo target/debug/probe doctor                # what this kernel lets probe see");
+    Ok(())
 }
 
-fn story(bin: &std::path::Path) -> anyhow::Result<()> {
-    title("probe demo: one Docker-like host, two containers, every packet on the bridge");
-    let lab = BridgeLab::new(PREFIX, &["web", "db"]).context("cannot build the lab")?;
-    let web = lab.container("web");
-    let db = lab.container("db");
-    println!(
-        "The lab (network namespaces, removed at the end):\n  \
-         host namespace {host} with bridge {br} {gw}/16\n  \
-         container web {web_addr} on veth {web_if}\n  \
-         container db  {db_addr} on veth {db_if}",
-        host = lab.host.name(),
-        br = BridgeLab::BRIDGE,
-        gw = BridgeLab::GATEWAY,
-        web_addr = web.addr,
-        web_if = web.host_if,
-        db_addr = db.addr,
-        db_if = db.host_if,
-    );
+/// Bold titles on a terminal, plain text when piped or NO_COLOR is set.
+fn color() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
 
-    let ifaces = format!("{},{},{}", BridgeLab::BRIDGE, web.host_if, db.host_if);
-    println!(
-        "\nStarting: {} trace --netns {} --iface {ifaces}",
-        bin.display(),
-        lab.host.name()
-    );
-    let probe = ProbeRun::start(&["trace", "--netns", lab.host.name(), "--iface", &ifaces])?;
-
-    println!(
-        "\nTraffic: web opens a TCP connection to db:{POSTGRES_PORT} (\"Postgres\"), sends a \
-         query and gets an answer;\n         web sends one UDP datagram to db:{DNS_PORT};\n         \
-         the host itself sends one UDP datagram to web:{DNS_PORT} (as a published-port proxy would)."
-    );
-    let exchanged = traffic(&lab.host, web, db);
-    // Stop probe whatever happened, so the lab is never traced half-way.
-    let (stdout, _stderr) = probe.stop()?;
-    exchanged?;
+/// Runs probe in the lab's host namespace around `traffic`, and prints the lines of its output
+/// that mention `needle` (the story's packets), at most `max`.
+fn observe(
+    lab: &HostLab,
+    args: &[&str],
+    needle: &[&str],
+    max: usize,
+    traffic: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut full = vec!["trace", "--netns", lab.host().name()];
+    full.extend_from_slice(args);
+    println!("\n  $ probe {}   (the story's packets)", full.join(" "));
+    let run = ProbeRun::start(&full)?;
+    let result = traffic();
+    let (stdout, _) = run.stop()?;
+    result?;
+    // The story's packets; of the rule walk, only the steps that decided (jumps, returns and
+    // policy accepts are left out here, probe prints them all).
+    let walk_step = ["-> jump", "-> return", "policy -> accept", "-> continue"];
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| needle.iter().any(|n| l.contains(n)))
+        .filter(|l| !walk_step.iter().any(|w| l.contains(w)))
+        .collect();
     ensure!(
-        !INTERRUPTED.load(Ordering::SeqCst),
-        "interrupted; the lab has been removed"
+        !lines.is_empty(),
+        "probe saw none of the story's packets; that is a bug"
     );
-
-    let lines: Vec<&str> = stdout.lines().collect();
-    ensure!(!lines.is_empty(), "probe saw no packets; that is a bug");
-    title(&format!("What probe saw ({} sightings)", lines.len()));
-    println!("  time            interface    dir     packet");
-    for line in &lines {
+    for line in lines.iter().take(max) {
         println!("  {line}");
     }
+    if lines.len() > max {
+        println!("  ... ({} more lines)", lines.len() - max);
+    }
+    Ok(())
+}
+
+fn vpn(lab: &HostLab) -> anyhow::Result<()> {
+    let web = lab.web().addr;
     println!(
-        "\nHow to read it: on the host side of a container's veth, \"ingress\" is a packet \
-         coming out of the\ncontainer and \"egress\" one going into it. A packet from web to db \
-         shows up twice, ingress on\n{web_if} then egress on {db_if}, a few microseconds apart: \
-         the bridge forwards between its ports\nwithout passing through the {br} device itself. \
-         {br} sees what the host sends or receives\n(the datagram from the host leaves on {br} \
-         egress, then enters web through {web_if} egress)\nand broadcasts such as the ARP query.",
-        web_if = web.host_if,
-        db_if = db.host_if,
-        br = BridgeLab::BRIDGE,
+        "A VPN client on the host added routing table {t} with 172.17.0.0/24 via tun0, and the\n\
+         rule `to 172.17.0.0/24 lookup {t} pref {p}`. The host then connects to web:80.",
+        t = HostLab::VPN_TABLE,
+        p = HostLab::VPN_RULE_PREF
     );
-    drop(lab);
-    println!("\nThe lab has been removed; nothing is left attached.");
+    lab.vpn_up()?;
+    let _server = serve_tcp_once(&lab.web().ns, web, HostLab::WEB_PORT)?;
+    observe(
+        lab,
+        &["--iface", "tun0,docker0,veth-web", "--no-drops"],
+        &["> 172.17.0.2"],
+        6,
+        || {
+            let r = tcp_exchange(
+                lab.host(),
+                web,
+                HostLab::WEB_PORT,
+                Duration::from_millis(700),
+            );
+            ensure!(r.is_err(), "the connection should fail while the VPN is up");
+            Ok(())
+        },
+    )?;
+    println!(
+        "\n  Reading it: the routing decision for 172.17.0.2 came from table {} and chose tun0;\n  \
+         nothing reached veth-web. The VPN's /24 beats docker0's /16: the container subnet is\n  \
+         shadowed by the VPN. (Kernels with kprobes also name the ip rule, pref {}.)",
+        HostLab::VPN_TABLE,
+        HostLab::VPN_RULE_PREF
+    );
+    lab.vpn_down()?;
     Ok(())
 }
 
-/// A small TCP exchange and one datagram from web to db, and one datagram from the host to web.
-/// Waits for each reply or arrival rather than for time.
-fn traffic(
-    host: &probe_lab::Netns,
-    web: &probe_lab::topology::Container,
-    db: &probe_lab::topology::Container,
-) -> anyhow::Result<()> {
-    let web_addr = web.addr;
-    let web_udp = web
-        .ns
-        .run(move || UdpSocket::bind((web_addr, DNS_PORT)))??;
-    let db_addr = db.addr;
-    let listener = db
-        .ns
-        .run(move || TcpListener::bind((db_addr, POSTGRES_PORT)))??;
-    let udp = db.ns.run(move || UdpSocket::bind((db_addr, DNS_PORT)))??;
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        let (mut conn, _) = listener.accept()?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut query = [0u8; 8];
-        conn.read_exact(&mut query)?;
-        conn.write_all(b"1 row\n")?;
-        Ok(())
-    });
-    web.ns.run(move || -> std::io::Result<()> {
-        let mut conn = TcpStream::connect_timeout(
-            &SocketAddr::from((db_addr, POSTGRES_PORT)),
-            Duration::from_secs(5),
-        )?;
-        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-        conn.write_all(b"SELECT 1")?;
-        let mut answer = [0u8; 6];
-        conn.read_exact(&mut answer)?;
-        drop(conn);
-        let sock = UdpSocket::bind(("0.0.0.0", 0))?;
-        sock.send_to(b"demo.example. A?", (db_addr, DNS_PORT))?;
-        Ok(())
-    })??;
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("the db server thread panicked"))??;
-    udp.set_read_timeout(Some(Duration::from_secs(5)))?;
+fn published_port(lab: &HostLab) -> anyhow::Result<()> {
+    let web = lab.web().addr;
+    println!(
+        "A client outside connects to the host's published port {}:{} (`-p 8080:80`).",
+        HostLab::HOST_ADDR,
+        HostLab::PUBLISHED_PORT
+    );
+    let _server = serve_tcp_once(&lab.web().ns, web, HostLab::WEB_PORT)?;
+    observe(
+        lab,
+        &[
+            "--iface",
+            "eth0,veth-web",
+            "--rules",
+            "--no-drops",
+            "--no-routes",
+        ],
+        &["[S]", "[S.]", "dnat", "filter DOCKER"],
+        10,
+        || {
+            tcp_exchange(
+                &lab.outside,
+                HostLab::HOST_ADDR,
+                HostLab::PUBLISHED_PORT,
+                Duration::from_secs(5),
+            )
+            .context("the published port should answer")?;
+            Ok(())
+        },
+    )?;
+    println!(
+        "\n  Reading it: the SYN enters eth0 for {h}:8080; nat/DOCKER (from PREROUTING) rewrites it\n  \
+         to 172.17.0.2:80 and filter/DOCKER (from FORWARD) accepts it; it leaves veth-web into\n  \
+         the container with the new destination. The SYN-ACK comes back from 172.17.0.2:80 and\n  \
+         leaves eth0 as {h}:8080: conntrack undid the rewrite.",
+        h = HostLab::HOST_ADDR
+    );
+    Ok(())
+}
+
+fn firewalld(lab: &HostLab) -> anyhow::Result<()> {
+    let outside = HostLab::OUTSIDE_ADDR;
+    println!(
+        "firewalld's table (inet firewalld, chain filter_FORWARD) drops container traffic to the\n\
+         network. web sends a DNS query to {outside}:53."
+    );
+    lab.firewalld_forward_drop()?;
+    let receiver = udp_listen(&lab.outside, outside, 53)?;
+    observe(
+        lab,
+        &["--rules", "--no-tc", "--no-routes"],
+        &["> 203.0.113.2:53"],
+        6,
+        || {
+            udp_send(&lab.web().ns, outside, 53)?;
+            Ok(())
+        },
+    )?;
     let mut buf = [0u8; 64];
-    udp.recv_from(&mut buf)
-        .context("the datagram did not arrive")?;
-    host.run(move || -> std::io::Result<()> {
-        UdpSocket::bind(("0.0.0.0", 0))?.send_to(b"from the host", (web_addr, DNS_PORT))?;
-        Ok(())
-    })??;
-    web_udp.set_read_timeout(Some(Duration::from_secs(5)))?;
-    web_udp
-        .recv_from(&mut buf)
-        .context("the host's datagram did not arrive")?;
+    ensure!(
+        receiver.recv_from(&mut buf).is_err(),
+        "the query should not arrive"
+    );
+    println!(
+        "\n  Reading it: dropped at the forward hook by table firewalld, chain filter_FORWARD, with\n  \
+         the rule itself, and the kernel's own drop reason NETFILTER_DROP: no LOG rules, no\n  \
+         TRACE, no \"No buffer space available\"."
+    );
+    lab.remove_firewalld()?;
     Ok(())
 }
 
-fn title(text: &str) {
-    println!("\n== {text} ==");
+fn icc(lab: &HostLab) -> anyhow::Result<()> {
+    let db = lab.db().addr;
+    println!(
+        "Docker with icc=false adds `FORWARD -i docker0 -o docker0 -j DROP`, which bridged\n\
+         traffic only meets when br_netfilter is on. web connects to db:5432, first with\n\
+         br_netfilter on."
+    );
+    lab.icc_false(true)?;
+    let _server = serve_tcp_once(&lab.db().ns, db, 5432)?;
+    observe(
+        lab,
+        &["--rules", "--no-tc", "--no-routes"],
+        &["> 172.17.0.3:5432"],
+        4,
+        || {
+            let r = tcp_exchange(&lab.web().ns, db, 5432, Duration::from_millis(700));
+            ensure!(r.is_err(), "icc=false should block web → db");
+            Ok(())
+        },
+    )?;
+    println!("\n  Then with br_netfilter off (bridge-nf-call-iptables=0), the same connection:");
+    lab.icc_false(false)?;
+    let _server = serve_tcp_once(&lab.db().ns, db, 5433)?;
+    observe(
+        lab,
+        &["--iface", "veth-web,veth-db", "--no-routes"],
+        &["> 172.17.0.3:5433"],
+        2,
+        || {
+            tcp_exchange(&lab.web().ns, db, 5433, Duration::from_secs(5))
+                .context("without br_netfilter the bridge forwards")?;
+            Ok(())
+        },
+    )?;
+    println!(
+        "\n  Reading it: with br_netfilter, the bridged packet met filter/FORWARD and its docker0 →\n  \
+         docker0 DROP rule; without it, the bridge forwarded veth-web → veth-db and iptables\n  \
+         never saw the packet."
+    );
+    Ok(())
 }
