@@ -125,6 +125,12 @@ impl HostLab {
         Ok(Self { bridge, outside })
     }
 
+    /// Leaves every namespace in place (for `cargo xtask lab up`).
+    pub fn keep(self) {
+        self.bridge.keep();
+        self.outside.keep();
+    }
+
     pub fn host(&self) -> &Netns {
         &self.bridge.host
     }

@@ -18,6 +18,9 @@ use crate::privilege::{as_root, is_root};
 
 const PREFIX: &str = "probe-demo-";
 
+/// One chapter: sets up its incident on the lab, runs probe, explains the output.
+type Story = fn(&HostLab) -> anyhow::Result<()>;
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
@@ -58,7 +61,7 @@ pub fn run(no_build: bool) -> anyhow::Result<()> {
         db = lab.db().addr,
         out = HostLab::OUTSIDE_ADDR,
     );
-    let stories: [(&str, fn(&HostLab) -> anyhow::Result<()>); 4] = [
+    let stories: [(&str, Story); 4] = [
         ("1/4  The VPN that ate the container subnet", vpn),
         ("2/4  The published port", published_port),
         (

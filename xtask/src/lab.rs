@@ -1,13 +1,13 @@
 //! `cargo xtask lab up|down`: the demo's lab, left standing to explore by hand.
 
 use clap::ValueEnum;
-use probe_lab::BridgeLab;
+use probe_lab::{BridgeLab, HostLab};
 
 use crate::privilege::{as_root, is_root};
 
-/// Namespace names: `probe-lab-host`, `probe-lab-web`, `probe-lab-db`.
+/// Namespace names: `probe-lab-host`, `probe-lab-web`, `probe-lab-db`, `probe-lab-outside`.
 pub const PREFIX: &str = "probe-lab-";
-pub const CONTAINERS: &[&str] = &["web", "db"];
+const NAMESPACES: &[&str] = &["web", "db", "outside"];
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Action {
@@ -24,15 +24,17 @@ pub fn run(action: Action) -> anyhow::Result<()> {
     }
     match action {
         Action::Up => {
-            let lab = BridgeLab::new(PREFIX, CONTAINERS)?;
+            let lab = HostLab::new(PREFIX)?;
             println!("lab is up (remove it with `cargo xtask lab down`):");
             println!(
-                "  {}: bridge {} {}/16",
-                lab.host.name(),
+                "  {}: bridge {} {}/16, uplink {} {}, Docker's iptables chains, 8080 -> web:80",
+                lab.host().name(),
                 BridgeLab::BRIDGE,
-                BridgeLab::GATEWAY
+                BridgeLab::GATEWAY,
+                HostLab::UPLINK,
+                HostLab::HOST_ADDR
             );
-            for c in &lab.containers {
+            for c in &lab.bridge.containers {
                 println!(
                     "  {}: eth0 {} (host side {})",
                     c.ns.name(),
@@ -40,15 +42,20 @@ pub fn run(action: Action) -> anyhow::Result<()> {
                     c.host_if
                 );
             }
+            println!("  {}: {}", lab.outside.name(), HostLab::OUTSIDE_ADDR);
             println!(
-                "try: sudo target/debug/probe trace --netns {} --iface {}",
-                lab.host.name(),
-                BridgeLab::BRIDGE
+                "try: sudo target/debug/probe trace --netns {} --rules",
+                lab.host().name()
+            );
+            println!(
+                "     sudo ip netns exec {} wget -qO- http://{}:8080  (if the namespace has wget)",
+                lab.outside.name(),
+                HostLab::HOST_ADDR
             );
             lab.keep();
         }
         Action::Down => {
-            let removed = BridgeLab::remove(PREFIX, CONTAINERS);
+            let removed = BridgeLab::remove(PREFIX, NAMESPACES);
             println!("removed {removed} lab namespace(s)");
         }
     }
