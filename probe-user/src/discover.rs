@@ -142,7 +142,7 @@ impl Iface {
 
 /// Devices of default routes, from /proc/net/route and /proc/net/ipv6_route (which show the
 /// namespace of the reading thread).
-fn default_route_devices() -> Vec<String> {
+pub fn default_route_devices() -> Vec<String> {
     let mut out = Vec::new();
     if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
         for line in text.lines().skip(1) {

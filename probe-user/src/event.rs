@@ -61,7 +61,7 @@ pub struct TcSighting {
 }
 
 /// Transport protocol, by IP protocol number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
     Tcp,

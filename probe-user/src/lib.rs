@@ -20,6 +20,7 @@ pub mod privileges;
 pub mod render;
 pub mod rtnl;
 pub mod tc;
+pub mod timeline;
 pub mod trace;
 pub mod tracefs;
 pub mod tracepoints;

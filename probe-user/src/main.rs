@@ -83,10 +83,14 @@ struct TraceArgs {
     /// /proc/PID/ns/net.
     #[arg(long, value_name = "NAME|PATH")]
     netns: Option<String>,
-    /// JSON Lines on stdout, one event per line.
+    /// JSON Lines on stdout: one timeline per line (schema probe.timeline/1), or one event
+    /// per line with --events.
     #[arg(long)]
     json: bool,
-    /// Stop after this many events.
+    /// One line per event as it happens, instead of a timeline per packet.
+    #[arg(long)]
+    events: bool,
+    /// Stop after this many timelines (or events, with --events).
     #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Write "ready" to this file once every program is attached (for scripts and tests).
@@ -153,6 +157,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 all_netns: args.all_netns,
                 rules: args.rules,
                 netfilter: !args.no_netfilter,
+                events: args.events,
                 format: if args.json {
                     Format::Json
                 } else {
@@ -167,8 +172,16 @@ fn run(command: Command) -> anyhow::Result<()> {
                 },
                 ringbuf_bytes,
             };
+            let args_events = opts.events;
             let summary = trace::run(&opts)?;
-            let mut line = format!("{} events", summary.events);
+            let mut line = if args_events {
+                format!("{} events", summary.events)
+            } else {
+                format!(
+                    "{} timelines from {} events",
+                    summary.timelines, summary.events
+                )
+            };
             if summary.lost > 0 {
                 line.push_str(&format!(
                     "; {} LOST because the ring buffer was full (try a larger --ringbuf-kib)",

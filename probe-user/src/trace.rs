@@ -25,6 +25,7 @@ use crate::{
     render::{Clock, Format, IfNames, Renderer},
     rtnl,
     tc::{BackendChoice, TcAttacher},
+    timeline::{Correlator, Journey, Limits, Topology, render_json, render_text},
     tracefs::Tracefs,
     tracepoints,
     watch::TcWatch,
@@ -44,6 +45,8 @@ pub struct TraceOptions {
     pub rules: bool,
     /// Netfilter hook and chain verdicts through kernel functions, where the kernel allows.
     pub netfilter: bool,
+    /// One line per event instead of hop timelines.
+    pub events: bool,
     pub format: Format,
     /// Stop after this many events.
     pub count: Option<u64>,
@@ -56,7 +59,10 @@ pub struct TraceOptions {
 /// What a trace saw, reported on exit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Events received and shown (in timelines or as lines).
     pub events: u64,
+    /// Timelines printed (timeline mode).
+    pub timelines: u64,
     pub malformed: u64,
     /// Events the kernel programs could not submit (ring buffer full).
     pub lost: u64,
@@ -111,11 +117,12 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             None
         }
     };
-    // Names of this namespace's interfaces, for events that carry only an index.
-    let mut ifnames: IfNames = rtnl::Socket::request_socket()
+    // This namespace's interfaces, for events that carry only an index.
+    let links = rtnl::Socket::request_socket()
         .and_then(|mut s| s.links())
-        .map(|links| links.into_iter().map(|l| (l.index, l.name)).collect())
         .unwrap_or_default();
+    let mut ifnames: IfNames = links.iter().map(|l| (l.index, l.name.clone())).collect();
+    let topology = topology_of(&links);
     let watch = if opts.tc {
         Some(TcWatch::start(
             &mut bpf,
@@ -172,13 +179,24 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         Ok(())
     };
 
+    let timelines = (!opts.events).then(|| Timelines {
+        correlator: Correlator::new(Limits::default()),
+        topology,
+        json: opts.format == Format::Json,
+        color: opts.format == Format::Text && {
+            use std::io::IsTerminal as _;
+            io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+        },
+    });
     let mut view = View {
         renderer: Renderer::new(opts.format, Clock::now(), ifnames),
         names,
         netns: if opts.all_netns { None } else { own_netns() },
+        timelines,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .context("cannot start the event loop")?;
     let mut session = Session { bpf, watch, rules };
@@ -272,9 +290,95 @@ struct View {
     names: Names,
     /// Show drops only from this namespace (None: from all).
     netns: Option<u32>,
+    /// Timeline mode; None: one line per event.
+    timelines: Option<Timelines>,
+}
+
+struct Timelines {
+    correlator: Correlator,
+    topology: Topology,
+    json: bool,
+    color: bool,
+}
+
+/// Interfaces by role, bridge subnets and uplinks, for diagnoses.
+fn topology_of(links: &[rtnl::Link]) -> Topology {
+    let mut t = Topology::default();
+    for l in links {
+        t.links.insert(
+            l.index,
+            (l.name.clone(), l.kind.clone().unwrap_or_default()),
+        );
+    }
+    let bridges: Vec<&str> = links
+        .iter()
+        .filter(|l| l.kind.as_deref() == Some("bridge"))
+        .map(|l| l.name.as_str())
+        .collect();
+    // Connected IPv4 routes of bridges (/proc/net/route shows this thread's namespace).
+    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 || !bridges.contains(&f[0]) {
+                continue;
+            }
+            let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
+            if let (Some(dst), Some(mask)) = (hex(f[1]), hex(f[7])) {
+                t.bridge_subnets.push((
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::from(dst)),
+                    mask.count_ones() as u8,
+                    f[0].to_owned(),
+                ));
+            }
+        }
+    }
+    t.uplinks = crate::discover::default_route_devices();
+    log::debug!(
+        "uplinks {:?}, bridge subnets {:?}",
+        t.uplinks,
+        t.bridge_subnets
+    );
+    t
 }
 
 impl View {
+    /// How many units (timelines, or events) were shown: what --count counts.
+    fn shown(&self, summary: &Summary) -> u64 {
+        if self.timelines.is_some() {
+            summary.timelines
+        } else {
+            summary.events
+        }
+    }
+
+    /// Writes journeys that ended; Ok(true) once the output is gone.
+    fn write_finished(
+        &mut self,
+        out: &mut impl Write,
+        summary: &mut Summary,
+        journeys: Vec<Journey>,
+        limit: u64,
+    ) -> anyhow::Result<bool> {
+        let Some(t) = self.timelines.as_ref() else {
+            return Ok(false);
+        };
+        for j in journeys {
+            if summary.timelines >= limit {
+                break;
+            }
+            summary.timelines += 1;
+            let text = if t.json {
+                render_json(&j, &t.topology) + "\n"
+            } else {
+                render_text(&j, &t.topology, t.color)
+            };
+            if let Err(e) = out.write_all(text.as_bytes()) {
+                return output_gone(e);
+            }
+        }
+        Ok(false)
+    }
+
     fn wants(&self, body: &EventBody) -> bool {
         match (body, self.netns) {
             // Drops without a device (netns 0) cannot be placed: keep them.
@@ -321,6 +425,8 @@ async fn stream(
     // Listening now: a stop signal held since start-up (or sent after "tracing") ends the loop.
     HeldSignals::release();
     announce()?;
+    // Timelines end when their packet has been quiet for a while: look every 100 ms.
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(100));
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut summary = Summary::default();
@@ -350,12 +456,26 @@ async fn stream(
             }
             guard = readable(&mut rule_fd) => {
                 let mut guard = guard?;
-                let done = match session.rules.as_mut() {
-                    Some(r) => drain_rules(r, view, &mut out, &mut summary, limit)?,
-                    None => false,
-                };
+                // Sightings already in the ring buffer happened before these verdicts were
+                // reported: take them first, so verdicts join the packets they are about.
+                let mut done = drain(ring.get_mut(), view, &mut out, &mut summary, limit)?;
+                if !done && let Some(r) = session.rules.as_mut() {
+                    done = drain_rules(r, view, &mut out, &mut summary, limit)?;
+                }
                 guard.clear_ready();
                 if done {
+                    break;
+                }
+            }
+            _ = ticker.tick(), if view.timelines.is_some() => {
+                let done = match view.timelines.as_mut() {
+                    Some(t) => {
+                        t.correlator.expire(monotonic_ns());
+                        t.correlator.take_finished()
+                    }
+                    None => Vec::new(),
+                };
+                if view.write_finished(&mut out, &mut summary, done, limit)? || flush(&mut out, view.shown(&summary) >= limit)? {
                     break;
                 }
             }
@@ -365,13 +485,21 @@ async fn stream(
         }
     }
     // Whatever the kernel submitted before we stopped is still shown.
-    if summary.events < limit {
+    if view.shown(&summary) < limit {
         drain(ring.get_mut(), view, &mut out, &mut summary, limit)?;
     }
-    if summary.events < limit
+    if view.shown(&summary) < limit
         && let Some(r) = session.rules.as_mut()
     {
         drain_rules(r, view, &mut out, &mut summary, limit)?;
+    }
+    // Whatever is still in flight is shown as it stands.
+    let rest = match view.timelines.as_mut() {
+        Some(t) => t.correlator.flush(),
+        None => Vec::new(),
+    };
+    if !view.write_finished(&mut out, &mut summary, rest, limit)? {
+        flush(&mut out, true)?;
     }
     if let Some(l) = logger.as_mut() {
         l.get_mut().flush();
@@ -401,16 +529,16 @@ async fn readable<T: AsRawFd>(
 /// output is gone.
 fn drain(
     ring: &mut RingBuf<MapData>,
-    view: &View,
+    view: &mut View,
     out: &mut impl Write,
     summary: &mut Summary,
     limit: u64,
 ) -> anyhow::Result<bool> {
-    while summary.events < limit {
+    while view.shown(summary) < limit {
         let Some(item) = ring.next() else { break };
         match decode::decode(&item) {
             Ok(event) => {
-                if emit(view, out, summary, event)? {
+                if emit(view, out, summary, event, limit)? {
                     return Ok(true);
                 }
             }
@@ -422,21 +550,28 @@ fn drain(
             }
         }
     }
-    flush(out, summary.events >= limit)
+    let done = view.shown(summary) >= limit;
+    flush(out, done)
 }
 
 /// Filters, names and writes one event; true when the output is gone.
 fn emit(
-    view: &View,
+    view: &mut View,
     out: &mut impl Write,
     summary: &mut Summary,
     mut event: Event,
+    limit: u64,
 ) -> anyhow::Result<bool> {
     if !view.wants(&event.body) {
         return Ok(false);
     }
     view.names.enrich(&mut event);
     summary.events += 1;
+    if let Some(t) = view.timelines.as_mut() {
+        t.correlator.push(event);
+        let done = t.correlator.take_finished();
+        return view.write_finished(out, summary, done, limit);
+    }
     match view.renderer.write(out, &event) {
         Ok(()) => Ok(false),
         Err(e) => output_gone(e),
@@ -453,24 +588,25 @@ fn flush(out: &mut impl Write, done: bool) -> anyhow::Result<bool> {
 /// Turns pending nftables trace messages into events.
 fn drain_rules(
     rules: &mut RuleTracing,
-    view: &View,
+    view: &mut View,
     out: &mut impl Write,
     summary: &mut Summary,
     limit: u64,
 ) -> anyhow::Result<bool> {
     let now = monotonic_ns();
     for raw in rules.socket.receive() {
-        if summary.events >= limit {
+        if view.shown(summary) >= limit {
             break;
         }
         if let Some(event) = rules.tracer.event(raw, now)
-            && emit(view, out, summary, event)?
+            && emit(view, out, summary, event, limit)?
         {
             return Ok(true);
         }
     }
     summary.rules_lost = rules.socket.lost;
-    flush(out, summary.events >= limit)
+    let done = view.shown(summary) >= limit;
+    flush(out, done)
 }
 
 fn monotonic_ns() -> u64 {

@@ -70,6 +70,7 @@ fn forward_hook_verdicts_accept_and_drop() {
         "--no-tc",
         "--no-routes",
         "--json",
+        "--events",
     ])
     .unwrap();
     send_udp(&lab.client, Routed::SERVER, 7001);
@@ -156,6 +157,7 @@ fn policy_routing_rule_is_named() {
         "--no-tc",
         "--no-drops",
         "--json",
+        "--events",
     ])
     .unwrap();
     send_udp(&lab.a, "10.250.3.3".parse().unwrap(), 7003);

@@ -64,6 +64,7 @@ fn iptables_and_nftables_rules_are_named_with_their_verdicts() {
         "--no-tc",
         "--no-routes",
         "--json",
+        "--events",
     ])
     .unwrap();
     assert_eq!(

@@ -18,7 +18,7 @@ fn lab() -> HostLab {
 }
 
 fn trace(lab: &HostLab, extra: &[&str]) -> ProbeRun {
-    let mut args = vec!["trace", "--netns", lab.host().name(), "--json"];
+    let mut args = vec!["trace", "--netns", lab.host().name(), "--json", "--events"];
     args.extend_from_slice(extra);
     ProbeRun::start(&args).unwrap()
 }

@@ -15,7 +15,15 @@ const TCP_PORT: u16 = 9001;
 const CLIENT_UDP_PORT: u16 = 40001;
 
 fn trace_args<'a>(ns: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["trace", "--netns", ns, "--iface", TwoHosts::IFACE, "--json"];
+    let mut args = vec![
+        "trace",
+        "--netns",
+        ns,
+        "--iface",
+        TwoHosts::IFACE,
+        "--json",
+        "--events",
+    ];
     args.extend_from_slice(extra);
     args
 }
@@ -296,6 +304,7 @@ fn attaches_to_interfaces_as_they_appear(iface_args: &[&str]) {
         "--no-drops",
         "--no-routes",
         "--json",
+        "--events",
     ];
     args.extend_from_slice(iface_args);
     let mut run = ProbeRun::start(&args).unwrap();

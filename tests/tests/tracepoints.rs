@@ -47,8 +47,15 @@ fn drop_rule_is_reported_as_netfilter_drop_with_place_and_packet() {
             ],
         )
         .unwrap();
-    let run =
-        ProbeRun::start(&["trace", "--netns", lab.b.name(), "--no-routes", "--json"]).unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--no-routes",
+        "--json",
+        "--events",
+    ])
+    .unwrap();
     let b = lab.b_addr.to_string();
     udp_to(&lab, &b, PORT, 3).unwrap();
     let (stdout, _) = run.stop().unwrap();
@@ -109,7 +116,15 @@ fn routing_decisions_show_table_device_gateway_and_errors() {
             &lab.b_addr.to_string(),
         ])
         .unwrap();
-    let run = ProbeRun::start(&["trace", "--netns", lab.a.name(), "--no-drops", "--json"]).unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--no-drops",
+        "--json",
+        "--events",
+    ])
+    .unwrap();
     udp_to(&lab, "10.250.1.1", PORT, 1).unwrap();
     // No route at all: the send fails, and the lookup that failed is reported.
     let unreachable = udp_to(&lab, "10.251.9.9", 53, 1);

@@ -100,8 +100,8 @@ fn color() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
-/// Runs probe in the lab's host namespace around `traffic`, and prints the lines of its output
-/// that mention `needle` (the story's packets), at most `max`.
+/// Runs probe in the lab's host namespace around `traffic`, and prints the timelines it
+/// printed for the story's packets (those mentioning `needle`), at most `max`.
 fn observe(
     lab: &HostLab,
     args: &[&str],
@@ -111,28 +111,39 @@ fn observe(
 ) -> anyhow::Result<()> {
     let mut full = vec!["trace", "--netns", lab.host().name()];
     full.extend_from_slice(args);
-    println!("\n  $ probe {}   (the story's packets)", full.join(" "));
+    println!("\n  $ probe {}", full.join(" "));
     let run = ProbeRun::start(&full)?;
     let result = traffic();
     let (stdout, _) = run.stop()?;
     result?;
-    // The story's packets; of the rule walk, only the steps that decided (jumps, returns and
-    // policy accepts are left out here, probe prints them all).
-    let walk_step = ["-> jump", "-> return", "policy -> accept", "-> continue"];
-    let lines: Vec<&str> = stdout
-        .lines()
-        .filter(|l| needle.iter().any(|n| l.contains(n)))
-        .filter(|l| !walk_step.iter().any(|w| l.contains(w)))
+    // Timelines are blocks that start with "packet N"; keep the story's.
+    let mut blocks: Vec<Vec<&str>> = Vec::new();
+    for line in stdout.lines() {
+        if line.starts_with("packet ") || blocks.is_empty() {
+            blocks.push(Vec::new());
+        }
+        if let Some(b) = blocks.last_mut() {
+            b.push(line);
+        }
+    }
+    let ours: Vec<&Vec<&str>> = blocks
+        .iter()
+        .filter(|b| b.iter().any(|l| needle.iter().any(|n| l.contains(n))))
         .collect();
     ensure!(
-        !lines.is_empty(),
+        !ours.is_empty(),
         "probe saw none of the story's packets; that is a bug"
     );
-    for line in lines.iter().take(max) {
-        println!("  {line}");
+    for block in ours.iter().take(max) {
+        for line in block.iter() {
+            println!("  {line}");
+        }
     }
-    if lines.len() > max {
-        println!("  ... ({} more lines)", lines.len() - max);
+    if ours.len() > max {
+        println!(
+            "  ... and {} more timelines of the same flow",
+            ours.len() - max
+        );
     }
     Ok(())
 }

@@ -1,0 +1,545 @@
+//! Hop timelines: sightings of one packet, from every observation point, joined into one
+//! journey with the time spent between hops, the address rewrites on the way, and an outcome.
+//!
+//! Identity. tc programs see packet bytes but no kernel pointer, so a packet is recognised by
+//! what NAT does not change: protocol, IPv4 id, TCP sequence number, ICMP id/sequence. A
+//! sighting with the same signature but a different tuple is the same packet after a rewrite
+//! (DNAT, SNAT, MASQUERADE), recorded as before → after. Sightings that carry the kernel's skb
+//! address (drops, hook and chain verdicts) are also joined by that address. Routing lookups
+//! carry neither: they are attached by destination and time, and marked as inferred.
+//!
+//! Memory is bounded: a journey ends when it has been quiet for `linger`, when it is dropped,
+//! or when the live set is full (the oldest is then flushed, marked incomplete).
+
+mod diagnose;
+mod render;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+pub use diagnose::Topology;
+pub use render::{render_json, render_text};
+
+use crate::event::{Event, EventBody, L4Header, Packet, Transport};
+
+/// Source and destination of a packet at one point of its journey.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Tuple {
+    pub proto: Transport,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+impl Tuple {
+    pub fn of(p: &Packet) -> Option<Self> {
+        let ip = p.ip.as_ref()?;
+        let (sport, dport) = match ip.l4 {
+            Some(L4Header::Tcp { sport, dport, .. }) | Some(L4Header::Udp { sport, dport }) => {
+                (sport, dport)
+            }
+            _ => (0, 0),
+        };
+        Some(Tuple {
+            proto: ip.proto,
+            src: ip.src,
+            dst: ip.dst,
+            sport,
+            dport,
+        })
+    }
+
+    fn reversed(&self) -> Self {
+        Tuple {
+            proto: self.proto,
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
+
+impl std::fmt::Display for Tuple {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.proto {
+            Transport::Tcp | Transport::Udp => {
+                let ep = |a: IpAddr, p: u16| match a {
+                    IpAddr::V6(v6) => format!("[{v6}]:{p}"),
+                    v4 => format!("{v4}:{p}"),
+                };
+                write!(
+                    f,
+                    "{} {} > {}",
+                    self.proto,
+                    ep(self.src, self.sport),
+                    ep(self.dst, self.dport)
+                )
+            }
+            p => write!(f, "{p} {} > {}", self.src, self.dst),
+        }
+    }
+}
+
+/// What NAT leaves alone: enough to recognise a packet after a rewrite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Signature {
+    proto: Transport,
+    ip_id: u16,
+    /// TCP sequence, or ICMP id << 16 | seq.
+    seq: u32,
+    tcp_flags: u8,
+}
+
+impl Signature {
+    fn of(p: &Packet) -> Option<Self> {
+        let ip = p.ip.as_ref()?;
+        let (seq, tcp_flags) = match ip.l4 {
+            Some(L4Header::Tcp { seq, tcp_flags, .. }) => (seq, tcp_flags.0),
+            Some(L4Header::Icmp {
+                icmp_id, icmp_seq, ..
+            }) => ((icmp_id as u32) << 16 | icmp_seq as u32, 0),
+            _ => (0, 0),
+        };
+        Some(Signature {
+            proto: ip.proto,
+            ip_id: ip.ip_id,
+            seq,
+            tcp_flags,
+        })
+    }
+}
+
+/// One sighting within a journey.
+#[derive(Clone, Debug, Serialize)]
+pub struct Hop {
+    pub ts_ns: u64,
+    /// The packet's tuple as seen here (absent for routing lookups and chain verdicts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuple: Option<Tuple>,
+    /// Joined by destination and time rather than by the packet itself.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inferred: bool,
+    /// The time is when probe received the sighting (nftables trace), not when it happened.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub approx_time: bool,
+    pub event: Event,
+}
+
+/// A tuple rewrite between two hops.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rewrite {
+    pub before: Tuple,
+    pub after: Tuple,
+    /// Index of the first hop that saw the rewritten tuple.
+    pub at_hop: usize,
+}
+
+/// A packet's way through the host.
+#[derive(Clone, Debug, Serialize)]
+pub struct Journey {
+    pub id: u64,
+    /// Packets of one connection (request and reply directions, across NAT) share a flow.
+    pub flow: u64,
+    /// The tuple at the first sighting.
+    pub first: Option<Tuple>,
+    pub hops: Vec<Hop>,
+    pub rewrites: Vec<Rewrite>,
+    /// Set when the live set was full and this journey was flushed early.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub evicted: bool,
+    #[serde(skip)]
+    sig: Option<Signature>,
+    #[serde(skip)]
+    current: Option<Tuple>,
+    #[serde(skip)]
+    last_ns: u64,
+    #[serde(skip)]
+    ended: bool,
+}
+
+/// Tuning of the correlator.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A journey quiet for this long is over.
+    pub linger_ns: u64,
+    /// Most journeys alive at once.
+    pub max_live: usize,
+    /// How long a routing lookup waits for the packet it decided about.
+    pub lookup_window_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            linger_ns: 300_000_000,
+            max_live: 4096,
+            lookup_window_ns: 20_000_000,
+        }
+    }
+}
+
+/// Joins events into journeys. Feed events in arrival order; collect finished journeys.
+pub struct Correlator {
+    limits: Limits,
+    live: VecDeque<Journey>,
+    next_id: u64,
+    next_flow: u64,
+    /// Flow ids by tuple (both directions, before and after rewrites).
+    flows: HashMap<Tuple, u64>,
+    /// Journey id by skb address.
+    by_skb: HashMap<u64, u64>,
+    /// Routing lookups not yet matched to a packet.
+    lookups: VecDeque<Event>,
+    finished: Vec<Journey>,
+}
+
+impl Correlator {
+    pub fn new(limits: Limits) -> Self {
+        Correlator {
+            limits,
+            live: VecDeque::new(),
+            next_id: 1,
+            next_flow: 1,
+            flows: HashMap::new(),
+            by_skb: HashMap::new(),
+            lookups: VecDeque::new(),
+            finished: Vec::new(),
+        }
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Adds one event.
+    pub fn push(&mut self, event: Event) {
+        let now = event.ts_ns;
+        match &event.body {
+            EventBody::Fib(_) | EventBody::FibRule(_) => self.push_lookup(event),
+            EventBody::Chain(c) => {
+                let skb = c.skb;
+                match self.find_by_skb(skb) {
+                    Some(i) => self.attach(i, event, None, false),
+                    None => self.start(event, None, None),
+                }
+            }
+            _ => {
+                let (packet, skb) = match &event.body {
+                    EventBody::Tc(t) => (Some(&t.packet), None),
+                    EventBody::Drop(d) => (Some(&d.packet), Some(d.skb)),
+                    EventBody::Netfilter(n) => (Some(&n.packet), Some(n.skb)),
+                    EventBody::Rule(r) => (r.packet.as_ref(), None),
+                    _ => (None, None),
+                };
+                let tuple = packet.and_then(Tuple::of);
+                let sig = packet.and_then(Signature::of);
+                // Rule verdicts arrive late, possibly after the drop that ended the journey.
+                let late = matches!(event.body, EventBody::Rule(_));
+                let found = skb
+                    .and_then(|s| self.find_by_skb(s))
+                    .or_else(|| sig.and_then(|s| self.find_by_signature(s, tuple, now, late)));
+                match found {
+                    Some(i) => self.attach(i, event, tuple, false),
+                    None => self.start(event, tuple, sig),
+                }
+                if let Some(s) = skb.filter(|&s| s != 0) {
+                    let id = self.live.back().map(|j| j.id);
+                    let owner = found.map(|i| self.live[i].id).or(id);
+                    if let Some(owner) = owner {
+                        self.by_skb.insert(s, owner);
+                    }
+                }
+            }
+        }
+        self.expire(now);
+    }
+
+    fn find_by_skb(&self, skb: u64) -> Option<usize> {
+        let id = *self.by_skb.get(&skb)?;
+        self.live.iter().position(|j| j.id == id && !j.ended)
+    }
+
+    fn find_by_signature(
+        &self,
+        sig: Signature,
+        tuple: Option<Tuple>,
+        now: u64,
+        include_ended: bool,
+    ) -> Option<usize> {
+        let mut best = None;
+        for (i, j) in self.live.iter().enumerate().rev() {
+            if (j.ended && !include_ended)
+                || j.sig != Some(sig)
+                || now.saturating_sub(j.last_ns) > self.limits.linger_ns
+            {
+                continue;
+            }
+            if j.current == tuple {
+                return Some(i);
+            }
+            best.get_or_insert(i);
+        }
+        best
+    }
+
+    fn start(&mut self, event: Event, tuple: Option<Tuple>, sig: Option<Signature>) {
+        if self.live.len() >= self.limits.max_live
+            && let Some(mut oldest) = self.live.pop_front()
+        {
+            oldest.evicted = true;
+            self.finish(oldest);
+        }
+        let flow = tuple.map(|t| self.flow_of(t)).unwrap_or(0);
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut j = Journey {
+            id,
+            flow,
+            first: tuple,
+            hops: Vec::new(),
+            rewrites: Vec::new(),
+            evicted: false,
+            sig,
+            current: tuple,
+            last_ns: event.ts_ns,
+            ended: false,
+        };
+        // Routing lookups made for this packet just before it was seen.
+        if let Some(t) = tuple {
+            let window = self.limits.lookup_window_ns;
+            let mut i = 0;
+            while i < self.lookups.len() {
+                let l = &self.lookups[i];
+                if lookup_matches(l, &t) && event.ts_ns.saturating_sub(l.ts_ns) <= window {
+                    let l = self.lookups.remove(i).expect("index in range");
+                    j.hops.push(Hop {
+                        ts_ns: l.ts_ns,
+                        tuple: None,
+                        inferred: true,
+                        approx_time: false,
+                        event: l,
+                    });
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        self.live.push_back(j);
+        let i = self.live.len() - 1;
+        self.attach(i, event, tuple, false);
+    }
+
+    fn flow_of(&mut self, t: Tuple) -> u64 {
+        if let Some(&f) = self.flows.get(&t).or_else(|| self.flows.get(&t.reversed())) {
+            return f;
+        }
+        let f = self.next_flow;
+        self.next_flow += 1;
+        if self.flows.len() > 65536 {
+            self.flows.clear();
+        }
+        self.flows.insert(t, f);
+        f
+    }
+
+    fn attach(&mut self, i: usize, mut event: Event, tuple: Option<Tuple>, inferred: bool) {
+        let approx_time = matches!(event.body, EventBody::Rule(_));
+        let j = &mut self.live[i];
+        if approx_time {
+            // nftables trace messages carry no timestamp, and arrive after the fact. Rules run
+            // between a packet's arrival and its exit, so place them after the last arrival-side
+            // hop (not after an egress or a drop); ties keep their order.
+            event.ts_ns = j
+                .hops
+                .iter()
+                .filter(|h| !is_exit(&h.event))
+                .map(|h| h.ts_ns)
+                .max()
+                .unwrap_or(j.last_ns);
+        }
+        // The tuple a rule saw belongs to its hook's moment, not to now: only sightings with
+        // their own timestamps tell a rewrite.
+        if let (false, Some(t), Some(cur)) = (approx_time, tuple, j.current)
+            && t != cur
+        {
+            j.rewrites.push(Rewrite {
+                before: cur,
+                after: t,
+                at_hop: j.hops.len(),
+            });
+            j.current = Some(t);
+            let flow = j.flow;
+            // Replies to the rewritten tuple belong to the same flow.
+            self.flows.insert(t, flow);
+        }
+        let j = &mut self.live[i];
+        if j.current.is_none() {
+            j.current = tuple;
+            j.first = j.first.or(tuple);
+        }
+        // A drop ends the journey, unless the packet had already left (then it is a socket
+        // freeing its copy later on, not a drop on the way).
+        if matches!(event.body, EventBody::Drop(_))
+            && !j
+                .hops
+                .iter()
+                .any(|h| is_exit(&h.event) && !matches!(h.event.body, EventBody::Drop(_)))
+        {
+            j.ended = true;
+        }
+        if !approx_time {
+            j.last_ns = j.last_ns.max(event.ts_ns);
+        }
+        j.hops.push(Hop {
+            ts_ns: event.ts_ns,
+            tuple,
+            inferred,
+            approx_time,
+            event,
+        });
+    }
+
+    fn push_lookup(&mut self, event: Event) {
+        // A lookup right after a packet's last sighting (forwarding, reply routing) belongs to
+        // that packet; otherwise it waits for the packet it was made for.
+        let now = event.ts_ns;
+        let window = self.limits.lookup_window_ns;
+        let target = lookup_dst(&event);
+        let found = self.live.iter().rposition(|j| {
+            !j.ended
+                && now.saturating_sub(j.last_ns) <= window
+                && j.current
+                    .is_some_and(|t| Some((t.dst, t.dport)) == target || Some((t.dst, 0)) == target)
+        });
+        match found {
+            Some(i) => self.attach(i, event, None, true),
+            None => {
+                self.lookups.push_back(event);
+                while self.lookups.len() > 1024 {
+                    let l = self.lookups.pop_front().expect("non-empty");
+                    self.standalone(l);
+                }
+            }
+        }
+    }
+
+    /// A lookup no packet followed: worth its own timeline only when it failed (nothing was
+    /// sent because there was no route).
+    fn standalone(&mut self, lookup: Event) {
+        let failed = match &lookup.body {
+            EventBody::Fib(f) => f.err != 0 && f.err != -libc::EAGAIN,
+            _ => false,
+        };
+        if failed {
+            self.start(lookup, None, None);
+            if let Some(j) = self.live.back_mut() {
+                j.ended = true;
+                j.hops[0].inferred = false;
+            }
+        }
+    }
+
+    /// Ends journeys quiet since before `now - linger`.
+    pub fn expire(&mut self, now: u64) {
+        let linger = self.limits.linger_ns;
+        while let Some(l) = self.lookups.front() {
+            if now.saturating_sub(l.ts_ns) > self.limits.lookup_window_ns {
+                let l = self.lookups.pop_front().expect("non-empty");
+                self.standalone(l);
+            } else {
+                break;
+            }
+        }
+        let mut i = 0;
+        while i < self.live.len() {
+            if now.saturating_sub(self.live[i].last_ns) > linger {
+                let j = self.live.remove(i).expect("index in range");
+                self.finish(j);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn finish(&mut self, mut j: Journey) {
+        self.by_skb.retain(|_, id| *id != j.id);
+        // Rule verdicts may have come before the sightings around them were read: now that the
+        // journey is complete, put them after its last arrival-side sighting.
+        let anchor = j
+            .hops
+            .iter()
+            .filter(|h| !h.approx_time && !h.inferred && !is_exit(&h.event))
+            .map(|h| h.ts_ns)
+            .max();
+        if let Some(anchor) = anchor {
+            for h in j.hops.iter_mut().filter(|h| h.approx_time) {
+                h.ts_ns = anchor + 1;
+                h.event.ts_ns = anchor + 1;
+            }
+        }
+        j.hops.sort_by_key(|h| h.ts_ns);
+        // Rewrites point at the first hop that saw the new tuple, in the final order.
+        for r in j.rewrites.iter_mut() {
+            if let Some(i) = j
+                .hops
+                .iter()
+                .position(|h| !h.approx_time && h.tuple == Some(r.after))
+            {
+                r.at_hop = i;
+            }
+        }
+        self.finished.push(j);
+    }
+
+    /// Journeys that ended since the last call, oldest first.
+    pub fn take_finished(&mut self) -> Vec<Journey> {
+        let mut out = std::mem::take(&mut self.finished);
+        out.sort_by_key(|j| j.hops.first().map_or(0, |h| h.ts_ns));
+        out
+    }
+
+    /// Ends everything (the trace stops).
+    pub fn flush(&mut self) -> Vec<Journey> {
+        while let Some(l) = self.lookups.pop_front() {
+            self.standalone(l);
+        }
+        while let Some(j) = self.live.pop_front() {
+            self.finish(j);
+        }
+        self.take_finished()
+    }
+}
+
+/// A sighting at the end of a packet's way through the host's stack.
+pub(crate) fn is_exit(e: &Event) -> bool {
+    match &e.body {
+        EventBody::Tc(t) => t.direction == crate::event::Direction::Egress,
+        EventBody::Drop(_) => true,
+        _ => false,
+    }
+}
+
+fn lookup_dst(e: &Event) -> Option<(IpAddr, u16)> {
+    match &e.body {
+        EventBody::Fib(f) => Some((f.dst, f.dport)),
+        EventBody::FibRule(r) => Some((r.dst, 0)),
+        _ => None,
+    }
+}
+
+fn lookup_matches(lookup: &Event, t: &Tuple) -> bool {
+    match &lookup.body {
+        EventBody::Fib(f) => f.dst == t.dst && (f.dport == 0 || f.dport == t.dport),
+        EventBody::FibRule(r) => r.dst == t.dst,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! Timelines for people (a block per packet, a row per hop, a diagnosis) and for programs
+//! (JSON Lines, schema `probe.timeline/1`, documented in docs/timeline-schema.md).
+
+use serde::Serialize;
+
+use super::{
+    Hop, Journey, Rewrite, Tuple,
+    diagnose::{Outcome, Topology, diagnose},
+};
+use crate::{
+    event::{Event, EventBody},
+    render::{fib_text, packet_text},
+};
+
+pub const SCHEMA: &str = "probe.timeline/1";
+
+/// Where a hop happened, in the namespace's own terms.
+pub fn place(e: &Event, topo: &Topology) -> String {
+    let name = |i: u32| {
+        topo.links
+            .get(&i)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| if i == 0 { "-".into() } else { format!("if{i}") })
+    };
+    match &e.body {
+        EventBody::Tc(t) => format!("{} {}", name(t.ifindex), t.direction.as_str()),
+        EventBody::Drop(d) => format!("drop on {}", name(d.ifindex)),
+        EventBody::Fib(f) => format!(
+            "route table {}",
+            f.table_name.clone().unwrap_or_else(|| f.table.to_string())
+        ),
+        EventBody::FibRule(r) => format!("ip rule pref {}", r.pref),
+        EventBody::Rule(r) => format!(
+            "{} {}/{}{}",
+            r.family,
+            r.table,
+            r.chain,
+            r.hook
+                .as_deref()
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default()
+        ),
+        EventBody::Netfilter(n) => format!("netfilter {}", n.hook),
+        EventBody::Chain(c) => format!("{} {}/{} ({})", c.engine, c.table, c.chain, c.hook),
+    }
+}
+
+/// What happened at a hop.
+pub fn what(e: &Event) -> String {
+    match &e.body {
+        EventBody::Tc(t) => packet_text(&t.packet),
+        EventBody::Drop(d) => format!(
+            "DROP reason {}{}",
+            d.reason
+                .clone()
+                .unwrap_or_else(|| d.reason_code.to_string()),
+            d.location_sym
+                .as_ref()
+                .map(|l| format!(" in {l}"))
+                .unwrap_or_default()
+        ),
+        EventBody::Fib(f) => fib_text(f)
+            .split_once(": ")
+            .map(|(_, rest)| rest.to_owned())
+            .unwrap_or_default(),
+        EventBody::FibRule(r) => format!(
+            "{} table {}",
+            r.action,
+            r.table_name.clone().unwrap_or_else(|| r.table.to_string())
+        ),
+        EventBody::Rule(r) => {
+            let by = match (r.decided_by, r.rule_handle, &r.rule) {
+                ("rule", Some(h), Some(t)) => format!("rule {h} [{t}]"),
+                ("rule", Some(h), None) => format!("rule {h}"),
+                (other, _, _) => other.to_owned(),
+            };
+            let target = r
+                .target
+                .as_deref()
+                .map(|t| format!(" {t}"))
+                .unwrap_or_default();
+            format!("{by} -> {}{target}", r.verdict)
+        }
+        EventBody::Netfilter(n) => format!(
+            "{}{} ({}µs in the hook)",
+            n.verdict.to_uppercase(),
+            n.errno.map(|e| format!(" errno {e}")).unwrap_or_default(),
+            n.duration_ns / 1000
+        ),
+        EventBody::Chain(c) => format!("-> {}", c.verdict.to_uppercase()),
+    }
+}
+
+pub(super) fn rewrite_note(r: &Rewrite) -> String {
+    if r.before.dst != r.after.dst || r.before.dport != r.after.dport {
+        format!(
+            "DNAT {}:{} → {}:{}",
+            r.before.dst, r.before.dport, r.after.dst, r.after.dport
+        )
+    } else {
+        format!(
+            "SNAT {}:{} → {}:{}",
+            r.before.src, r.before.sport, r.after.src, r.after.sport
+        )
+    }
+}
+
+fn fmt_ns(ns: u64) -> String {
+    if ns >= 10_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else {
+        format!("{:.3}ms", ns as f64 / 1e6)
+    }
+}
+
+fn fmt_delta(ns: u64) -> String {
+    if ns >= 1_000_000 {
+        format!("{:.1}ms", ns as f64 / 1e6)
+    } else {
+        format!("{}µs", ns / 1000)
+    }
+}
+
+/// A human-readable block for one journey.
+pub fn render_text(j: &Journey, topo: &Topology, color: bool) -> String {
+    let (outcome, diagnosis) = diagnose(j, topo);
+    let start = j.hops.first().map_or(0, |h| h.ts_ns);
+    let head = j
+        .first
+        .map(|t: Tuple| t.to_string())
+        .unwrap_or_else(|| "routing lookup".to_owned());
+    let mut s = format!("packet {} (flow {}) {head}\n", j.id, j.flow);
+    let mut prev = start;
+    for (i, h) in j.hops.iter().enumerate() {
+        let note = j
+            .rewrites
+            .iter()
+            .find(|r| r.at_hop == i)
+            .map(|r| format!("   ({})", rewrite_note(r)))
+            .unwrap_or_default();
+        let mark = if h.inferred { "~" } else { " " };
+        s.push_str(&format!(
+            "  {mark}+{:<9} Δ{:<8} {:<30} {}{note}\n",
+            fmt_ns(h.ts_ns.saturating_sub(start)),
+            fmt_delta(h.ts_ns.saturating_sub(prev)),
+            place(&h.event, topo),
+            what(&h.event),
+        ));
+        prev = h.ts_ns;
+    }
+    let (on, off) = if color {
+        let c = match outcome {
+            Outcome::Dropped | Outcome::Unroutable => "\x1b[1;31m",
+            Outcome::Delivered => "\x1b[1;32m",
+            Outcome::Left | Outcome::Incomplete => "\x1b[1;33m",
+        };
+        (c, "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let evicted = if j.evicted {
+        " (cut short: too many packets in flight)"
+    } else {
+        ""
+    };
+    s.push_str(&format!("  => {on}{diagnosis}{off}{evicted}\n"));
+    s
+}
+
+#[derive(Serialize)]
+struct JsonHop<'a> {
+    /// Nanoseconds since the journey's first sighting, and since the previous hop.
+    t_ns: u64,
+    dt_ns: u64,
+    #[serde(rename = "where")]
+    place: String,
+    what: String,
+    #[serde(flatten)]
+    hop: &'a Hop,
+}
+
+#[derive(Serialize)]
+struct JsonJourney<'a> {
+    schema: &'static str,
+    id: u64,
+    flow: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first: Option<Tuple>,
+    outcome: Outcome,
+    diagnosis: String,
+    rewrites: &'a [Rewrite],
+    hops: Vec<JsonHop<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    evicted: bool,
+}
+
+/// One JSON Lines record for one journey.
+pub fn render_json(j: &Journey, topo: &Topology) -> String {
+    let (outcome, diagnosis) = diagnose(j, topo);
+    let start = j.hops.first().map_or(0, |h| h.ts_ns);
+    let mut prev = start;
+    let hops = j
+        .hops
+        .iter()
+        .map(|h| {
+            let hop = JsonHop {
+                t_ns: h.ts_ns.saturating_sub(start),
+                dt_ns: h.ts_ns.saturating_sub(prev),
+                place: place(&h.event, topo),
+                what: what(&h.event),
+                hop: h,
+            };
+            prev = h.ts_ns;
+            hop
+        })
+        .collect();
+    serde_json::to_string(&JsonJourney {
+        schema: SCHEMA,
+        id: j.id,
+        flow: j.flow,
+        first: j.first,
+        outcome,
+        diagnosis,
+        rewrites: &j.rewrites,
+        hops,
+        evicted: j.evicted,
+    })
+    .unwrap_or_else(|e| format!("{{\"schema\":\"{SCHEMA}\",\"error\":\"{e}\"}}"))
+}

@@ -1,0 +1,243 @@
+//! Correlation on hand-made event sequences: the shapes of the stories.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::event::{
+    Direction, DropSighting, FibLookup, IpHeader, L4Header, Packet, RuleVerdict, TcSighting,
+    TcpFlags,
+};
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, seq: u32, flags: u8) -> Packet {
+    Packet {
+        ethertype: 0x0800,
+        len: 60,
+        ip: Some(IpHeader {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: Transport::Tcp,
+            ip_id: 4242,
+            fragment: false,
+            l4: Some(L4Header::Tcp {
+                sport,
+                dport,
+                seq,
+                tcp_flags: TcpFlags(flags),
+            }),
+        }),
+        truncated: false,
+    }
+}
+
+fn tc(ts: u64, ifindex: u32, direction: Direction, packet: Packet) -> Event {
+    Event {
+        ts_ns: ts,
+        cpu: 0,
+        body: EventBody::Tc(TcSighting {
+            ifindex,
+            direction,
+            netns_cookie: 1,
+            mark: 0,
+            packet,
+        }),
+    }
+}
+
+fn topo() -> Topology {
+    let mut t = Topology::default();
+    for (i, n, k) in [
+        (2, "eth0", ""),
+        (3, "docker0", "bridge"),
+        (4, "veth-web", "veth"),
+        (5, "tun0", "tun"),
+    ] {
+        t.links.insert(i, (n.into(), k.into()));
+    }
+    t.bridge_subnets
+        .push(("172.17.0.0".parse().unwrap(), 16, "docker0".into()));
+    t.uplinks.push("eth0".into());
+    t
+}
+
+fn one(events: Vec<Event>) -> Journey {
+    let mut c = Correlator::new(Limits::default());
+    for e in events {
+        c.push(e);
+    }
+    let mut done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    done.remove(0)
+}
+
+#[test]
+fn dnat_is_one_journey_with_the_rewrite() {
+    let syn_in = tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, TcpFlags::SYN);
+    let syn_out = tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, TcpFlags::SYN);
+    let j = one(vec![
+        tc(1_000, 2, Direction::Ingress, syn_in),
+        tc(41_000, 4, Direction::Egress, syn_out),
+    ]);
+    assert_eq!(j.hops.len(), 2);
+    assert_eq!(j.rewrites.len(), 1);
+    let (outcome, text) = diagnose::diagnose(&j, &topo());
+    assert_eq!(outcome, diagnose::Outcome::Delivered);
+    assert_eq!(
+        text,
+        "delivered to 172.17.0.2:80 through veth-web after DNAT 203.0.113.1:8080 → 172.17.0.2:80"
+    );
+    let block = render_text(&j, &topo(), false);
+    assert!(block.contains("Δ40µs"), "{block}");
+    let json: serde_json::Value = serde_json::from_str(&render_json(&j, &topo())).unwrap();
+    assert_eq!(json["schema"], "probe.timeline/1");
+    assert_eq!(json["outcome"], "delivered");
+    assert_eq!(json["hops"][1]["dt_ns"], 40_000);
+    assert_eq!(json["rewrites"][0]["after"]["dport"], 80);
+}
+
+#[test]
+fn reply_after_nat_joins_the_request_flow() {
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(
+        1_000,
+        2,
+        Direction::Ingress,
+        tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, 2),
+    ));
+    c.push(tc(
+        2_000,
+        4,
+        Direction::Egress,
+        tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, 2),
+    ));
+    c.push(tc(
+        9_000,
+        4,
+        Direction::Ingress,
+        tcp("172.17.0.2", 80, "203.0.113.2", 40000, 99, 0x12),
+    ));
+    let done = c.flush();
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[0].flow, done[1].flow, "request and reply are one flow");
+    assert_ne!(done[0].id, done[1].id);
+}
+
+#[test]
+fn drop_names_the_rule() {
+    let p = tcp("172.17.0.2", 5000, "172.17.0.3", 5432, 1, TcpFlags::SYN);
+    let rule = Event {
+        ts_ns: 0,
+        cpu: 0,
+        body: EventBody::Rule(RuleVerdict {
+            trace_id: 1,
+            family: "ip".into(),
+            table: "filter".into(),
+            chain: "FORWARD".into(),
+            hook: Some("forward".into()),
+            decided_by: "rule",
+            rule_handle: Some(20),
+            rule: Some("iifname \"docker0\" oifname \"docker0\" counter drop".into()),
+            verdict: "drop".into(),
+            target: None,
+            iif: 3,
+            oif: 3,
+            mark: 0,
+            packet: Some(p.clone()),
+        }),
+    };
+    let drop = Event {
+        ts_ns: 5_000,
+        cpu: 0,
+        body: EventBody::Drop(DropSighting {
+            skb: 77,
+            reason_code: 12,
+            reason: Some("NETFILTER_DROP".into()),
+            location: 1,
+            location_sym: Some("nft_do_chain+0x46f".into()),
+            ifindex: 3,
+            netns: 1,
+            packet: p.clone(),
+        }),
+    };
+    let j = one(vec![tc(1_000, 4, Direction::Ingress, p), drop, rule]);
+    let (outcome, text) = diagnose::diagnose(&j, &topo());
+    assert_eq!(outcome, diagnose::Outcome::Dropped);
+    assert!(
+        text.starts_with("dropped by ip filter/FORWARD (forward) rule 20"),
+        "{text}"
+    );
+    assert!(text.ends_with("(reason NETFILTER_DROP)"), "{text}");
+}
+
+fn fib(ts: u64, dst: &str, dport: u16, table: u32, dev: Option<&str>, err: i32) -> Event {
+    Event {
+        ts_ns: ts,
+        cpu: 0,
+        body: EventBody::Fib(FibLookup {
+            table,
+            table_name: None,
+            err,
+            error: FibLookup::error_name(err).map(str::to_owned),
+            src: "0.0.0.0".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            gateway: None,
+            dev: dev.map(str::to_owned),
+            oif: 0,
+            iif: 0,
+            proto: Transport::Tcp,
+            sport: 0,
+            dport,
+            tos: 0,
+            scope: 0,
+            flags: 0,
+            source: "tracepoint:fib:fib_table_lookup",
+        }),
+    }
+}
+
+#[test]
+fn vpn_shadowing_is_diagnosed_from_the_route() {
+    let syn = tcp("10.8.0.2", 5000, "172.17.0.2", 80, 1, TcpFlags::SYN);
+    let j = one(vec![
+        fib(1_000, "172.17.0.2", 80, 51820, Some("tun0"), 0),
+        tc(3_000, 5, Direction::Egress, syn),
+    ]);
+    assert!(j.hops[0].inferred);
+    let (_, text) = diagnose::diagnose(&j, &topo());
+    assert!(text.starts_with("routed to tun0 by table 51820"), "{text}");
+    assert!(text.contains("docker0's subnet"), "{text}");
+}
+
+#[test]
+fn unroutable_lookup_stands_alone_and_ordinary_misses_do_not() {
+    let mut c = Correlator::new(Limits::default());
+    c.push(fib(1_000, "10.9.9.9", 53, 254, None, -libc::EAGAIN));
+    c.push(fib(2_000, "10.9.9.9", 53, 254, None, -libc::ENETUNREACH));
+    let done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    let (outcome, text) = diagnose::diagnose(&done[0], &topo());
+    assert_eq!(outcome, diagnose::Outcome::Unroutable);
+    assert!(text.contains("ENETUNREACH"), "{text}");
+}
+
+#[test]
+fn memory_is_bounded() {
+    let mut c = Correlator::new(Limits {
+        max_live: 8,
+        ..Limits::default()
+    });
+    for i in 0..100u32 {
+        let mut p = tcp("10.0.0.1", 1000, "10.0.0.2", 80, i, TcpFlags::ACK);
+        if let Some(ip) = p.ip.as_mut() {
+            ip.ip_id = i as u16;
+        }
+        c.push(tc(1_000 + i as u64, 4, Direction::Egress, p));
+        assert!(c.live() <= 8);
+    }
+    let evicted = c.take_finished();
+    assert_eq!(evicted.len(), 92);
+    assert!(evicted.iter().all(|j| j.evicted));
+    // Quiet journeys end by themselves.
+    c.expire(10_000_000_000);
+    assert_eq!(c.live(), 0);
+    let _: Vec<IpAddr> = Vec::new();
+}
