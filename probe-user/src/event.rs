@@ -298,6 +298,16 @@ pub struct RuleVerdict {
     pub mark: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub packet: Option<Packet>,
+    /// The headers `packet` was read from, kept for recordings.
+    #[serde(skip)]
+    pub headers: Option<RawHeaders>,
+}
+
+/// Network and transport headers as the kernel sent them in an nftables trace message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RawHeaders {
+    pub network: Vec<u8>,
+    pub transport: Option<Vec<u8>>,
 }
 
 /// Names of the netfilter hooks of the inet families, by NF_INET_* number.

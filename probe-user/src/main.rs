@@ -38,6 +38,21 @@ enum Command {
         sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
         sudo probe trace --iface veth0 --tc-backend clsact")]
     Trace(TraceArgs),
+    /// Print the timelines of a recording made with `probe trace --record` (no root needed).
+    #[command(after_help = "Examples:\n  \
+        sudo probe trace --record incident.probe --count 50\n  \
+        probe replay incident.probe\n  \
+        probe replay incident.probe --json | jq 'select(.outcome == \"dropped\")'")]
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        /// JSON Lines: one timeline per line (or one event per line with --events).
+        #[arg(long)]
+        json: bool,
+        /// One line per event instead of timelines.
+        #[arg(long)]
+        events: bool,
+    },
     /// Show what this kernel supports and which backend each observation point uses.
     #[command(after_help = "Examples:\n  \
         sudo probe doctor\n  \
@@ -90,6 +105,9 @@ struct TraceArgs {
     /// One line per event as it happens, instead of a timeline per packet.
     #[arg(long)]
     events: bool,
+    /// Also write every event shown to FILE, for `probe replay FILE` later or elsewhere.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// Stop after this many timelines (or events, with --events).
     #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
@@ -125,6 +143,16 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Replay { file, json, events } => {
+            let format = if json { Format::Json } else { Format::Text };
+            let n = probe::replay::run(&file, format, events)?;
+            log::info!(
+                "replayed {} events into {} timelines",
+                n.events,
+                n.timelines
+            );
+            Ok(())
+        }
         Command::Doctor { json } => {
             let report = probe::doctor::examine();
             if json {
@@ -158,6 +186,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 rules: args.rules,
                 netfilter: !args.no_netfilter,
                 events: args.events,
+                record: args.record,
                 format: if args.json {
                     Format::Json
                 } else {

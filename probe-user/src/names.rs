@@ -38,7 +38,7 @@ impl Names {
 }
 
 /// `enum skb_drop_reason` value → name without the SKB_DROP_REASON_ prefix.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DropReasons(HashMap<u32, String>);
 
 impl DropReasons {
@@ -99,6 +99,14 @@ impl KernelSymbols {
         Self { syms }
     }
 
+    /// Adds one function start (used when replaying a recording).
+    pub fn insert(&mut self, addr: u64, name: String) {
+        let i = self.syms.partition_point(|(a, _)| *a < addr);
+        if self.syms.get(i).is_none_or(|(a, _)| *a != addr) {
+            self.syms.insert(i, (addr, name));
+        }
+    }
+
     /// `function+0xoffset`, or None when addresses are hidden or unknown.
     pub fn symbolize(&self, addr: u64) -> Option<String> {
         if addr == 0 {
@@ -111,7 +119,7 @@ impl KernelSymbols {
 }
 
 /// Routing table id → name from iproute2's rt_tables files, with the kernel's reserved ids.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RouteTables(HashMap<u32, String>);
 
 impl Default for RouteTables {

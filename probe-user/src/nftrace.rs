@@ -15,7 +15,7 @@ use std::{
 use thiserror::Error;
 
 use crate::{
-    event::{Event, EventBody, RuleVerdict},
+    event::{Event, EventBody, RawHeaders, RuleVerdict},
     packet,
     rtnl::{attributes, c_string, messages},
 };
@@ -436,6 +436,7 @@ pub struct Tracer {
 struct Walk {
     hook: Option<String>,
     packet: Option<crate::event::Packet>,
+    headers: Option<RawHeaders>,
 }
 
 /// Walks remembered at most; older ones are forgotten (their packets are long gone).
@@ -456,6 +457,10 @@ impl Tracer {
         let walk = self.walks.entry(raw.id).or_default();
         if let Some(n) = raw.network.as_deref() {
             walk.packet = Some(packet::from_network_header(n, raw.transport.as_deref()));
+            walk.headers = Some(RawHeaders {
+                network: n.to_vec(),
+                transport: raw.transport.clone(),
+            });
         }
         // Messages from probe's own table, and the one that opens each chain's walk (a "rule"
         // message without a rule: it only carries the packet's headers), decide nothing.
@@ -474,6 +479,7 @@ impl Tracer {
             None => walk.hook.clone(),
         };
         let packet = walk.packet.clone();
+        let headers = walk.headers.clone();
         let rule = raw
             .rule_handle
             .filter(|_| raw.trace_type == TRACETYPE_RULE)
@@ -502,6 +508,7 @@ impl Tracer {
                 oif: raw.oif,
                 mark: raw.mark,
                 packet,
+                headers,
             }),
         })
     }

@@ -22,6 +22,7 @@ use crate::{
     kfunc,
     names::Names,
     nftrace::{self, TraceSocket, TraceTable},
+    record::{Metadata, RecordWriter},
     render::{Clock, Format, IfNames, Renderer},
     rtnl,
     tc::{BackendChoice, TcAttacher},
@@ -47,6 +48,8 @@ pub struct TraceOptions {
     pub netfilter: bool,
     /// One line per event instead of hop timelines.
     pub events: bool,
+    /// Write the events to this file for `probe replay`.
+    pub record: Option<PathBuf>,
     pub format: Format,
     /// Stop after this many events.
     pub count: Option<u64>,
@@ -179,6 +182,20 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         Ok(())
     };
 
+    let recorder = match &opts.record {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let meta = Metadata {
+                probe_version: env!("CARGO_PKG_VERSION").to_owned(),
+                drop_reasons: names.drop_reasons.clone(),
+                route_tables: names.route_tables.clone(),
+                topology: topology.clone(),
+            };
+            Some(RecordWriter::new(io::BufWriter::new(file), &meta)?)
+        }
+        None => None,
+    };
     let timelines = (!opts.events).then(|| Timelines {
         correlator: Correlator::new(Limits::default()),
         topology,
@@ -193,6 +210,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         names,
         netns: if opts.all_netns { None } else { own_netns() },
         timelines,
+        recorder,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -292,6 +310,8 @@ struct View {
     netns: Option<u32>,
     /// Timeline mode; None: one line per event.
     timelines: Option<Timelines>,
+    /// `--record`: every event shown, as the kernel wrote it.
+    recorder: Option<RecordWriter<io::BufWriter<std::fs::File>>>,
 }
 
 struct Timelines {
@@ -493,6 +513,9 @@ async fn stream(
     {
         drain_rules(r, view, &mut out, &mut summary, limit)?;
     }
+    if let Some(w) = view.recorder.as_mut() {
+        w.flush().context("cannot write the recording")?;
+    }
     // Whatever is still in flight is shown as it stands.
     let rest = match view.timelines.as_mut() {
         Some(t) => t.correlator.flush(),
@@ -538,7 +561,7 @@ fn drain(
         let Some(item) = ring.next() else { break };
         match decode::decode(&item) {
             Ok(event) => {
-                if emit(view, out, summary, event, limit)? {
+                if emit(view, out, summary, event, Some(&item), limit)? {
                     return Ok(true);
                 }
             }
@@ -560,6 +583,7 @@ fn emit(
     out: &mut impl Write,
     summary: &mut Summary,
     mut event: Event,
+    raw: Option<&[u8]>,
     limit: u64,
 ) -> anyhow::Result<bool> {
     if !view.wants(&event.body) {
@@ -567,6 +591,12 @@ fn emit(
     }
     view.names.enrich(&mut event);
     summary.events += 1;
+    if let Some(w) = view.recorder.as_mut() {
+        // Names first, so a replay knows them when it reaches the event.
+        w.extra(&event)
+            .and_then(|()| raw.map_or(Ok(()), |bytes| w.raw(bytes)))
+            .context("cannot write the recording")?;
+    }
     if let Some(t) = view.timelines.as_mut() {
         t.correlator.push(event);
         let done = t.correlator.take_finished();
@@ -599,7 +629,7 @@ fn drain_rules(
             break;
         }
         if let Some(event) = rules.tracer.event(raw, now)
-            && emit(view, out, summary, event, limit)?
+            && emit(view, out, summary, event, None, limit)?
         {
             return Ok(true);
         }

@@ -8,7 +8,7 @@ use super::Journey;
 use crate::event::{Direction, EventBody};
 
 /// What probe knows of the namespace's interfaces, to speak of them by role.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Topology {
     /// ifindex → (name, link kind: bridge, veth, tun, wireguard, ...; empty for physical).
     pub links: HashMap<u32, (String, String)>,
@@ -191,21 +191,22 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> (Outcome, String) {
             .get(&t.ifindex)
             .map(|(_, k)| k.as_str())
             .unwrap_or("");
-        let to = j
-            .current
-            .map(|c| format!("{}:{}", c.dst, c.dport))
-            .unwrap_or_default();
+        let to = match j.current {
+            Some(c) if c.dport != 0 => format!(" to {}:{}", c.dst, c.dport),
+            Some(c) => format!(" to {}", c.dst),
+            None => String::new(),
+        };
         if t.direction == Direction::Egress {
             if topo.uplinks.contains(&name) {
                 return (
                     Outcome::Left,
-                    format!("left the host through the uplink {name} to {to}{after_nat}"),
+                    format!("left the host through the uplink {name}{to}{after_nat}"),
                 );
             }
             if kind == "veth" {
                 return (
                     Outcome::Delivered,
-                    format!("delivered to {to} through {name}{after_nat}"),
+                    format!("delivered{to} through {name}{after_nat}"),
                 );
             }
             if topo.is_tunnel(&name) {

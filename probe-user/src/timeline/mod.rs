@@ -244,8 +244,12 @@ impl Correlator {
                 let found = skb
                     .and_then(|s| self.find_by_skb(s))
                     .or_else(|| sig.and_then(|s| self.find_by_signature(s, tuple, now, late)));
+                // A socket purging its queue frees packets it already received: part of a
+                // journey if we saw it, not a journey of its own.
+                let purge = matches!(&event.body, EventBody::Drop(d) if d.reason.as_deref() == Some("QUEUE_PURGE"));
                 match found {
                     Some(i) => self.attach(i, event, tuple, false),
+                    None if purge => return,
                     None => self.start(event, tuple, sig),
                 }
                 if let Some(s) = skb.filter(|&s| s != 0) {

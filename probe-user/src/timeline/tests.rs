@@ -142,6 +142,7 @@ fn drop_names_the_rule() {
             oif: 3,
             mark: 0,
             packet: Some(p.clone()),
+            headers: None,
         }),
     };
     let drop = Event {

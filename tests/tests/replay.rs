@@ -1,0 +1,166 @@
+//! `--record` then `probe replay`: the timelines rebuilt offline, without root, match those
+//! printed live, for the story shapes (DNAT delivered, dropped by a rule, misrouted by a VPN);
+//! a damaged recording is one clear error.
+
+use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
+
+use probe_lab::{
+    HostLab, Netns, ProbeRun,
+    probe::json_lines,
+    probe_binary, require_root,
+    traffic::{serve_tcp_once, tcp_exchange, udp_send},
+};
+use serde_json::Value;
+
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("probe-{}-{name}", std::process::id()));
+        TempFile(p)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Records a live trace around `traffic`; returns the live timelines.
+fn record(lab: &HostLab, file: &TempFile, extra: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
+    let mut args = vec![
+        "trace",
+        "--netns",
+        lab.host().name(),
+        "--json",
+        "--record",
+        file.path(),
+    ];
+    args.extend_from_slice(extra);
+    let run = ProbeRun::start(&args).unwrap();
+    traffic();
+    let (stdout, _) = run.stop().unwrap();
+    json_lines(&stdout).unwrap()
+}
+
+/// Replays as an unprivileged user.
+fn replay(file: &TempFile) -> Vec<Value> {
+    std::fs::set_permissions(&file.0, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new(probe_binary())
+        .args(["replay", file.path(), "--json"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&String::from_utf8_lossy(&out.stdout)).unwrap()
+}
+
+fn summary(timelines: &[Value]) -> Vec<(String, String)> {
+    let mut s: Vec<(String, String)> = timelines
+        .iter()
+        .map(|t| (t["outcome"].to_string(), t["diagnosis"].to_string()))
+        .collect();
+    s.sort();
+    s
+}
+
+#[test]
+fn replayed_timelines_match_the_live_ones() {
+    require_root();
+    let lab = HostLab::new(&Netns::unique_prefix()).unwrap();
+    let web = lab.web().addr;
+
+    let dnat = TempFile::new("dnat.rec");
+    let _server = serve_tcp_once(&lab.web().ns, web, HostLab::WEB_PORT).unwrap();
+    let live = record(
+        &lab,
+        &dnat,
+        &["--iface", "eth0,veth-web", "--rules"],
+        || {
+            tcp_exchange(
+                &lab.outside,
+                HostLab::HOST_ADDR,
+                HostLab::PUBLISHED_PORT,
+                Duration::from_secs(5),
+            )
+            .unwrap();
+        },
+    );
+    let replayed = replay(&dnat);
+    assert_eq!(summary(&live), summary(&replayed));
+    assert!(replayed.iter().any(|t| {
+        t["outcome"] == "delivered"
+            && t["diagnosis"]
+                .as_str()
+                .unwrap()
+                .contains("DNAT 203.0.113.1:8080 → 172.17.0.2:80")
+    }));
+
+    let dropped = TempFile::new("drop.rec");
+    lab.firewalld_forward_drop().unwrap();
+    let live = record(&lab, &dropped, &["--rules", "--no-routes"], || {
+        udp_send(&lab.web().ns, HostLab::OUTSIDE_ADDR, 53).unwrap();
+    });
+    let replayed = replay(&dropped);
+    assert_eq!(summary(&live), summary(&replayed));
+    assert!(replayed.iter().any(|t| {
+        t["outcome"] == "dropped"
+            && t["diagnosis"]
+                .as_str()
+                .unwrap()
+                .contains("firewalld/filter_FORWARD")
+    }));
+    lab.remove_firewalld().unwrap();
+
+    let misrouted = TempFile::new("vpn.rec");
+    lab.vpn_up().unwrap();
+    let _server = serve_tcp_once(&lab.web().ns, web, 81).unwrap();
+    let live = record(&lab, &misrouted, &["--no-drops"], || {
+        assert!(tcp_exchange(lab.host(), web, 81, Duration::from_millis(500)).is_err());
+    });
+    let replayed = replay(&misrouted);
+    assert_eq!(summary(&live), summary(&replayed));
+    assert!(
+        replayed
+            .iter()
+            .any(|t| t["diagnosis"].as_str().unwrap().contains("shadows"))
+    );
+}
+
+#[test]
+fn damaged_recordings_are_one_clear_error() {
+    require_root();
+    let lab = HostLab::new(&Netns::unique_prefix()).unwrap();
+    let file = TempFile::new("cut.rec");
+    record(&lab, &file, &["--iface", "veth-web"], || {
+        udp_send(&lab.web().ns, HostLab::OUTSIDE_ADDR, 9).unwrap();
+    });
+    let bytes = std::fs::read(&file.0).unwrap();
+    assert!(bytes.len() > 100, "something was recorded");
+    let cut = TempFile::new("cut2.rec");
+    std::fs::write(&cut.0, &bytes[..bytes.len() - 7]).unwrap();
+    for (path, expected) in [
+        (cut.path(), "offset"),
+        ("/nonexistent/probe.rec", "cannot open"),
+        ("/etc/passwd", "not a probe recording"),
+    ] {
+        let out = Command::new(probe_binary())
+            .args(["replay", path])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{path}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{path}: {stderr}");
+        assert!(!stderr.contains("panicked"));
+    }
+}
