@@ -9,6 +9,7 @@ pub mod discover;
 pub mod doctor;
 pub mod ebpf;
 pub mod event;
+pub mod filter;
 pub mod iface;
 pub mod kfunc;
 pub mod layout;

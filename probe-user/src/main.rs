@@ -35,6 +35,7 @@ enum Command {
         sudo probe trace --iface 'veth*,docker0' --json > sightings.jsonl\n  \
         sudo probe trace --no-tc --no-routes    # only drops, with reasons\n  \
         sudo probe trace --rules --no-tc        # which nftables/iptables rule decided\n  \
+        sudo probe trace -f 'host 172.17.0.2 and tcp port 80'\n  \
         sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
         sudo probe trace --iface veth0 --tc-backend clsact")]
     Trace(TraceArgs),
@@ -52,6 +53,9 @@ enum Command {
         /// One line per event instead of timelines.
         #[arg(long)]
         events: bool,
+        /// Only packets matching a pcap-style expression.
+        #[arg(short = 'f', long, value_name = "EXPR")]
+        filter: Option<String>,
     },
     /// Show what this kernel supports and which backend each observation point uses.
     #[command(after_help = "Examples:\n  \
@@ -105,6 +109,10 @@ struct TraceArgs {
     /// One line per event as it happens, instead of a timeline per packet.
     #[arg(long)]
     events: bool,
+    /// Only packets matching a pcap-style expression (and their sightings after NAT), e.g.
+    /// 'host 172.17.0.2 and tcp port 80', 'src net 10.0.0.0/8 and not udp'.
+    #[arg(short = 'f', long, value_name = "EXPR")]
+    filter: Option<String>,
     /// Also write every event shown to FILE, for `probe replay FILE` later or elsewhere.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
@@ -143,9 +151,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Replay { file, json, events } => {
+        Command::Replay {
+            file,
+            json,
+            events,
+            filter,
+        } => {
             let format = if json { Format::Json } else { Format::Text };
-            let n = probe::replay::run(&file, format, events)?;
+            let filter = filter
+                .as_deref()
+                .map(probe::filter::Filter::parse)
+                .transpose()?;
+            let n = probe::replay::run(&file, format, events, filter.as_ref())?;
             log::info!(
                 "replayed {} events into {} timelines",
                 n.events,
@@ -167,6 +184,12 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Trace(args) => {
+            // A typo in the filter is reported before anything else, without needing root.
+            let filter = args
+                .filter
+                .as_deref()
+                .map(probe::filter::Filter::parse)
+                .transpose()?;
             probe::privileges::check()?;
             if let Some(ns) = &args.netns {
                 // Before the event loop starts any thread: threads inherit the namespace.
@@ -187,6 +210,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 netfilter: !args.no_netfilter,
                 events: args.events,
                 record: args.record,
+                filter,
                 format: if args.json {
                     Format::Json
                 } else {

@@ -9,6 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    filter::{Filter, fields_of},
     record::RecordReader,
     render::{Clock, Format, IfNames, Renderer},
     timeline::{Correlator, Limits, render_json, render_text},
@@ -21,7 +22,12 @@ pub struct Replayed {
     pub timelines: u64,
 }
 
-pub fn run(path: &Path, format: Format, events: bool) -> anyhow::Result<Replayed> {
+pub fn run(
+    path: &Path,
+    format: Format,
+    events: bool,
+    filter: Option<&Filter>,
+) -> anyhow::Result<Replayed> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut reader = RecordReader::new(BufReader::new(file))
@@ -43,6 +49,9 @@ pub fn run(path: &Path, format: Format, events: bool) -> anyhow::Result<Replayed
                           counts: &mut Replayed|
      -> io::Result<()> {
         for j in journeys {
+            if filter.is_some_and(|f| !j.matches(f)) {
+                continue;
+            }
             counts.timelines += 1;
             let text = match format {
                 Format::Json => render_json(&j, &topology) + "\n",
@@ -58,7 +67,12 @@ pub fn run(path: &Path, format: Format, events: bool) -> anyhow::Result<Replayed
     {
         counts.events += 1;
         let written = if events {
-            renderer.write(&mut out, &event)
+            let wanted = filter.is_none_or(|f| fields_of(&event).is_some_and(|x| f.matches(&x)));
+            if wanted {
+                renderer.write(&mut out, &event)
+            } else {
+                Ok(())
+            }
         } else {
             let now = event.ts_ns;
             correlator.push(event);

@@ -19,6 +19,7 @@ use crate::{
     discover::Selector,
     ebpf,
     event::{Event, EventBody},
+    filter::{Filter, fields_of},
     kfunc,
     names::Names,
     nftrace::{self, TraceSocket, TraceTable},
@@ -50,6 +51,8 @@ pub struct TraceOptions {
     pub events: bool,
     /// Write the events to this file for `probe replay`.
     pub record: Option<PathBuf>,
+    /// Only packets matching this (and what follows from them).
+    pub filter: Option<Filter>,
     pub format: Format,
     /// Stop after this many events.
     pub count: Option<u64>,
@@ -211,6 +214,8 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         netns: if opts.all_netns { None } else { own_netns() },
         timelines,
         recorder,
+        filter: opts.filter.clone(),
+        admitted: std::collections::HashSet::new(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -312,6 +317,35 @@ struct View {
     timelines: Option<Timelines>,
     /// `--record`: every event shown, as the kernel wrote it.
     recorder: Option<RecordWriter<io::BufWriter<std::fs::File>>>,
+    filter: Option<Filter>,
+    /// Packets the filter admitted (protocol, IPv4 id, sequence), so their later sightings
+    /// follow them through NAT.
+    admitted: std::collections::HashSet<(u8, u16, u32)>,
+}
+
+/// What NAT leaves alone in a packet: to follow an admitted packet across rewrites.
+fn follow_key(e: &Event) -> Option<(u8, u16, u32)> {
+    use crate::event::L4Header;
+    let p = match &e.body {
+        EventBody::Tc(t) => &t.packet,
+        EventBody::Drop(d) => &d.packet,
+        EventBody::Netfilter(n) => &n.packet,
+        EventBody::Rule(r) => r.packet.as_ref()?,
+        _ => return None,
+    };
+    let ip = p.ip.as_ref()?;
+    let seq = match ip.l4 {
+        Some(L4Header::Tcp { seq, .. }) => seq,
+        _ => 0,
+    };
+    let proto = match ip.proto {
+        crate::event::Transport::Tcp => 6,
+        crate::event::Transport::Udp => 17,
+        crate::event::Transport::Icmp => 1,
+        crate::event::Transport::Icmpv6 => 58,
+        crate::event::Transport::Other(n) => n,
+    };
+    Some((proto, ip.ip_id, seq))
 }
 
 struct Timelines {
@@ -385,6 +419,9 @@ impl View {
         for j in journeys {
             if summary.timelines >= limit {
                 break;
+            }
+            if self.filter.as_ref().is_some_and(|f| !j.matches(f)) {
+                continue;
             }
             summary.timelines += 1;
             let text = if t.json {
@@ -601,6 +638,20 @@ fn emit(
         t.correlator.push(event);
         let done = t.correlator.take_finished();
         return view.write_finished(out, summary, done, limit);
+    }
+    if let Some(filter) = &view.filter {
+        let key = follow_key(&event);
+        let admitted = key.is_some_and(|k| view.admitted.contains(&k));
+        let matches = fields_of(&event).is_some_and(|f| filter.matches(&f));
+        if !admitted && !matches {
+            return Ok(false);
+        }
+        if let Some(k) = key.filter(|_| matches) {
+            if view.admitted.len() >= 65536 {
+                view.admitted.clear();
+            }
+            view.admitted.insert(k);
+        }
     }
     match view.renderer.write(out, &event) {
         Ok(()) => Ok(false),

@@ -99,3 +99,15 @@ fn help_has_examples() {
         assert!(stdout.contains("probe trace --iface"), "{stdout}");
     }
 }
+
+#[test]
+fn malformed_filter_names_the_position() {
+    // No root needed to be told about a typo.
+    let out = Command::new(probe_binary())
+        .args(["trace", "--filter", "tcp and hots 10.0.0.1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "at position 8: unknown word 'hots'");
+}

@@ -367,3 +367,36 @@ fn discovery_attaches_to_new_interfaces() {
 fn globs_attach_to_new_interfaces() {
     attaches_to_interfaces_as_they_appear(&["--iface", "veth*"]);
 }
+
+/// A filter keeps only matching packets, in event mode and in timeline mode.
+#[test]
+fn filter_keeps_only_matching_packets() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let b_addr = lab.b_addr;
+    let send = |lab: &TwoHosts| {
+        lab.a
+            .run(move || {
+                let sock = UdpSocket::bind(("0.0.0.0", CLIENT_UDP_PORT)).unwrap();
+                sock.send_to(b"kept", (b_addr, 9000)).unwrap();
+                sock.send_to(b"filtered", (b_addr, 9001)).unwrap();
+            })
+            .unwrap();
+    };
+    for mode in [&["--events"][..], &[][..]] {
+        let mut args = trace_args(
+            lab.a.name(),
+            &["--filter", "udp dst port 9000", "--no-routes"],
+        );
+        args.retain(|a| *a != "--events");
+        args.extend_from_slice(mode);
+        let run = ProbeRun::start(&args).unwrap();
+        send(&lab);
+        let (stdout, _) = run.stop().unwrap();
+        let lines = json_lines(&stdout).unwrap();
+        assert!(!lines.is_empty(), "{mode:?}: nothing kept");
+        let text = stdout.to_string();
+        assert!(text.contains("9000"), "{mode:?}: {text}");
+        assert!(!text.contains("9001"), "{mode:?}: {text}");
+    }
+}

@@ -163,6 +163,15 @@ pub struct Journey {
     ended: bool,
 }
 
+impl Journey {
+    /// Whether any sighting of the journey matches `filter` (before or after rewrites).
+    pub fn matches(&self, filter: &crate::filter::Filter) -> bool {
+        self.hops
+            .iter()
+            .any(|h| crate::filter::fields_of(&h.event).is_some_and(|f| filter.matches(&f)))
+    }
+}
+
 /// Tuning of the correlator.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
