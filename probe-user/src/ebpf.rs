@@ -96,6 +96,14 @@ impl Counters {
         Ok(Self { map })
     }
 
+    /// Ring-buffer reservation failures per CPU.
+    pub fn lost_per_cpu(&self) -> Vec<u64> {
+        self.map
+            .get(&counter::RINGBUF_FULL, 0)
+            .map(|per_cpu| per_cpu.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn read(&self) -> CounterValues {
         let sum = |index: u32| -> u64 {
             self.map

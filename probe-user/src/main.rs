@@ -236,9 +236,18 @@ fn run(command: Command) -> anyhow::Result<()> {
                 )
             };
             if summary.lost > 0 {
+                let per_cpu: Vec<String> = summary
+                    .lost_per_cpu
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(cpu, n)| format!("cpu{cpu} {n}"))
+                    .collect();
                 line.push_str(&format!(
-                    "; {} LOST because the ring buffer was full (try a larger --ringbuf-kib)",
-                    summary.lost
+                    "; {} LOST because the ring buffer was full ({}; try a larger --ringbuf-kib \
+                     or a --filter)",
+                    summary.lost,
+                    per_cpu.join(", ")
                 ));
             } else {
                 line.push_str(", none lost");

@@ -63,7 +63,7 @@ pub struct TraceOptions {
 }
 
 /// What a trace saw, reported on exit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     /// Events received and shown (in timelines or as lines).
     pub events: u64,
@@ -74,6 +74,8 @@ pub struct Summary {
     pub lost: u64,
     /// nftables trace messages the kernel could not deliver (socket buffer full).
     pub rules_lost: u64,
+    /// `lost`, per CPU.
+    pub lost_per_cpu: Vec<u64>,
 }
 
 /// Runs a trace to completion. Must be called before any other thread exists if the caller
@@ -228,10 +230,12 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         logger,
         &mut session,
         &mut view,
+        &counters,
         opts.count,
         announce,
     ))?;
     summary.lost = counters.read().ringbuf_full;
+    summary.lost_per_cpu = counters.lost_per_cpu();
 
     // Links go with the programs; then the qdiscs probe created, if any; tracefs last.
     let Session { bpf, watch, rules } = session;
@@ -452,6 +456,7 @@ async fn stream(
     logger: Option<Logger>,
     session: &mut Session,
     view: &mut View,
+    counters: &ebpf::Counters,
     count: Option<u64>,
     announce: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Summary> {
@@ -482,8 +487,10 @@ async fn stream(
     // Listening now: a stop signal held since start-up (or sent after "tracing") ends the loop.
     HeldSignals::release();
     announce()?;
-    // Timelines end when their packet has been quiet for a while: look every 100 ms.
+    // Timelines end when their packet has been quiet for a while, and losses are reported:
+    // look every 100 ms.
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut seen_lost = 0u64;
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut summary = Summary::default();
@@ -524,7 +531,20 @@ async fn stream(
                     break;
                 }
             }
-            _ = ticker.tick(), if view.timelines.is_some() => {
+            _ = ticker.tick() => {
+                // Loss is never silent: said as it happens, and marked on the packets in flight.
+                let lost = counters.read().ringbuf_full;
+                if lost > seen_lost {
+                    log::warn!(
+                        "{} events lost: the ring buffer was full (a larger --ringbuf-kib or a \
+                         --filter helps)",
+                        lost - seen_lost
+                    );
+                    seen_lost = lost;
+                    if let Some(t) = view.timelines.as_mut() {
+                        t.correlator.mark_loss();
+                    }
+                }
                 let done = match view.timelines.as_mut() {
                     Some(t) => {
                         t.correlator.expire(monotonic_ns());

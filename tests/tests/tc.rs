@@ -400,3 +400,46 @@ fn filter_keeps_only_matching_packets() {
         assert!(!text.contains("9001"), "{mode:?}: {text}");
     }
 }
+
+/// With a ring buffer far too small for a burst, probe says events were lost: live, at exit
+/// with the CPUs, and on the timelines in flight.
+#[test]
+fn lost_events_are_reported() {
+    require_root();
+    const N: usize = 3000;
+    let lab = TwoHosts::new().unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        TwoHosts::IFACE,
+        "--ringbuf-kib",
+        "4",
+        "--no-routes",
+        "--no-drops",
+        "--json",
+    ])
+    .unwrap();
+    let b_addr = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            for i in 0..N {
+                sock.send_to(&(i as u32).to_be_bytes(), (b_addr, 9999))
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    let (stdout, stderr) = run.stop().unwrap();
+    assert!(
+        stderr.contains("LOST because the ring buffer was full (cpu"),
+        "{stderr}"
+    );
+    let timelines = json_lines(&stdout).unwrap();
+    assert!(timelines.len() < N, "some packets' sightings were lost");
+    assert!(
+        stderr.contains("events lost") || timelines.iter().any(|t| t["events_lost"] == true),
+        "loss reported live or on timelines: {stderr}"
+    );
+}

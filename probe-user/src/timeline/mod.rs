@@ -153,6 +153,10 @@ pub struct Journey {
     /// Set when the live set was full and this journey was flushed early.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub evicted: bool,
+    /// The kernel lost events (ring buffer full) while this packet was in flight: some of its
+    /// sightings may be missing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub events_lost: bool,
     #[serde(skip)]
     sig: Option<Signature>,
     #[serde(skip)]
@@ -318,6 +322,7 @@ impl Correlator {
             hops: Vec::new(),
             rewrites: Vec::new(),
             evicted: false,
+            events_lost: false,
             sig,
             current: tuple,
             last_ns: event.ts_ns,
@@ -455,6 +460,13 @@ impl Correlator {
                 j.ended = true;
                 j.hops[0].inferred = false;
             }
+        }
+    }
+
+    /// Events were lost: every journey in flight may miss sightings.
+    pub fn mark_loss(&mut self) {
+        for j in self.live.iter_mut() {
+            j.events_lost = true;
         }
     }
 

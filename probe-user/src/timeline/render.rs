@@ -192,6 +192,8 @@ struct JsonJourney<'a> {
     hops: Vec<JsonHop<'a>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     evicted: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    events_lost: bool,
 }
 
 /// One JSON Lines record for one journey.
@@ -224,6 +226,7 @@ pub fn render_json(j: &Journey, topo: &Topology) -> String {
         rewrites: &j.rewrites,
         hops,
         evicted: j.evicted,
+        events_lost: j.events_lost,
     })
     .unwrap_or_else(|e| format!("{{\"schema\":\"{SCHEMA}\",\"error\":\"{e}\"}}"))
 }
