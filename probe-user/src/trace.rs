@@ -573,6 +573,12 @@ async fn stream(
     if let Some(w) = view.recorder.as_mut() {
         w.flush().context("cannot write the recording")?;
     }
+    // Losses since the last look concern the packets still in flight.
+    if counters.read().ringbuf_full > seen_lost
+        && let Some(t) = view.timelines.as_mut()
+    {
+        t.correlator.mark_loss();
+    }
     // Whatever is still in flight is shown as it stands.
     let rest = match view.timelines.as_mut() {
         Some(t) => t.correlator.flush(),
