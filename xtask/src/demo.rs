@@ -3,10 +3,7 @@
 //! port, an uplink to an "outside" network), and tells the four stories of the design: for each,
 //! what was done, what probe printed, and how to read it. Everything is removed at the end.
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
-};
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use probe_lab::{
@@ -20,12 +17,6 @@ const PREFIX: &str = "probe-demo-";
 
 /// One chapter: sets up its incident on the lab, runs probe, explains the output.
 type Story = fn(&HostLab) -> anyhow::Result<()>;
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
 
 pub fn run(no_build: bool) -> anyhow::Result<()> {
     let bin = if no_build {
@@ -41,9 +32,7 @@ pub fn run(no_build: bool) -> anyhow::Result<()> {
             .status()?;
         std::process::exit(status.code().unwrap_or(1));
     }
-    // SAFETY: installs an async-signal-safe handler (one atomic store). Ctrl-C then ends the
-    // demo through the normal path, which removes the lab, instead of killing us mid-way.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    crate::interrupt::install();
     // SAFETY: single-threaded at this point; probe_lab finds the binary through PROBE_BIN.
     unsafe { std::env::set_var("PROBE_BIN", &bin) };
 
@@ -72,7 +61,7 @@ pub fn run(no_build: bool) -> anyhow::Result<()> {
     ];
     for (title, story) in stories {
         ensure!(
-            !INTERRUPTED.load(Ordering::SeqCst),
+            !crate::interrupt::happened(),
             "interrupted; the lab has been removed"
         );
         if color() {

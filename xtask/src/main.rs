@@ -1,6 +1,8 @@
 //! `cargo xtask`: everything around the code, from a fresh machine to a demo.
 
+mod bench;
 mod demo;
+mod interrupt;
 mod lab;
 mod privilege;
 mod setup;
@@ -56,6 +58,12 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure probe's overhead on the lab (throughput ratios, kernel cost per event, replay
+    /// speed and memory); writes target/bench/results.{md,json}.
+    Bench {
+        #[arg(long, hide = true)]
+        no_build: bool,
+    },
     /// Create or remove the lab (namespaces with a Docker-like bridge) to explore by hand.
     Lab {
         #[arg(value_enum)]
@@ -72,6 +80,7 @@ fn main() -> ExitCode {
         Task::Demo { no_build } => demo::run(no_build),
         Task::Test { args } => tasks::test(&args),
         Task::Lab { action } => lab::run(action),
+        Task::Bench { no_build } => bench::run(no_build),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

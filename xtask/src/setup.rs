@@ -33,6 +33,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("tc", "iproute2"),
     ("iptables", "iptables"),
     ("nft", "nftables"),
+    ("iperf3", "iperf3"),
 ];
 
 /// What the build needs to know about the set-up machine.

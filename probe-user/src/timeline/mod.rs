@@ -165,6 +165,9 @@ pub struct Journey {
     last_ns: u64,
     #[serde(skip)]
     ended: bool,
+    /// skb addresses indexed for this journey (to unindex them when it ends).
+    #[serde(skip)]
+    skbs: Vec<u64>,
 }
 
 impl Journey {
@@ -175,6 +178,9 @@ impl Journey {
             .any(|h| crate::filter::fields_of(&h.event).is_some_and(|f| filter.matches(&f)))
     }
 }
+
+/// How many of the most recent journeys a sighting is compared with.
+const SCAN_WINDOW: usize = 512;
 
 /// Tuning of the correlator.
 #[derive(Clone, Copy, Debug)]
@@ -210,7 +216,11 @@ pub struct Correlator {
     /// Routing lookups not yet matched to a packet.
     lookups: VecDeque<Event>,
     finished: Vec<Journey>,
+    next_expire_ns: u64,
 }
+
+/// Event time between two looks for journeys that ended.
+const EXPIRE_EVERY_NS: u64 = 5_000_000;
 
 impl Correlator {
     pub fn new(limits: Limits) -> Self {
@@ -223,6 +233,7 @@ impl Correlator {
             by_skb: HashMap::new(),
             lookups: VecDeque::new(),
             finished: Vec::new(),
+            next_expire_ns: 0,
         }
     }
 
@@ -266,10 +277,10 @@ impl Correlator {
                     None => self.start(event, tuple, sig),
                 }
                 if let Some(s) = skb.filter(|&s| s != 0) {
-                    let id = self.live.back().map(|j| j.id);
-                    let owner = found.map(|i| self.live[i].id).or(id);
-                    if let Some(owner) = owner {
-                        self.by_skb.insert(s, owner);
+                    let i = found.or(self.live.len().checked_sub(1));
+                    if let Some(j) = i.and_then(|i| self.live.get_mut(i)) {
+                        self.by_skb.insert(s, j.id);
+                        j.skbs.push(s);
                     }
                 }
             }
@@ -290,7 +301,10 @@ impl Correlator {
         include_ended: bool,
     ) -> Option<usize> {
         let mut best = None;
-        for (i, j) in self.live.iter().enumerate().rev() {
+        // A packet's next sighting comes microseconds after the last one, so its journey is
+        // among the most recent: scanning a bounded window keeps each event O(1).
+        let window = self.live.len().saturating_sub(SCAN_WINDOW);
+        for (i, j) in self.live.iter().enumerate().skip(window).rev() {
             if (j.ended && !include_ended)
                 || j.sig != Some(sig)
                 || now.saturating_sub(j.last_ns) > self.limits.linger_ns
@@ -327,6 +341,7 @@ impl Correlator {
             current: tuple,
             last_ns: event.ts_ns,
             ended: false,
+            skbs: Vec::new(),
         };
         // Routing lookups made for this packet just before it was seen.
         if let Some(t) = tuple {
@@ -429,13 +444,14 @@ impl Correlator {
         let now = event.ts_ns;
         let window = self.limits.lookup_window_ns;
         let target = lookup_dst(&event);
-        let found = self.live.iter().rposition(|j| {
+        let skip = self.live.len().saturating_sub(SCAN_WINDOW);
+        let found = self.live.iter().skip(skip).rposition(|j| {
             !j.ended
                 && now.saturating_sub(j.last_ns) <= window
                 && j.current
                     .is_some_and(|t| Some((t.dst, t.dport)) == target || Some((t.dst, 0)) == target)
         });
-        match found {
+        match found.map(|i| i + skip) {
             Some(i) => self.attach(i, event, None, true),
             None => {
                 self.lookups.push_back(event);
@@ -470,8 +486,13 @@ impl Correlator {
         }
     }
 
-    /// Ends journeys quiet since before `now - linger`.
+    /// Ends journeys quiet since before `now - linger`. Cheap to call often: it looks at most
+    /// every few milliseconds of event time.
     pub fn expire(&mut self, now: u64) {
+        if now < self.next_expire_ns {
+            return;
+        }
+        self.next_expire_ns = now + EXPIRE_EVERY_NS;
         let linger = self.limits.linger_ns;
         while let Some(l) = self.lookups.front() {
             if now.saturating_sub(l.ts_ns) > self.limits.lookup_window_ns {
@@ -493,7 +514,11 @@ impl Correlator {
     }
 
     fn finish(&mut self, mut j: Journey) {
-        self.by_skb.retain(|_, id| *id != j.id);
+        for skb in &j.skbs {
+            if self.by_skb.get(skb) == Some(&j.id) {
+                self.by_skb.remove(skb);
+            }
+        }
         // Rule verdicts may have come before the sightings around them were read: now that the
         // journey is complete, put them after its last arrival-side sighting.
         let anchor = j
