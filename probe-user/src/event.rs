@@ -303,6 +303,21 @@ pub struct RuleVerdict {
     pub headers: Option<RawHeaders>,
 }
 
+impl RuleVerdict {
+    /// `rule 12 [iifname "docker0" ... drop] -> drop`, `policy -> accept`, `rule 8 -> jump X`.
+    pub fn decision(&self) -> String {
+        let by = match (self.decided_by, self.rule_handle, &self.rule) {
+            ("rule", Some(h), Some(text)) => format!("rule {h} [{text}]"),
+            ("rule", Some(h), None) => format!("rule {h}"),
+            (other, _, _) => other.to_owned(),
+        };
+        match &self.target {
+            Some(t) => format!("{by} -> {} {t}", self.verdict),
+            None => format!("{by} -> {}", self.verdict),
+        }
+    }
+}
+
 /// Network and transport headers as the kernel sent them in an nftables trace message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RawHeaders {

@@ -320,19 +320,12 @@ fn family_name(nfproto: u8) -> String {
 
 fn verdict_name(code: i32) -> &'static str {
     match code {
-        0 => "drop",
-        1 => "accept",
-        2 => "stolen",
-        3 => "queue",
-        4 => "repeat",
-        5 => "stop",
         -1 => "continue",
         -2 => "break",
         -3 => "jump",
         -4 => "goto",
         -5 => "return",
-        // NF_QUEUE with a queue number in the upper bits.
-        c if c & 0xff == 3 => "queue",
+        c if c >= 0 => crate::event::nf_verdict_name(c as u32),
         _ => "unknown",
     }
 }

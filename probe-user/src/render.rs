@@ -210,24 +210,17 @@ pub fn rule_text(r: &RuleVerdict) -> String {
         .as_deref()
         .map(|h| format!(" ({h})"))
         .unwrap_or_default();
-    let by = match (r.decided_by, r.rule_handle, &r.rule) {
-        ("rule", Some(h), Some(text)) => format!("rule {h} [{text}]"),
-        ("rule", Some(h), None) => format!("rule {h}"),
-        (other, _, _) => other.to_owned(),
-    };
-    let target = r
-        .target
-        .as_deref()
-        .map(|t| format!(" {t}"))
-        .unwrap_or_default();
     let packet = r
         .packet
         .as_ref()
         .map(|p| format!(": {}", packet_text(p)))
         .unwrap_or_default();
     format!(
-        "{} {} {}{hook} {by} -> {}{target}{packet}",
-        r.family, r.table, r.chain, r.verdict
+        "{} {} {}{hook} {}{packet}",
+        r.family,
+        r.table,
+        r.chain,
+        r.decision()
     )
 }
 

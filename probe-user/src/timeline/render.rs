@@ -68,19 +68,7 @@ pub fn what(e: &Event) -> String {
             r.action,
             r.table_name.clone().unwrap_or_else(|| r.table.to_string())
         ),
-        EventBody::Rule(r) => {
-            let by = match (r.decided_by, r.rule_handle, &r.rule) {
-                ("rule", Some(h), Some(t)) => format!("rule {h} [{t}]"),
-                ("rule", Some(h), None) => format!("rule {h}"),
-                (other, _, _) => other.to_owned(),
-            };
-            let target = r
-                .target
-                .as_deref()
-                .map(|t| format!(" {t}"))
-                .unwrap_or_default();
-            format!("{by} -> {}{target}", r.verdict)
-        }
+        EventBody::Rule(r) => r.decision(),
         EventBody::Netfilter(n) => format!(
             "{}{} ({}µs in the hook)",
             n.verdict.to_uppercase(),
