@@ -545,14 +545,22 @@ async fn stream(
                         t.correlator.mark_loss();
                     }
                 }
+                // Only journeys quiet *after* everything already submitted was read may end:
+                // when probe falls behind, a packet's later sightings still wait in the ring.
+                let now = monotonic_ns();
+                if drain(ring.get_mut(), view, &mut out, &mut summary, limit)? {
+                    break;
+                }
                 let done = match view.timelines.as_mut() {
                     Some(t) => {
-                        t.correlator.expire(monotonic_ns());
+                        t.correlator.expire(now);
                         t.correlator.take_finished()
                     }
                     None => Vec::new(),
                 };
-                if view.write_finished(&mut out, &mut summary, done, limit)? || flush(&mut out, view.shown(&summary) >= limit)? {
+                if view.write_finished(&mut out, &mut summary, done, limit)?
+                    || flush(&mut out, view.shown(&summary) >= limit)?
+                {
                     break;
                 }
             }

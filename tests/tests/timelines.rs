@@ -96,7 +96,10 @@ fn dnat_connection_is_one_flow_with_the_rewrite_and_the_reply_linked() {
                 && has_flags(j, "S.")
         })
         .unwrap_or_else(|| panic!("no SYN-ACK timeline in {journeys:#?}"));
-    assert_eq!(syn_ack["flow"], syn["flow"], "reply linked to its request");
+    assert_eq!(
+        syn_ack["flow"], syn["flow"],
+        "reply linked to its request: {syn:#} {syn_ack:#}"
+    );
     assert_eq!(syn_ack["outcome"], "left");
     assert_eq!(
         syn_ack["rewrites"][0]["after"]["src"],
