@@ -164,6 +164,11 @@ fn vpn(lab: &HostLab) -> anyhow::Result<()> {
         },
     )?;
     println!(
+        "\n  (Each block is one packet: time since its first sighting, time since the previous\n  \
+         hop, where, what; `~` marks routing lookups joined to the packet by destination and\n  \
+         time, `=>` is probe's diagnosis.)"
+    );
+    println!(
         "\n  Reading it: the routing decision for 172.17.0.2 came from table {} and chose tun0;\n  \
          nothing reached veth-web. The VPN's /24 beats docker0's /16: the container subnet is\n  \
          shadowed by the VPN. (Kernels with kprobes also name the ip rule, pref {}.)",
