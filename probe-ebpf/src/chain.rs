@@ -79,12 +79,15 @@ pub fn nft_do_chain_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn ipt_do_table_kprobe(ctx: ProbeContext) -> u32 {
+    // Register reads must use constant offsets (the verifier refuses variable ones).
     let arg = |n: u16| -> u64 {
-        if n == ABSENT {
-            0
-        } else {
-            ctx.arg::<u64>(n as usize).unwrap_or(0)
+        match n {
+            0 => ctx.arg::<u64>(0),
+            1 => ctx.arg::<u64>(1),
+            2 => ctx.arg::<u64>(2),
+            _ => None,
         }
+        .unwrap_or(0)
     };
     let table = arg(layout::get(|l| &l.ipt_arg_table));
     let skb = arg(layout::get(|l| &l.ipt_arg_skb));

@@ -7,6 +7,7 @@ mod lab;
 mod privilege;
 mod setup;
 mod tasks;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -64,6 +65,23 @@ enum Task {
         #[arg(long, hide = true)]
         no_build: bool,
     },
+    /// Run a command (default `probe doctor`) inside a stock Debian kernel under qemu, with
+    /// probe and the network tools packed in.
+    #[command(after_help = "Examples:\n  \
+        cargo xtask vm -- probe doctor\n  \
+        cargo xtask vm --kernel 6.1 -- probe trace --no-tc --count 5\n  \
+        cargo xtask vm --test kernel_functions")]
+    Vm {
+        /// Kernel line, e.g. 6.1 (default: the newest in this machine's apt sources).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Run these integration tests (tests/tests/NAME.rs) in the guest instead of a command.
+        #[arg(long = "test", value_name = "NAME")]
+        tests: Vec<String>,
+        /// The command to run in the guest.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Create or remove the lab (namespaces with a Docker-like bridge) to explore by hand.
     Lab {
         #[arg(value_enum)]
@@ -81,6 +99,24 @@ fn main() -> ExitCode {
         Task::Test { args } => tasks::test(&args),
         Task::Lab { action } => lab::run(action),
         Task::Bench { no_build } => bench::run(no_build),
+        Task::Vm {
+            kernel,
+            tests,
+            command,
+        } if !tests.is_empty() => {
+            let _ = command;
+            vm::run_tests(kernel.as_deref(), &tests)
+        }
+        Task::Vm {
+            kernel, command, ..
+        } => {
+            let command = if command.is_empty() {
+                vec!["probe".to_owned(), "doctor".to_owned()]
+            } else {
+                command
+            };
+            vm::run(kernel.as_deref(), &command)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

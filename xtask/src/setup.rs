@@ -34,6 +34,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("iperf3", "iperf3"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
 ];
 
 /// What the build needs to know about the set-up machine.

@@ -82,5 +82,16 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("tests failed ({status})");
     }
+    // The kernel-function backends need kprobes/fentry, which the host may lack: the same tests
+    // run again in a stock Debian kernel under qemu, where they must find them.
+    setup::status("running the kernel-function tests on a stock Debian kernel (qemu)");
+    let exe = std::env::current_exe()?;
+    let vm = as_root(exe)
+        .args(["vm", "--test", "kernel_functions"])
+        .env("PROBE_BIN", &bin)
+        .status()?;
+    if !vm.success() {
+        bail!("kernel-function tests failed in the VM ({vm})");
+    }
     Ok(())
 }
