@@ -117,7 +117,8 @@ pub struct PacketInfo {
 pub struct TcEvent {
     pub header: EventHeader,
     pub packet: PacketInfo,
-    /// Network namespace cookie (`bpf_get_netns_cookie`), 0 when the kernel cannot tell.
+    /// Network namespace cookie; 0 (not read: `bpf_get_netns_cookie` is refused in tc
+    /// programs before Linux 6.15). Kept so the layout stays put when it is filled again.
     pub netns_cookie: u64,
     /// Interface the classifier is attached to.
     pub ifindex: u32,

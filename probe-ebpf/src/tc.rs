@@ -3,8 +3,7 @@
 //! returns TC_ACT_UNSPEC ("continue"): the observer never changes a packet's fate.
 
 use aya_ebpf::{
-    EbpfContext as _,
-    helpers::{bpf_get_netns_cookie, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::classifier,
     programs::TcContext,
 };
@@ -57,14 +56,11 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
         }
         return Err(());
     };
-    // SAFETY: helpers without side effects; the context pointer is the program's own.
-    let (ts_ns, cpu, netns_cookie) = unsafe {
-        (
-            bpf_ktime_get_ns(),
-            bpf_get_smp_processor_id(),
-            bpf_get_netns_cookie(ctx.as_ptr()),
-        )
-    };
+    // SAFETY: helpers without side effects.
+    let (ts_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    // bpf_get_netns_cookie is refused in tc programs before Linux 6.15, and the programs must
+    // load everywhere: the namespace is told by the interface instead.
+    let netns_cookie = 0;
     // SAFETY: `skb` is the program's context pointer, valid for the whole invocation.
     let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
     entry.write(TcEvent {
