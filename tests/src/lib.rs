@@ -46,3 +46,11 @@ pub fn large_receive_buffer(socket: &std::net::UdpSocket, bytes: i32) -> std::io
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Routing lookups are reported for every namespace at once (the fib tracepoints carry no
+/// namespace), and the story labs all use Docker's 172.17.0.0/16: tests that read routing
+/// decisions for those addresses take this lock so that no other lab's lookups mix in.
+pub fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

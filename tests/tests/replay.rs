@@ -76,6 +76,7 @@ fn summary(timelines: &[Value]) -> Vec<(String, String)> {
 #[test]
 fn replayed_timelines_match_the_live_ones() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = HostLab::new(&Netns::unique_prefix()).unwrap();
     let web = lab.web().addr;
 
@@ -139,6 +140,7 @@ fn replayed_timelines_match_the_live_ones() {
 #[test]
 fn damaged_recordings_are_one_clear_error() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = HostLab::new(&Netns::unique_prefix()).unwrap();
     let file = TempFile::new("cut.rec");
     record(&lab, &file, &["--iface", "veth-web"], || {

@@ -41,6 +41,7 @@ fn tc<'a>(events: &'a [Value], ifname: &str, dir: &str, dst: &str, dport: u16) -
 #[test]
 fn vpn_shadows_the_container_subnet() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = lab();
     let web = lab.web().addr;
     lab.vpn_up().unwrap();
@@ -73,6 +74,7 @@ fn vpn_shadows_the_container_subnet() {
         routed.iter().all(|e| e["dev"] != "docker0"),
         "docker0 never chosen while the VPN is up: {routed:#?}"
     );
+    // (Other tests' labs use the same addresses: the lock above keeps their lookups out.)
     assert!(
         tc(&events, "veth-web", "egress", &web_s, HostLab::WEB_PORT).is_empty(),
         "nothing reaches the container"
@@ -97,6 +99,7 @@ fn vpn_shadows_the_container_subnet() {
 #[test]
 fn published_port_is_dnatted_to_the_container_and_back() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = lab();
     let web = lab.web().addr;
     let run = trace(
@@ -164,6 +167,7 @@ fn published_port_is_dnatted_to_the_container_and_back() {
 #[test]
 fn firewalld_forward_chain_drops_container_egress() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = lab();
     lab.firewalld_forward_drop().unwrap();
     let outside = HostLab::OUTSIDE_ADDR;
@@ -235,6 +239,7 @@ fn firewalld_forward_chain_drops_container_egress() {
 #[test]
 fn icc_false_drops_bridged_traffic_only_with_br_netfilter() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = lab();
     let db = lab.db().addr;
     lab.icc_false(true).unwrap();
@@ -291,6 +296,7 @@ fn icc_false_drops_bridged_traffic_only_with_br_netfilter() {
 #[test]
 fn host_reaching_its_published_port_goes_through_output_dnat() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = lab();
     let web = lab.web().addr;
     let run = trace(

@@ -30,6 +30,7 @@ fn timelines(lab: &HostLab, extra: &[&str], traffic: impl FnOnce()) -> Vec<Value
 #[test]
 fn dnat_connection_is_one_flow_with_the_rewrite_and_the_reply_linked() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = lab();
     let web = lab.web().addr;
     let _server = serve_tcp_once(&lab.web().ns, web, HostLab::WEB_PORT).unwrap();
@@ -111,6 +112,7 @@ fn dnat_connection_is_one_flow_with_the_rewrite_and_the_reply_linked() {
 #[test]
 fn dropped_packet_ends_with_the_rule_and_the_reason() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = lab();
     lab.firewalld_forward_drop().unwrap();
     let mut sport = 0;
@@ -139,6 +141,7 @@ fn dropped_packet_ends_with_the_rule_and_the_reason() {
 #[test]
 fn vpn_misroute_is_diagnosed() {
     require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = lab();
     let web = lab.web().addr;
     lab.vpn_up().unwrap();
