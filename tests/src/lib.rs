@@ -49,8 +49,31 @@ pub fn large_receive_buffer(socket: &std::net::UdpSocket, bytes: i32) -> std::io
 
 /// Routing lookups are reported for every namespace at once (the fib tracepoints carry no
 /// namespace), and the story labs all use Docker's 172.17.0.0/16: tests that read routing
-/// decisions for those addresses take this lock so that no other lab's lookups mix in.
-pub fn one_lab_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+/// decisions for those addresses take this lock so that no other lab's lookups mix in, whether
+/// the other lab belongs to this test binary or to another one running at the same time.
+pub fn one_lab_at_a_time() -> LabLock {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/probe-lab.lock")
+        .expect("cannot open /run/probe-lab.lock");
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor we own; the lock goes with the descriptor when it closes.
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(err.kind(), std::io::ErrorKind::Interrupted, "flock: {err}");
+    }
+    LabLock {
+        _file: file,
+        _guard: guard,
+    }
+}
+
+/// Held while a test owns the story lab's addresses (see [`one_lab_at_a_time`]).
+pub struct LabLock {
+    _file: std::fs::File,
+    _guard: std::sync::MutexGuard<'static, ()>,
 }

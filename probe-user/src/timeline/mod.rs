@@ -326,7 +326,14 @@ impl Correlator {
             oldest.evicted = true;
             self.finish(oldest);
         }
-        let flow = tuple.map(|t| self.flow_of(t)).unwrap_or(0);
+        // A rule verdict arrives over netlink, out of step with the ring buffer: the request
+        // whose rewrite would link this packet to its flow may not have been read yet. Such a
+        // journey takes its flow from its first sighting that has a timestamp (or at the end).
+        let late = matches!(event.body, EventBody::Rule(_));
+        let flow = match tuple {
+            Some(t) if !late => self.flow_of(t),
+            _ => 0,
+        };
         let id = self.next_id;
         self.next_id += 1;
         let mut j = Journey {
@@ -383,6 +390,9 @@ impl Correlator {
 
     fn attach(&mut self, i: usize, mut event: Event, tuple: Option<Tuple>, inferred: bool) {
         let approx_time = matches!(event.body, EventBody::Rule(_));
+        if let (false, Some(t), 0) = (approx_time, tuple, self.live[i].flow) {
+            self.live[i].flow = self.flow_of(t);
+        }
         let j = &mut self.live[i];
         if approx_time {
             // nftables trace messages carry no timestamp, and arrive after the fact. Rules run
@@ -514,6 +524,11 @@ impl Correlator {
     }
 
     fn finish(&mut self, mut j: Journey) {
+        if j.flow == 0
+            && let Some(t) = j.first
+        {
+            j.flow = self.flow_of(t);
+        }
         for skb in &j.skbs {
             if self.by_skb.get(skb) == Some(&j.id) {
                 self.by_skb.remove(skb);

@@ -94,6 +94,56 @@ fn dnat_is_one_journey_with_the_rewrite() {
     assert_eq!(json["rewrites"][0]["after"]["dport"], 80);
 }
 
+fn forward_accept(ts: u64, packet: Packet) -> Event {
+    Event {
+        ts_ns: ts,
+        cpu: 1,
+        body: EventBody::Rule(RuleVerdict {
+            trace_id: 9,
+            family: "ip".into(),
+            table: "filter".into(),
+            chain: "FORWARD".into(),
+            hook: Some("forward".into()),
+            decided_by: "rule",
+            rule_handle: Some(12),
+            rule: Some("iifname \"docker0\" counter accept".into()),
+            verdict: "accept".into(),
+            target: None,
+            iif: 4,
+            oif: 2,
+            mark: 0,
+            packet: Some(packet),
+            headers: None,
+        }),
+    }
+}
+
+#[test]
+fn reply_whose_rule_verdict_is_read_first_still_joins_the_request_flow() {
+    // nftables trace messages come over netlink, out of step with the ring buffer: the reply's
+    // FORWARD verdict can be read before the sighting that shows the request's DNAT.
+    let reply = tcp("172.17.0.2", 80, "203.0.113.2", 40000, 99, 0x12);
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(
+        1_000,
+        2,
+        Direction::Ingress,
+        tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, 2),
+    ));
+    c.push(forward_accept(0, reply.clone()));
+    c.push(tc(
+        2_000,
+        4,
+        Direction::Egress,
+        tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, 2),
+    ));
+    c.push(tc(9_000, 4, Direction::Ingress, reply));
+    let done = c.flush();
+    assert_eq!(done.len(), 2, "{done:#?}");
+    assert_eq!(done[0].flow, done[1].flow, "request and reply are one flow");
+    assert_ne!(done[0].flow, 0);
+}
+
 #[test]
 fn reply_after_nat_joins_the_request_flow() {
     let mut c = Correlator::new(Limits::default());
