@@ -399,19 +399,166 @@ impl KernelLayout {
 /// Name of the global holding the [`KernelLayout`].
 pub const LAYOUT_GLOBAL: &str = "LAYOUT";
 
+/// Most instructions a kernel-side filter may have.
+pub const MAX_FILTER_INSNS: usize = 32;
+
+/// `FilterInsn::op` values. A filter is a postfix program over a stack of booleans: tests push
+/// one, `AND`/`OR` pop two and push one, `NOT` flips the top. The packet is admitted when the
+/// stack's top is true at the end.
+pub mod filter_op {
+    /// `(address & mask) == addr` for the source, destination or either (`dir`), of family
+    /// `arg` (4 or 6).
+    pub const NET: u8 = 1;
+    /// Port within `port_lo..=port_hi` (TCP and UDP only), on the side(s) `dir` names.
+    pub const PORTS: u8 = 2;
+    /// IP protocol number equals `arg`.
+    pub const L4_PROTO: u8 = 3;
+    /// Packet family ([`super::family`]) equals `arg`.
+    pub const FAMILY: u8 = 4;
+    pub const AND: u8 = 5;
+    pub const OR: u8 = 6;
+    pub const NOT: u8 = 7;
+}
+
+/// `FilterInsn::dir` values.
+pub mod filter_dir {
+    pub const SRC: u8 = 0;
+    pub const DST: u8 = 1;
+    pub const EITHER: u8 = 2;
+}
+
+/// One instruction of a kernel-side filter (see [`filter_op`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterInsn {
+    /// Network address already masked, network order (IPv4 in the first four bytes).
+    pub addr: [u8; 16],
+    pub mask: [u8; 16],
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub op: u8,
+    /// One of [`filter_dir`].
+    pub dir: u8,
+    /// Family for `NET` and `FAMILY`, protocol number for `L4_PROTO`.
+    pub arg: u8,
+    pub _pad: u8,
+}
+
+/// `Config::mode` values.
+pub mod mode {
+    /// One event per sighting into the ring buffer.
+    pub const EVENTS: u8 = 0;
+    /// No events: tc sightings feed per-hop latency histograms (`probe latency`).
+    pub const LATENCY: u8 = 1;
+}
+
+/// Run-time choices handed to every program as a load-time constant.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// One of [`mode`].
+    pub mode: u8,
+    pub _pad: [u8; 3],
+    /// Instructions in use in `filter`; 0: every packet is admitted.
+    pub filter_len: u32,
+    pub filter: [FilterInsn; MAX_FILTER_INSNS],
+}
+
+impl Config {
+    pub const DEFAULT: Self = Self {
+        mode: mode::EVENTS,
+        _pad: [0; 3],
+        filter_len: 0,
+        filter: [FilterInsn {
+            addr: [0; 16],
+            mask: [0; 16],
+            port_lo: 0,
+            port_hi: 0,
+            op: 0,
+            dir: 0,
+            arg: 0,
+            _pad: 0,
+        }; MAX_FILTER_INSNS],
+    };
+}
+
+/// Name of the global holding the [`Config`].
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+/// What NAT leaves alone in a packet: its IP protocol, IPv4 identification and TCP sequence
+/// number. Keys the kernel's memory of packets a filter admitted, and of where a packet was
+/// last seen (latency mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PacketKey {
+    pub tcp_seq: u32,
+    pub ip_id: u16,
+    pub l4_proto: u8,
+    pub _pad: u8,
+}
+
+/// A connection's addresses and ports in one direction, as a packet carries them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub l4_proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// An observation point, for latency histograms: a tc hook on an interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HopPoint {
+    pub ifindex: u32,
+    /// One of [`direction`].
+    pub direction: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the latency histogram map: packets seen at `from` and next at `to`, whose gap fell in
+/// log2 bucket `bucket` (gap in ns in `[2^bucket, 2^(bucket+1))`, bucket 0 also holds 0 ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HopBucket {
+    pub from: HopPoint,
+    pub to: HopPoint,
+    pub bucket: u32,
+}
+
+/// Where a packet was last seen (latency mode), by [`PacketKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LastSeen {
+    pub ts_ns: u64,
+    pub at: HopPoint,
+}
+
+/// Number of log2 latency buckets (up to about 2^40 ns, 18 minutes).
+pub const LATENCY_BUCKETS: u32 = 40;
+
 /// Per-CPU counters kept by the programs, indices into the `COUNTERS` per-CPU array.
 pub mod counter {
     /// Events dropped because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
     /// Packets seen by tc classifiers (events or not).
     pub const TC_SEEN: u32 = 1;
+    /// Sightings a kernel-side filter turned away (no event written).
+    pub const FILTERED: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Names of the maps and globals userspace looks up; defined here so both sides agree.
 pub mod names {
     pub const EVENTS_MAP: &str = "EVENTS";
+    pub const ADMITTED_PACKETS_MAP: &str = "ADMITTED_PACKETS";
+    pub const ADMITTED_FLOWS_MAP: &str = "ADMITTED_FLOWS";
+    pub const LAST_SEEN_MAP: &str = "LAST_SEEN";
+    pub const LATENCY_MAP: &str = "LATENCY";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
@@ -445,6 +592,10 @@ const _: () = assert!(size_of::<NfEvent>() == 112);
 const _: () = assert!(size_of::<ChainEvent>() == 96);
 const _: () = assert!(size_of::<FibRuleEvent>() == 64);
 const _: () = assert!(size_of::<KernelLayout>() == 128);
+const _: () = assert!(size_of::<FilterInsn>() == 40);
+const _: () = assert!(size_of::<PacketKey>() == 8);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<HopBucket>() == 20);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -460,4 +611,11 @@ mod pod {
     unsafe impl aya::Pod for super::NfEvent {}
     unsafe impl aya::Pod for super::ChainEvent {}
     unsafe impl aya::Pod for super::FibRuleEvent {}
+    unsafe impl aya::Pod for super::FilterInsn {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::PacketKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::HopPoint {}
+    unsafe impl aya::Pod for super::HopBucket {}
+    unsafe impl aya::Pod for super::LastSeen {}
 }

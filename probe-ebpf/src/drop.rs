@@ -10,6 +10,7 @@ use aya_ebpf::{
 use probe_common::{ABSENT, DropEvent, EventHeader, PacketInfo, counter, kind};
 
 use crate::{
+    filter,
     layout::{self, read_kernel},
     maps, skb,
 };
@@ -43,6 +44,9 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     let ifindex = skb::dev_ifindex(dev);
     let netns_inum = skb::dev_netns(dev);
     skb::read_packet(skb, protocol, &mut packet);
+    if !filter::admit(&packet) {
+        return Ok(());
+    }
 
     let Some(mut entry) = maps::EVENTS.reserve::<DropEvent>(0) else {
         maps::bump(counter::RINGBUF_FULL);

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use probe_common::{ABSENT, EventHeader, FibEvent, FibTpLayout, counter, family, fib_source, kind};
 
-use crate::{layout, maps};
+use crate::{filter, layout, maps};
 
 #[tracepoint]
 pub fn fib_table_lookup(ctx: TracePointContext) -> u32 {
@@ -117,6 +117,18 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
     ev.flags = read::<u8>(ctx, l.flags);
     ev.source = source;
     ev._pad = [0; 5];
+    let admitted = filter::admit_tuple(&filter::Fields {
+        saddr: &ev.src,
+        daddr: &ev.dst,
+        sport: ev.sport,
+        dport: ev.dport,
+        l4_proto: ev.proto,
+        family: fam,
+    });
+    if !admitted {
+        entry.discard(0);
+        return Ok(());
+    }
     entry.submit(0);
     Ok(())
 }

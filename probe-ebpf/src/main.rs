@@ -3,9 +3,12 @@
 #![no_main]
 
 mod chain;
+mod config;
 mod drop;
 mod fib;
 mod fib_rules;
+mod filter;
+mod latency;
 mod layout;
 mod maps;
 mod nf;

@@ -15,6 +15,7 @@ use aya_ebpf::{
 use probe_common::{EventHeader, NfEvent, PacketInfo, counter, kind, probe_source};
 
 use crate::{
+    filter,
     layout::{self, read_kernel},
     maps, skb,
 };
@@ -90,7 +91,9 @@ fn enter(key: u64, skb_addr: u64, state: u64) {
         _pad: [0; 2],
     };
     skb::read_packet(skb_addr, skb::ethertype_of_pf(pf), &mut entry.packet);
-    let _ = NF_ENTRIES.insert(&key, &entry, 0);
+    if filter::admit(&entry.packet) {
+        let _ = NF_ENTRIES.insert(&key, &entry, 0);
+    }
 }
 
 #[inline(always)]

@@ -8,9 +8,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
-use probe_common::{EventHeader, PacketInfo, TcEvent, counter, direction, kind};
+use probe_common::{EventHeader, HopPoint, PacketInfo, TcEvent, counter, direction, kind, mode};
 
-use crate::{maps, packet};
+use crate::{config, filter, latency, maps, packet};
 
 /// TC_ACT_UNSPEC: let the next program, or the kernel's default, decide.
 const TC_ACT_UNSPEC: i32 = -1;
@@ -49,6 +49,21 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
     maps::bump(counter::TC_SEEN);
     let mut pkt = PacketInfo::default();
     packet::parse(ctx, l2_len, &mut pkt);
+    if !filter::admit(&pkt) {
+        return Ok(());
+    }
+    // SAFETY: `skb` is the program's context pointer, valid for the whole invocation.
+    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
+    if config::get(|c| &c.mode) == mode::LATENCY {
+        let at = HopPoint {
+            ifindex,
+            direction: dir,
+            _pad: [0; 3],
+        };
+        // SAFETY: helper without preconditions.
+        latency::record(&pkt, at, unsafe { bpf_ktime_get_ns() });
+        return Ok(());
+    }
 
     let Some(mut entry) = maps::EVENTS.reserve::<TcEvent>(0) else {
         if maps::bump(counter::RINGBUF_FULL) == 1 {
@@ -61,8 +76,6 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
     // bpf_get_netns_cookie is refused in tc programs before Linux 6.15, and the programs must
     // load everywhere: the namespace is told by the interface instead.
     let netns_cookie = 0;
-    // SAFETY: `skb` is the program's context pointer, valid for the whole invocation.
-    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
     entry.write(TcEvent {
         header: EventHeader {
             ts_ns,

@@ -119,7 +119,11 @@ pub fn examine() -> Report {
 
     // Dry run: load and attach exactly as `probe trace` does, then drop everything.
     let (layout, _, _) = tracepoints::prepare(tracefs.as_ref().ok(), btf_ok);
-    let (tp, kf) = match ebpf::load(probe_common::DEFAULT_RINGBUF_BYTES, &layout) {
+    let (tp, kf) = match ebpf::load(
+        probe_common::DEFAULT_RINGBUF_BYTES,
+        &layout,
+        &probe_common::Config::DEFAULT,
+    ) {
         Ok(mut bpf) => {
             let _ = tc::load_programs(&mut bpf);
             let tp = if tracefs.is_ok() {

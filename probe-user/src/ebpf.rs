@@ -4,7 +4,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
 };
-use probe_common::{KernelLayout, LAYOUT_GLOBAL, counter, names};
+use probe_common::{CONFIG_GLOBAL, Config, KernelLayout, LAYOUT_GLOBAL, counter, mode, names};
 use thiserror::Error;
 
 /// The compiled probe-ebpf object, built by build.rs and embedded so `probe` runs on its own.
@@ -33,14 +33,53 @@ pub fn check_ringbuf_size(bytes: u32) -> Result<(), LoadError> {
     Ok(())
 }
 
-/// Loads the object with this kernel's layout (maps created, programs not yet loaded).
-pub fn load(ringbuf_bytes: u32, layout: &KernelLayout) -> Result<Ebpf, LoadError> {
+/// Entries of a map the configuration leaves unused: the smallest size every map type takes.
+const UNUSED_MAP_ENTRIES: u32 = 256;
+
+/// Loads the object with this kernel's layout and the run's configuration (maps created,
+/// programs not yet loaded). Maps the configuration does not use are made small.
+pub fn load(ringbuf_bytes: u32, layout: &KernelLayout, config: &Config) -> Result<Ebpf, LoadError> {
     check_ringbuf_size(ringbuf_bytes)?;
     raise_memlock_limit();
-    Ok(EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(names::EVENTS_MAP, ringbuf_bytes)
         .override_global(LAYOUT_GLOBAL, layout, true)
-        .load(OBJECT)?)
+        .override_global(CONFIG_GLOBAL, config, true);
+    if config.filter_len == 0 {
+        loader
+            .map_max_entries(names::ADMITTED_PACKETS_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::ADMITTED_FLOWS_MAP, UNUSED_MAP_ENTRIES);
+    }
+    if config.mode != mode::LATENCY {
+        loader
+            .map_max_entries(names::LAST_SEEN_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES);
+    } else {
+        // No events in latency mode: the ring buffer only has to exist.
+        loader.map_max_entries(names::EVENTS_MAP, 4096);
+    }
+    Ok(loader.load(OBJECT)?)
+}
+
+/// The programs' configuration for a mode and an optional filter. A filter too long for the
+/// kernel is left to userspace alone, with a warning: nothing is lost, it only costs more.
+pub fn config(run_mode: u8, filter: Option<&crate::filter::Filter>) -> Config {
+    let mut config = Config {
+        mode: run_mode,
+        ..Config::DEFAULT
+    };
+    match filter.map(|f| f.compile()) {
+        None => {}
+        Some(Ok(program)) => {
+            config.filter_len = program.len() as u32;
+            config.filter[..program.len()].copy_from_slice(&program);
+        }
+        Some(Err(e)) => {
+            log::warn!("{e}: it is applied in userspace only, so every packet costs an event")
+        }
+    }
+    config
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so maps can be created.
@@ -82,6 +121,8 @@ pub struct CounterValues {
     pub ringbuf_full: u64,
     /// Packets seen by tc classifiers.
     pub tc_seen: u64,
+    /// Sightings a kernel-side filter turned away.
+    pub filtered: u64,
 }
 
 impl Counters {
@@ -114,6 +155,7 @@ impl Counters {
         CounterValues {
             ringbuf_full: sum(counter::RINGBUF_FULL),
             tc_seen: sum(counter::TC_SEEN),
+            filtered: sum(counter::FILTERED),
         }
     }
 }

@@ -83,6 +83,17 @@ impl Transport {
             other => Transport::Other(other),
         }
     }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+            Transport::Icmp => 1,
+            Transport::Icmpv6 => 58,
+            Transport::Other(n) => n,
+        }
+    }
 }
 
 impl std::fmt::Display for Transport {

@@ -6,7 +6,7 @@
 //! `tcp`, `udp`, `icmp`, `icmp6`, `ip`, `ip6`, and `tcp|udp port N` (protocol and port). A bare
 //! address means `host ADDR`. `&&`, `||` and `!` work too. Errors name the position.
 
-use std::net::IpAddr;
+use std::{collections::HashSet, net::IpAddr};
 
 use thiserror::Error;
 
@@ -88,6 +88,76 @@ pub fn fields_of(event: &crate::event::Event) -> Option<Fields> {
         sport,
         dport,
     })
+}
+
+/// A filter applied to a stream of events the way the kernel programs apply it: a packet
+/// admitted once is followed through NAT (by what NAT leaves alone: protocol, IPv4 id, TCP
+/// sequence), and its connection comes along in both directions, under every tuple it was seen
+/// with.
+pub struct Follower {
+    filter: Filter,
+    packets: HashSet<(u8, u16, u32)>,
+    flows: HashSet<(IpAddr, u16, IpAddr, u16, u8)>,
+}
+
+/// Bound on what a follower remembers; past it, it starts over.
+const FOLLOW_MAX: usize = 65536;
+
+impl Follower {
+    pub fn new(filter: Filter) -> Self {
+        Follower {
+            filter,
+            packets: HashSet::new(),
+            flows: HashSet::new(),
+        }
+    }
+
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// Whether `event` belongs to what the filter admits.
+    pub fn admits(&mut self, event: &crate::event::Event) -> bool {
+        let key = packet_key(event);
+        let fields = fields_of(event);
+        let flow = fields.map(|f| (f.src, f.sport, f.dst, f.dport, f.proto.number()));
+        let known = key.is_some_and(|k| self.packets.contains(&k))
+            || flow.is_some_and(|f| self.flows.contains(&f));
+        if !known && !fields.is_some_and(|f| self.filter.matches(&f)) {
+            return false;
+        }
+        if self.packets.len() >= FOLLOW_MAX || self.flows.len() >= FOLLOW_MAX {
+            self.packets.clear();
+            self.flows.clear();
+        }
+        // Only sightings of a packet carry what it takes to follow it.
+        if let Some(k) = key {
+            self.packets.insert(k);
+            if let Some((src, sport, dst, dport, proto)) = flow {
+                self.flows.insert((src, sport, dst, dport, proto));
+                self.flows.insert((dst, dport, src, sport, proto));
+            }
+        }
+        true
+    }
+}
+
+/// What NAT leaves alone in a packet.
+fn packet_key(e: &crate::event::Event) -> Option<(u8, u16, u32)> {
+    use crate::event::{EventBody, L4Header};
+    let p = match &e.body {
+        EventBody::Tc(t) => &t.packet,
+        EventBody::Drop(d) => &d.packet,
+        EventBody::Netfilter(n) => &n.packet,
+        EventBody::Rule(r) => r.packet.as_ref()?,
+        _ => return None,
+    };
+    let ip = p.ip.as_ref()?;
+    let seq = match ip.l4 {
+        Some(L4Header::Tcp { seq, .. }) => seq,
+        _ => 0,
+    };
+    Some((ip.proto.number(), ip.ip_id, seq))
 }
 
 /// The fields a filter looks at.
@@ -378,6 +448,103 @@ impl Parser<'_> {
     }
 }
 
+/// A filter too large for the kernel's fixed-size program.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error(
+    "the filter has {0} terms and operators; the kernel takes at most {max}",
+    max = probe_common::MAX_FILTER_INSNS
+)]
+pub struct TooLong(pub usize);
+
+impl Filter {
+    /// The postfix program the kernel programs evaluate at a packet's first sighting (see
+    /// `probe_common::filter_op`). It matches exactly what [`Filter::matches`] matches.
+    pub fn compile(&self) -> Result<Vec<probe_common::FilterInsn>, TooLong> {
+        let mut out = Vec::new();
+        self.emit(&mut out);
+        if out.len() > probe_common::MAX_FILTER_INSNS {
+            return Err(TooLong(out.len()));
+        }
+        Ok(out)
+    }
+
+    fn emit(&self, out: &mut Vec<probe_common::FilterInsn>) {
+        use probe_common::{FilterInsn, filter_dir, filter_op};
+        let dir = |d: &Dir| match d {
+            Dir::Src => filter_dir::SRC,
+            Dir::Dst => filter_dir::DST,
+            Dir::Either => filter_dir::EITHER,
+        };
+        let op = |op: u8| FilterInsn {
+            op,
+            ..Default::default()
+        };
+        match self {
+            Filter::And(a, b) | Filter::Or(a, b) => {
+                a.emit(out);
+                b.emit(out);
+                out.push(op(if matches!(self, Filter::And(..)) {
+                    filter_op::AND
+                } else {
+                    filter_op::OR
+                }));
+            }
+            Filter::Not(a) => {
+                a.emit(out);
+                out.push(op(filter_op::NOT));
+            }
+            Filter::Net(d, net, len) => {
+                let (bytes, family): ([u8; 16], u8) = match net {
+                    IpAddr::V4(a) => {
+                        let mut b = [0; 16];
+                        b[..4].copy_from_slice(&a.octets());
+                        (b, probe_common::family::IPV4)
+                    }
+                    IpAddr::V6(a) => (a.octets(), probe_common::family::IPV6),
+                };
+                let mut mask = [0u8; 16];
+                for (i, m) in mask.iter_mut().enumerate() {
+                    let bits = (*len as usize).saturating_sub(i * 8).min(8);
+                    *m = !(0xFFu16 >> bits) as u8;
+                }
+                let mut addr = bytes;
+                for (a, m) in addr.iter_mut().zip(mask) {
+                    *a &= m;
+                }
+                out.push(FilterInsn {
+                    addr,
+                    mask,
+                    op: filter_op::NET,
+                    dir: dir(d),
+                    arg: family,
+                    ..Default::default()
+                });
+            }
+            Filter::Ports(d, lo, hi) => out.push(FilterInsn {
+                port_lo: *lo,
+                port_hi: *hi,
+                op: filter_op::PORTS,
+                dir: dir(d),
+                ..Default::default()
+            }),
+            Filter::Proto(ProtoMatch::Transport(t)) => out.push(FilterInsn {
+                op: filter_op::L4_PROTO,
+                arg: t.number(),
+                ..Default::default()
+            }),
+            Filter::Proto(p) => out.push(FilterInsn {
+                op: filter_op::FAMILY,
+                arg: if *p == ProtoMatch::Ipv4 {
+                    probe_common::family::IPV4
+                } else {
+                    probe_common::family::IPV6
+                },
+                ..Default::default()
+            }),
+        }
+    }
+}
+
 fn full_len(a: IpAddr) -> u8 {
     if a.is_ipv4() { 32 } else { 128 }
 }
@@ -415,6 +582,45 @@ mod tests {
         ] {
             assert_eq!(Filter::parse(expr).unwrap().matches(&f), want, "{expr}");
         }
+    }
+
+    fn sighting(src: &str, sport: u16, dst: &str, dport: u16, ip_id: u16) -> crate::event::Event {
+        use crate::event::*;
+        Event {
+            ts_ns: 0,
+            cpu: 0,
+            body: EventBody::Tc(TcSighting {
+                ifindex: 2,
+                direction: Direction::Ingress,
+                netns_cookie: 0,
+                mark: 0,
+                packet: Packet {
+                    ethertype: 0x0800,
+                    len: 60,
+                    ip: Some(IpHeader {
+                        src: src.parse().unwrap(),
+                        dst: dst.parse().unwrap(),
+                        proto: Transport::Udp,
+                        ip_id,
+                        fragment: false,
+                        l4: Some(L4Header::Udp { sport, dport }),
+                    }),
+                    truncated: false,
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn follower_keeps_a_packet_through_nat_and_its_replies() {
+        let mut f = Follower::new(Filter::parse("udp dst port 8053").unwrap());
+        // The request, before and after DNAT; then the reply, before and after un-NAT.
+        assert!(f.admits(&sighting("10.0.0.9", 4000, "10.0.0.1", 8053, 7)));
+        assert!(f.admits(&sighting("10.0.0.9", 4000, "172.17.0.2", 53, 7)));
+        assert!(f.admits(&sighting("172.17.0.2", 53, "10.0.0.9", 4000, 99)));
+        assert!(f.admits(&sighting("10.0.0.1", 8053, "10.0.0.9", 4000, 99)));
+        // Another conversation is not.
+        assert!(!f.admits(&sighting("10.0.0.9", 4001, "172.17.0.2", 53, 8)));
     }
 
     #[test]

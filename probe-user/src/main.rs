@@ -109,8 +109,9 @@ struct TraceArgs {
     /// One line per event as it happens, instead of a timeline per packet.
     #[arg(long)]
     events: bool,
-    /// Only packets matching a pcap-style expression (and their sightings after NAT), e.g.
-    /// 'host 172.17.0.2 and tcp port 80', 'src net 10.0.0.0/8 and not udp'.
+    /// Only packets matching a pcap-style expression, e.g. 'host 172.17.0.2 and tcp port 80',
+    /// 'src net 10.0.0.0/8 and not udp'. Evaluated in the kernel: other packets cost no event.
+    /// A packet admitted once is followed through NAT, and its connection's replies with it.
     #[arg(short = 'f', long, value_name = "EXPR")]
     filter: Option<String>,
     /// Also write every event shown to FILE, for `probe replay FILE` later or elsewhere.
@@ -251,6 +252,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 ));
             } else {
                 line.push_str(", none lost");
+            }
+            if summary.filtered > 0 {
+                line.push_str(&format!(
+                    "; {} sightings filtered out in the kernel",
+                    summary.filtered
+                ));
             }
             if summary.rules_lost > 0 {
                 line.push_str(&format!(

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    filter::{Filter, fields_of},
+    filter::{Filter, Follower},
     record::RecordReader,
     render::{Clock, Format, IfNames, Renderer},
     timeline::{Correlator, Limits, render_json, render_text},
@@ -43,6 +43,7 @@ pub fn run(
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let mut counts = Replayed::default();
+    let mut follower = filter.cloned().map(Follower::new);
     let color = false;
     let write_journeys = |journeys: Vec<crate::timeline::Journey>,
                           out: &mut dyn Write,
@@ -67,8 +68,7 @@ pub fn run(
     {
         counts.events += 1;
         let written = if events {
-            let wanted = filter.is_none_or(|f| fields_of(&event).is_some_and(|x| f.matches(&x)));
-            if wanted {
+            if follower.as_mut().is_none_or(|f| f.admits(&event)) {
                 renderer.write(&mut out, &event)
             } else {
                 Ok(())

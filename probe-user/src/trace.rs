@@ -19,7 +19,7 @@ use crate::{
     discover::Selector,
     ebpf,
     event::{Event, EventBody},
-    filter::{Filter, fields_of},
+    filter::{Filter, Follower},
     kfunc,
     names::Names,
     nftrace::{self, TraceSocket, TraceTable},
@@ -76,6 +76,8 @@ pub struct Summary {
     pub rules_lost: u64,
     /// `lost`, per CPU.
     pub lost_per_cpu: Vec<u64>,
+    /// Sightings the filter turned away in the kernel (no event was written for them).
+    pub filtered: u64,
 }
 
 /// Runs a trace to completion. Must be called before any other thread exists if the caller
@@ -117,7 +119,8 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         log::debug!("not available on this kernel: {m}");
     }
 
-    let mut bpf = ebpf::load(opts.ringbuf_bytes, &layout)?;
+    let config = ebpf::config(probe_common::mode::EVENTS, opts.filter.as_ref());
+    let mut bpf = ebpf::load(opts.ringbuf_bytes, &layout, &config)?;
     let logger = match aya_log::EbpfLogger::init(&mut bpf) {
         Ok(logger) => Some(logger),
         Err(e) => {
@@ -216,8 +219,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         netns: if opts.all_netns { None } else { own_netns() },
         timelines,
         recorder,
-        filter: opts.filter.clone(),
-        admitted: std::collections::HashSet::new(),
+        filter: opts.filter.clone().map(Follower::new),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -234,7 +236,9 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         opts.count,
         announce,
     ))?;
-    summary.lost = counters.read().ringbuf_full;
+    let kernel = counters.read();
+    summary.lost = kernel.ringbuf_full;
+    summary.filtered = kernel.filtered;
     summary.lost_per_cpu = counters.lost_per_cpu();
 
     // Links go with the programs; then the qdiscs probe created, if any; tracefs last.
@@ -321,35 +325,8 @@ struct View {
     timelines: Option<Timelines>,
     /// `--record`: every event shown, as the kernel wrote it.
     recorder: Option<RecordWriter<io::BufWriter<std::fs::File>>>,
-    filter: Option<Filter>,
-    /// Packets the filter admitted (protocol, IPv4 id, sequence), so their later sightings
-    /// follow them through NAT.
-    admitted: std::collections::HashSet<(u8, u16, u32)>,
-}
-
-/// What NAT leaves alone in a packet: to follow an admitted packet across rewrites.
-fn follow_key(e: &Event) -> Option<(u8, u16, u32)> {
-    use crate::event::L4Header;
-    let p = match &e.body {
-        EventBody::Tc(t) => &t.packet,
-        EventBody::Drop(d) => &d.packet,
-        EventBody::Netfilter(n) => &n.packet,
-        EventBody::Rule(r) => r.packet.as_ref()?,
-        _ => return None,
-    };
-    let ip = p.ip.as_ref()?;
-    let seq = match ip.l4 {
-        Some(L4Header::Tcp { seq, .. }) => seq,
-        _ => 0,
-    };
-    let proto = match ip.proto {
-        crate::event::Transport::Tcp => 6,
-        crate::event::Transport::Udp => 17,
-        crate::event::Transport::Icmp => 1,
-        crate::event::Transport::Icmpv6 => 58,
-        crate::event::Transport::Other(n) => n,
-    };
-    Some((proto, ip.ip_id, seq))
+    /// `--filter`, for events (timelines are filtered whole).
+    filter: Option<Follower>,
 }
 
 struct Timelines {
@@ -424,7 +401,7 @@ impl View {
             if summary.timelines >= limit {
                 break;
             }
-            if self.filter.as_ref().is_some_and(|f| !j.matches(f)) {
+            if self.filter.as_ref().is_some_and(|f| !j.matches(f.filter())) {
                 continue;
             }
             summary.timelines += 1;
@@ -673,19 +650,10 @@ fn emit(
         let done = t.correlator.take_finished();
         return view.write_finished(out, summary, done, limit);
     }
-    if let Some(filter) = &view.filter {
-        let key = follow_key(&event);
-        let admitted = key.is_some_and(|k| view.admitted.contains(&k));
-        let matches = fields_of(&event).is_some_and(|f| filter.matches(&f));
-        if !admitted && !matches {
-            return Ok(false);
-        }
-        if let Some(k) = key.filter(|_| matches) {
-            if view.admitted.len() >= 65536 {
-                view.admitted.clear();
-            }
-            view.admitted.insert(k);
-        }
+    if let Some(filter) = &mut view.filter
+        && !filter.admits(&event)
+    {
+        return Ok(false);
     }
     match view.renderer.write(out, &event) {
         Ok(()) => Ok(false),

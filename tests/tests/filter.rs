@@ -1,0 +1,120 @@
+//! `--filter` in the kernel: packets it turns away cost no event, and packets it admits are
+//! followed through NAT, replies included, by the kernel programs themselves.
+
+use std::{net::UdpSocket, time::Duration};
+
+use probe_lab::{
+    HostLab, Netns, ProbeRun, TwoHosts,
+    probe::json_lines,
+    require_root,
+    traffic::{serve_tcp_once, tcp_exchange},
+};
+use serde_json::Value;
+
+/// "... N sightings filtered out in the kernel" from probe's summary line.
+fn filtered_in_kernel(stderr: &str) -> u64 {
+    stderr
+        .split(';')
+        .find_map(|part| {
+            part.trim()
+                .strip_suffix("sightings filtered out in the kernel")
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn packets_the_filter_turns_away_write_no_event() {
+    require_root();
+    const TURNED_AWAY: usize = 200;
+    let lab = TwoHosts::new().unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        TwoHosts::IFACE,
+        "--no-routes",
+        "--no-drops",
+        "--events",
+        "--json",
+        "--filter",
+        "udp dst port 9000",
+    ])
+    .unwrap();
+    let b_addr = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            for i in 0..TURNED_AWAY {
+                sock.send_to(&(i as u32).to_be_bytes(), (b_addr, 9001))
+                    .unwrap();
+            }
+            sock.send_to(b"kept", (b_addr, 9000)).unwrap();
+        })
+        .unwrap();
+    let (stdout, stderr) = run.stop().unwrap();
+    let events = json_lines(&stdout).unwrap();
+    let kept: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["packet"]["ip"]["dport"] == 9000)
+        .collect();
+    assert_eq!(kept.len(), 1, "the matching packet, once: {events:#?}");
+    assert_eq!(events.len(), 1, "nothing else: {events:#?}");
+    // Each turned-away datagram left veth0 once; ARP and the like are turned away too.
+    let filtered = filtered_in_kernel(&stderr);
+    assert!(
+        filtered >= TURNED_AWAY as u64,
+        "the kernel turned away {filtered} sightings, expected at least {TURNED_AWAY}: {stderr}"
+    );
+}
+
+#[test]
+fn admitted_connection_is_followed_through_dnat_and_back() {
+    require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
+    let lab = HostLab::new(&Netns::unique_prefix()).unwrap();
+    let web = lab.web().addr;
+    let _server = serve_tcp_once(&lab.web().ns, web, HostLab::WEB_PORT).unwrap();
+    // Only the published port matches: after DNAT the request goes to port 80, and the reply
+    // comes from it, so both are seen only because the kernel follows what it admitted.
+    let filter = format!("tcp port {}", HostLab::PUBLISHED_PORT);
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.host().name(),
+        "--iface",
+        "eth0,veth-web",
+        "--no-routes",
+        "--json",
+        "--filter",
+        &filter,
+    ])
+    .unwrap();
+    let client_port = tcp_exchange(
+        &lab.outside,
+        HostLab::HOST_ADDR,
+        HostLab::PUBLISHED_PORT,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let (stdout, stderr) = run.stop().unwrap();
+    let journeys = json_lines(&stdout).unwrap();
+    let at = |j: &Value, iface: &str, flags: &str| {
+        j["hops"].as_array().unwrap().iter().any(|h| {
+            h["where"].as_str().is_some_and(|w| w.starts_with(iface))
+                && h["event"]["packet"]["ip"]["tcp_flags"] == flags
+        })
+    };
+    let syn = journeys
+        .iter()
+        .find(|j| j["first"]["sport"] == client_port && at(j, "veth-web egress", "S"))
+        .unwrap_or_else(|| panic!("no SYN delivered to the container: {journeys:#?}\n{stderr}"));
+    assert_eq!(syn["rewrites"][0]["after"]["dport"], HostLab::WEB_PORT);
+    let syn_ack = journeys
+        .iter()
+        .find(|j| at(j, "veth-web ingress", "S."))
+        .unwrap_or_else(|| panic!("no SYN-ACK from the container: {journeys:#?}\n{stderr}"));
+    assert_eq!(syn_ack["flow"], syn["flow"], "{syn_ack:#}");
+    assert!(at(syn_ack, "eth0 egress", "S."), "{syn_ack:#}");
+}
