@@ -17,6 +17,14 @@ pub enum Format {
     Json,
 }
 
+/// CLOCK_MONOTONIC now, in ns: the clock the kernel programs stamp events with.
+pub fn monotonic_now_ns() -> u64 {
+    // SAFETY: plain syscall into a stack struct.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Converts CLOCK_MONOTONIC event times to wall-clock time of day.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {

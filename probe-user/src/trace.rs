@@ -8,10 +8,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     btf::Btf,
@@ -23,9 +20,11 @@ use crate::{
     kfunc,
     names::Names,
     nftrace::{self, TraceSocket, TraceTable},
+    poll::{pollable, readable},
     record::{Metadata, RecordWriter},
     render::{Clock, Format, IfNames, Renderer},
     rtnl,
+    signals::HeldSignals,
     tc::{BackendChoice, TcAttacher},
     timeline::{Correlator, Journey, Limits, Topology, render_json, render_text},
     tracefs::Tracefs,
@@ -253,43 +252,6 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     }
     drop(tracefs);
     Ok(summary)
-}
-
-/// SIGINT, SIGTERM and SIGHUP blocked on this thread; released explicitly once handled, or on
-/// drop (an error before the event loop), when their default action applies after cleanup.
-struct HeldSignals;
-
-impl HeldSignals {
-    fn set() -> libc::sigset_t {
-        // SAFETY: sigset manipulation on a local.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                libc::sigaddset(&mut set, sig);
-            }
-            set
-        }
-    }
-
-    fn hold() -> Self {
-        let set = Self::set();
-        // SAFETY: blocks signals for this thread; threads spawned later inherit the mask.
-        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-        HeldSignals
-    }
-
-    fn release() {
-        let set = Self::set();
-        // SAFETY: as above.
-        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    }
-}
-
-impl Drop for HeldSignals {
-    fn drop(&mut self) {
-        Self::release();
-    }
 }
 
 /// The kernel side of a running trace.
@@ -524,7 +486,7 @@ async fn stream(
                 }
                 // Only journeys quiet *after* everything already submitted was read may end:
                 // when probe falls behind, a packet's later sightings still wait in the ring.
-                let now = monotonic_ns();
+                let now = crate::render::monotonic_now_ns();
                 if drain(ring.get_mut(), view, &mut out, &mut summary, limit)? {
                     break;
                 }
@@ -576,24 +538,6 @@ async fn stream(
         l.get_mut().flush();
     }
     Ok(summary)
-}
-
-/// Registers a descriptor with the event loop. Every caller passes something whose descriptor
-/// stays open and the same while the AsyncFd lives: RingBuf and EbpfLogger own their map's
-/// descriptor and are owned by the AsyncFd; the link socket outlives the loop.
-fn pollable<T: AsRawFd>(inner: T) -> io::Result<AsyncFd<T>> {
-    // SAFETY: see above.
-    unsafe { AsyncFd::register_with_interest(inner, Interest::READABLE) }
-        .map_err(|e| io::Error::other(e.to_string()))
-}
-
-async fn readable<T: AsRawFd>(
-    fd: &mut Option<AsyncFd<T>>,
-) -> io::Result<tokio::io::unix::AsyncFdReadyMutGuard<'_, T>> {
-    match fd {
-        Some(l) => l.readable_mut().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Renders everything in the ring buffer; returns true once `limit` events were shown or the
@@ -676,7 +620,7 @@ fn drain_rules(
     summary: &mut Summary,
     limit: u64,
 ) -> anyhow::Result<bool> {
-    let now = monotonic_ns();
+    let now = crate::render::monotonic_now_ns();
     for raw in rules.socket.receive() {
         if view.shown(summary) >= limit {
             break;
@@ -690,13 +634,6 @@ fn drain_rules(
     summary.rules_lost = rules.socket.lost;
     let done = view.shown(summary) >= limit;
     flush(out, done)
-}
-
-fn monotonic_ns() -> u64 {
-    // SAFETY: plain syscall into a stack struct.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// A closed pipe (`probe trace | head`) ends the trace quietly; other write errors are errors.
