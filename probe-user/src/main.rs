@@ -226,11 +226,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .map(probe::filter::Filter::parse)
                 .transpose()?;
             let n = probe::replay::run(&file, format, events, filter.as_ref())?;
-            log::info!(
+            let mut line = format!(
                 "replayed {} events into {} timelines",
-                n.events,
-                n.timelines
+                n.events, n.timelines
             );
+            if let Some(outcomes) = n.outcomes.describe() {
+                line.push_str(&format!(": {outcomes}"));
+            }
+            log::info!("{line}");
             Ok(())
         }
         Command::Doctor { json } => {
@@ -315,10 +318,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             let mut line = if args_events {
                 format!("{} events", summary.events)
             } else {
-                format!(
+                let mut line = format!(
                     "{} timelines from {} events",
                     summary.timelines, summary.events
-                )
+                );
+                if let Some(outcomes) = summary.outcomes.describe() {
+                    line.push_str(&format!(" ({outcomes})"));
+                }
+                line
             };
             if summary.lost > 0 {
                 let per_cpu: Vec<String> = summary

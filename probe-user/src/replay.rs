@@ -20,6 +20,7 @@ use crate::{
 pub struct Replayed {
     pub events: u64,
     pub timelines: u64,
+    pub outcomes: crate::timeline::Tally,
 }
 
 pub fn run(
@@ -54,6 +55,7 @@ pub fn run(
                 continue;
             }
             counts.timelines += 1;
+            counts.outcomes.add(&j, &topology);
             let text = match format {
                 Format::Json => render_json(&j, &topology) + "\n",
                 Format::Text => render_text(&j, &topology, color),

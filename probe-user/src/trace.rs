@@ -77,6 +77,8 @@ pub struct Summary {
     pub lost_per_cpu: Vec<u64>,
     /// Sightings the filter turned away in the kernel (no event was written for them).
     pub filtered: u64,
+    /// Timelines printed, by how they ended.
+    pub outcomes: crate::timeline::Tally,
 }
 
 /// Runs a trace to completion. Must be called before any other thread exists if the caller
@@ -367,6 +369,7 @@ impl View {
                 continue;
             }
             summary.timelines += 1;
+            summary.outcomes.add(&j, &t.topology);
             let text = if t.json {
                 render_json(&j, &t.topology) + "\n"
             } else {

@@ -16,15 +16,28 @@ fn lab() -> HostLab {
 }
 
 fn timelines(lab: &HostLab, extra: &[&str], traffic: impl FnOnce()) -> Vec<Value> {
+    timelines_and_summary(lab, extra, traffic).0
+}
+
+/// The timelines and probe's exit summary line.
+fn timelines_and_summary(
+    lab: &HostLab,
+    extra: &[&str],
+    traffic: impl FnOnce(),
+) -> (Vec<Value>, String) {
     let mut args = vec!["trace", "--netns", lab.host().name(), "--json"];
     args.extend_from_slice(extra);
     let run = ProbeRun::start(&args).unwrap();
     traffic();
     let (stdout, stderr) = run.stop().unwrap();
-    assert!(stderr.contains("timelines from"), "{stderr}");
+    let summary = stderr
+        .lines()
+        .find(|l| l.contains("timelines from"))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"))
+        .to_owned();
     let lines = json_lines(&stdout).unwrap();
     assert!(lines.iter().all(|l| l["schema"] == "probe.timeline/1"));
-    lines
+    (lines, summary)
 }
 
 #[test]
@@ -116,9 +129,14 @@ fn dropped_packet_ends_with_the_rule_and_the_reason() {
     let lab = lab();
     lab.firewalld_forward_drop().unwrap();
     let mut sport = 0;
-    let journeys = timelines(&lab, &["--rules", "--no-routes"], || {
+    let (journeys, summary) = timelines_and_summary(&lab, &["--rules", "--no-routes"], || {
         sport = udp_send(&lab.web().ns, HostLab::OUTSIDE_ADDR, 53).unwrap();
     });
+    // The exit summary counts the drop by reason and the function that dropped it.
+    assert!(
+        summary.contains("1 dropped (1 NETFILTER_DROP in n"),
+        "{summary}"
+    );
     let dropped = journeys
         .iter()
         .find(|j| j["first"]["sport"] == sport && j["first"]["dport"] == 53)

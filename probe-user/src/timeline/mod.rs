@@ -13,6 +13,7 @@
 
 mod diagnose;
 mod render;
+mod tally;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -23,6 +24,7 @@ use serde::Serialize;
 
 pub use diagnose::Topology;
 pub use render::{render_json, render_text};
+pub use tally::Tally;
 
 use crate::event::{Event, EventBody, L4Header, Packet, Transport};
 
