@@ -71,6 +71,24 @@ fn admit_filtered(p: &PacketInfo) -> bool {
     }
     let packet = packet_key(p);
     let mut flow = flow_key(p);
+    if matches(&Fields::of(p)) {
+        // The packet's first sighting remembers it and its connection; later ones find it.
+        let known = packet.as_ref().map_or_else(
+            || flow.as_ref().is_some_and(|f| ADMITTED_FLOWS.get_ptr(f).is_some()),
+            |k| ADMITTED_PACKETS.get_ptr(k).is_some(),
+        );
+        if !known {
+            remember(&packet, &mut flow);
+        }
+        return true;
+    }
+    // Until something was admitted there is nothing to follow: a filter that matches nothing
+    // costs no map lookup.
+    // SAFETY: a plain global; a racing first write on another CPU writes the same value.
+    if unsafe { core::ptr::read_volatile(&raw const ANY_ADMITTED) } == 0 {
+        maps::bump(counter::FILTERED);
+        return false;
+    }
     if let Some(k) = &packet
         && ADMITTED_PACKETS.get_ptr(k).is_some()
     {
@@ -90,17 +108,24 @@ fn admit_filtered(p: &PacketInfo) -> bool {
         }
         return true;
     }
-    if !matches(&Fields::of(p)) {
-        maps::bump(counter::FILTERED);
-        return false;
-    }
-    if let Some(k) = &packet {
+    maps::bump(counter::FILTERED);
+    false
+}
+
+/// Set once the filter admitted a packet (a writable global, zero at load).
+#[unsafe(no_mangle)]
+static mut ANY_ADMITTED: u8 = 0;
+
+#[inline(always)]
+fn remember(packet: &Option<PacketKey>, flow: &mut Option<FlowKey>) {
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut ANY_ADMITTED, 1) };
+    if let Some(k) = packet {
         let _ = ADMITTED_PACKETS.insert(k, 1, 0);
     }
-    if let Some(f) = &mut flow {
+    if let Some(f) = flow {
         remember_flow(f);
     }
-    true
 }
 
 /// For sightings that carry a tuple but no packet (routing lookups): admitted when their
@@ -118,7 +143,13 @@ pub fn admit_tuple(fields: &Fields) -> bool {
         l4_proto: fields.l4_proto,
         _pad: [0; 3],
     };
-    if ADMITTED_FLOWS.get_ptr(&flow).is_some() || matches(fields) {
+    if matches(fields) {
+        return true;
+    }
+    // SAFETY: as in admit_filtered.
+    if unsafe { core::ptr::read_volatile(&raw const ANY_ADMITTED) } != 0
+        && ADMITTED_FLOWS.get_ptr(&flow).is_some()
+    {
         return true;
     }
     maps::bump(counter::FILTERED);
