@@ -14,8 +14,15 @@ pub trait Bytes {
 }
 
 impl Bytes for TcContext {
+    /// Straight from the packet when the bytes are in its linear part (the usual case for
+    /// headers), through the `bpf_skb_load_bytes` helper otherwise.
     #[inline(always)]
     fn load<T: Copy>(&self, offset: usize) -> Result<T, ()> {
+        let start = self.data() + offset;
+        if start + core::mem::size_of::<T>() <= self.data_end() {
+            // SAFETY: the verifier sees the bounds check above against data_end.
+            return Ok(unsafe { core::ptr::read_unaligned(start as *const T) });
+        }
         TcContext::load(self, offset).map_err(|_| ())
     }
 }
