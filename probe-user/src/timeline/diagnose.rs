@@ -16,6 +16,9 @@ pub struct Topology {
     pub bridge_subnets: Vec<(IpAddr, u8, String)>,
     /// Default-route devices.
     pub uplinks: Vec<String>,
+    /// Docker's names for interfaces, namespaces and addresses (empty without Docker).
+    #[serde(default)]
+    pub containers: crate::docker::Containers,
 }
 
 impl Topology {
@@ -34,6 +37,24 @@ impl Topology {
             .unwrap_or_else(|| format!("if{ifindex}"))
     }
 
+    /// The container an interface of the traced namespace leads to.
+    pub fn container_of(&self, ifindex: u32) -> Option<&str> {
+        self.containers.by_ifindex(ifindex)
+    }
+
+    /// `veth1a2b3c (container web)`, or the plain name.
+    pub fn iface_label(&self, ifindex: u32) -> String {
+        let name = if ifindex == 0 {
+            "-".to_owned()
+        } else {
+            self.name(ifindex)
+        };
+        match self.container_of(ifindex) {
+            Some(c) => format!("{name} (container {c})"),
+            None => name,
+        }
+    }
+
     fn bridge_for(&self, addr: IpAddr) -> Option<&str> {
         self.bridge_subnets
             .iter()
@@ -47,6 +68,27 @@ impl Topology {
             "tun" | "wireguard" | "ipip" | "gre" | "vti" | "xfrm"
         ) || name.starts_with("tun")
             || name.starts_with("wg")
+    }
+}
+
+/// `; container a → container b` for a journey between containers Docker named (either side
+/// alone when only one is a container), else nothing.
+fn containers_involved(j: &Journey, topo: &Topology) -> String {
+    let from = j
+        .hops
+        .iter()
+        .find_map(|h| match &h.event.body {
+            EventBody::Tc(t) if t.direction == Direction::Ingress => Some(t.ifindex),
+            _ => None,
+        })
+        .and_then(|i| topo.container_of(i))
+        .or_else(|| j.first.and_then(|t| topo.containers.by_addr(t.src)));
+    let to = j.current.and_then(|t| topo.containers.by_addr(t.dst));
+    match (from, to) {
+        (Some(a), Some(b)) => format!("; container {a} → container {b}"),
+        (Some(a), None) => format!("; from container {a}"),
+        (None, Some(b)) => format!("; to container {b}"),
+        (None, None) => String::new(),
     }
 }
 
@@ -142,10 +184,13 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> (Outcome, String) {
             .as_ref()
             .map(|l| format!(" in {l}"))
             .unwrap_or_default();
+        let parties = containers_involved(j, topo);
         let text = match (by_rule, by_hook) {
-            (Some(rule), _) => format!("dropped by {rule}{after_nat} (reason {reason})"),
-            (None, Some(hook)) => format!("dropped at {hook}{after_nat} (reason {reason})"),
-            (None, None) => format!("dropped{after_nat}: reason {reason}{at}"),
+            (Some(rule), _) => format!("dropped by {rule}{after_nat} (reason {reason}){parties}"),
+            (None, Some(hook)) => {
+                format!("dropped at {hook}{after_nat} (reason {reason}){parties}")
+            }
+            (None, None) => format!("dropped{after_nat}: reason {reason}{at}{parties}"),
         };
         return (Outcome::Dropped, text);
     }
@@ -171,9 +216,13 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> (Outcome, String) {
             return (
                 Outcome::Left,
                 format!(
-                    "routed to {dev} by table {table}{by_rule} — {} belongs to {bridge}'s subnet, \
-                     which the VPN's route shadows",
-                    f.dst
+                    "routed to {dev} by table {table}{by_rule} — {}{} belongs to {bridge}'s \
+                     subnet, which the VPN's route shadows",
+                    f.dst,
+                    topo.containers
+                        .by_addr(f.dst)
+                        .map(|c| format!(" (container {c})"))
+                        .unwrap_or_default()
                 ),
             );
         }
@@ -204,9 +253,14 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> (Outcome, String) {
                 );
             }
             if kind == "veth" {
+                let container = topo
+                    .container_of(t.ifindex)
+                    .or_else(|| j.current.and_then(|c| topo.containers.by_addr(c.dst)))
+                    .map(|c| format!(" (container {c})"))
+                    .unwrap_or_default();
                 return (
                     Outcome::Delivered,
-                    format!("delivered{to} through {name}{after_nat}"),
+                    format!("delivered{to}{container} through {name}{after_nat}"),
                 );
             }
             if topo.is_tunnel(&name) {
