@@ -58,6 +58,14 @@ pub struct Containers {
     /// Container addresses on Docker networks → container.
     #[serde(default)]
     pub addresses: BTreeMap<IpAddr, String>,
+    /// Interfaces inside containers, by their index in the container's namespace →
+    /// (container, interface name). probe sees them when it attached to both ends of a veth
+    /// pair before Docker moved one into the container (tc programs stay on a moved device).
+    #[serde(default)]
+    pub inside: BTreeMap<u32, (String, String)>,
+    /// Names of the interfaces in `interfaces`, for messages.
+    #[serde(skip)]
+    pub ifnames: BTreeMap<u32, String>,
 }
 
 impl Containers {
@@ -67,6 +75,13 @@ impl Containers {
 
     pub fn by_ifindex(&self, ifindex: u32) -> Option<&str> {
         self.interfaces.get(&ifindex).map(String::as_str)
+    }
+
+    /// (container, interface name) of an interface inside a container.
+    pub fn inside(&self, ifindex: u32) -> Option<(&str, &str)> {
+        self.inside
+            .get(&ifindex)
+            .map(|(c, n)| (c.as_str(), n.as_str()))
     }
 
     pub fn by_netns(&self, inode: u64) -> Option<&str> {
@@ -356,6 +371,7 @@ pub fn resolve(containers: &[Container], own_netns: Option<u64>, own_links: &[Li
         if Some(ino) == own_netns {
             for l in own_links.iter().filter(|l| l.hw_type != 772) {
                 out.interfaces.insert(l.index, c.name.clone());
+                out.ifnames.insert(l.index, l.name.clone());
             }
             continue;
         }
@@ -366,6 +382,11 @@ pub fn resolve(containers: &[Container], own_netns: Option<u64>, own_links: &[Li
                 continue;
             }
         };
+        for l in inside.iter().filter(|l| l.hw_type != 772) {
+            out.inside
+                .entry(l.index)
+                .or_insert_with(|| (c.name.clone(), l.name.clone()));
+        }
         for l in inside.iter().filter(|l| l.kind.as_deref() == Some("veth")) {
             let Some(peer) = l.peer else { continue };
             // The peer index is in another namespace: it is ours only if that veth points back.
@@ -373,6 +394,7 @@ pub fn resolve(containers: &[Container], own_netns: Option<u64>, own_links: &[Li
                 h.index == peer && h.kind.as_deref() == Some("veth") && h.peer == Some(l.index)
             }) {
                 out.interfaces.insert(host.index, c.name.clone());
+                out.ifnames.insert(host.index, host.name.clone());
             }
         }
     }
@@ -464,7 +486,8 @@ impl Watcher {
                     if names != self.current {
                         for (i, name) in &names.interfaces {
                             if self.current.interfaces.get(i) != Some(name) {
-                                log::info!("interface {i} leads to container {name}");
+                                let ifname = names.ifnames.get(i).map_or("?", String::as_str);
+                                log::info!("container {name} is behind {ifname}");
                             }
                         }
                         self.current = names;

@@ -37,13 +37,24 @@ impl Topology {
             .unwrap_or_else(|| format!("if{ifindex}"))
     }
 
-    /// The container an interface of the traced namespace leads to.
+    /// The container an interface leads to (a host-side veth of the traced namespace), or is
+    /// in (an interface inside a container, not one of the traced namespace's).
     pub fn container_of(&self, ifindex: u32) -> Option<&str> {
-        self.containers.by_ifindex(ifindex)
+        self.containers.by_ifindex(ifindex).or_else(|| {
+            (!self.links.contains_key(&ifindex))
+                .then(|| self.containers.inside(ifindex).map(|(c, _)| c))
+                .flatten()
+        })
     }
 
-    /// `veth1a2b3c (container web)`, or the plain name.
+    /// `veth1a2b3c (container web)`, `eth0 in container web`, or the plain name.
     pub fn iface_label(&self, ifindex: u32) -> String {
+        if ifindex != 0
+            && !self.links.contains_key(&ifindex)
+            && let Some((c, name)) = self.containers.inside(ifindex)
+        {
+            return format!("{name} in container {c}");
+        }
         let name = if ifindex == 0 {
             "-".to_owned()
         } else {
@@ -53,6 +64,10 @@ impl Topology {
             Some(c) => format!("{name} (container {c})"),
             None => name,
         }
+    }
+
+    fn is_inside(&self, ifindex: u32) -> bool {
+        !self.links.contains_key(&ifindex) && self.containers.inside(ifindex).is_some()
     }
 
     fn bridge_for(&self, addr: IpAddr) -> Option<&str> {
@@ -228,9 +243,10 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> (Outcome, String) {
         }
     }
 
-    // Delivered or left: judged by the last tc sighting.
+    // Delivered or left: judged by the last tc sighting in the traced namespace (a sighting
+    // inside a container, past its veth, is the same delivery seen from the other end).
     let last_tc = j.hops.iter().rev().find_map(|h| match &h.event.body {
-        EventBody::Tc(t) => Some(t),
+        EventBody::Tc(t) if !topo.is_inside(t.ifindex) => Some(t),
         _ => None,
     });
     if let Some(t) = last_tc {
