@@ -62,6 +62,18 @@ fn has_hop(j: &Value, f: impl Fn(&str, &str) -> bool) -> bool {
     })
 }
 
+/// Whether a rule verdict at `place` whose text contains each of `texts` was seen for a packet
+/// from source port `sport`, in any timeline.
+fn rule_seen(all: &[Value], place: &str, texts: &[&str], sport: u16) -> bool {
+    all.iter().flat_map(hops).any(|h| {
+        h["where"] == place
+            && h["tuple"]["sport"] == sport
+            && h["what"]
+                .as_str()
+                .is_some_and(|w| texts.iter().all(|t| w.contains(t)))
+    })
+}
+
 /// The hop where the packet went into (or came out of) `container`'s veth.
 fn container_hop<'a>(j: &'a Value, container: &str, direction: &str) -> Option<&'a Value> {
     hops(j).iter().find(|h| {
@@ -98,6 +110,22 @@ fn published_port_reaches_the_named_container_and_the_reply_comes_back() {
         Duration::from_secs(5),
     )
     .expect("the published port answers");
+    // Story 4's other path: the host itself reaching the published port (on the test's own
+    // address) meets Docker's DNAT at OUTPUT instead of PREROUTING.
+    let local_port = {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect_timeout(
+            &(client.host_addr, port).into(),
+            Duration::from_secs(5),
+        )
+        .expect("the host reaches its published port");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = [0u8; 3];
+        s.read_exact(&mut answer)
+            .expect("answered through OUTPUT's DNAT");
+        s.local_addr().unwrap().port()
+    };
     let (stdout, _) = run.stop().unwrap();
     let all = json_lines(&stdout).unwrap();
     let (host, web_ip, client_ip) = (
@@ -121,18 +149,27 @@ fn published_port_reaches_the_named_container_and_the_reply_comes_back() {
         "{rewrite}"
     );
     // Docker's own chains decided: DNAT in nat/DOCKER from PREROUTING, accept in filter/DOCKER
-    // from FORWARD.
+    // from FORWARD. (Rule verdicts come over netlink, after the fact: on a busy machine one
+    // may arrive after its packet's timeline ended and stand alone, so look in every timeline.)
     let dnat_to = format!("dnat to {web_ip}:{SERVER_PORT}");
     assert!(
-        has_hop(request, |w, what| w == "ip nat/DOCKER (prerouting)"
-            && what.contains(&dnat_to)),
-        "no DNAT at PREROUTING: {request:#}"
+        rule_seen(
+            &all,
+            "ip nat/DOCKER (prerouting)",
+            &[&dnat_to, "-> accept"],
+            client_port
+        ),
+        "no DNAT at PREROUTING for port {client_port}: {all:#?}"
     );
+    let accept = format!("oifname \"{}\"", net.bridge);
     assert!(
-        has_hop(request, |w, what| w == "ip filter/DOCKER (forward)"
-            && what.contains(&format!("oifname \"{}\"", net.bridge))
-            && what.ends_with("-> accept")),
-        "no accept at FORWARD: {request:#}"
+        rule_seen(
+            &all,
+            "ip filter/DOCKER (forward)",
+            &[&accept, "-> accept"],
+            client_port
+        ),
+        "no accept at FORWARD for port {client_port}: {all:#?}"
     );
     // Into the container, through its veth, named after it.
     let into = container_hop(request, &web.name, "egress")
@@ -171,6 +208,30 @@ fn published_port_reaches_the_named_container_and_the_reply_comes_back() {
                 && h["tuple"]["sport"] == port),
         "the reply leaves un-NATed, from {host}:{port}: {reply:#}"
     );
+
+    // First seen on the bridge, already rewritten: the rule verdicts show where.
+    let local = all
+        .iter()
+        .find(|j| {
+            j["first"]["src"] == host.as_str()
+                && j["first"]["sport"] == local_port
+                && has_hop(j, |_, what| what.contains("[S]"))
+        })
+        .unwrap_or_else(|| panic!("no timeline of the host's own SYN in {all:#?}"));
+    assert!(
+        rule_seen(
+            &all,
+            "ip nat/DOCKER (output)",
+            &[&dnat_to, "-> accept"],
+            local_port
+        ),
+        "DNAT at OUTPUT for port {local_port}: {all:#?}"
+    );
+    assert!(
+        container_hop(local, &web.name, "egress").is_some(),
+        "{local:#}"
+    );
+    assert_eq!(local["outcome"], "delivered", "{local:#}");
 }
 
 /// Story 3: a firewalld-style table drops what the containers' network sends to the client;
