@@ -215,6 +215,7 @@ mod tests {
             flags: 0,
             kind: kind.map(str::to_owned),
             master: None,
+            peer: None,
         }
     }
 

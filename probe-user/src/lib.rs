@@ -6,6 +6,7 @@
 pub mod btf;
 pub mod decode;
 pub mod discover;
+pub mod docker;
 pub mod doctor;
 pub mod ebpf;
 pub mod event;

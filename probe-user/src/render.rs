@@ -4,6 +4,7 @@ use std::{collections::HashMap, io::Write};
 
 use serde::Serialize;
 
+use crate::docker::Containers;
 use crate::event::{
     DropSighting, Event, EventBody, FibLookup, IpHeader, L4Header, Packet, RuleVerdict, Transport,
 };
@@ -65,6 +66,7 @@ pub struct Renderer {
     format: Format,
     clock: Clock,
     names: IfNames,
+    containers: Containers,
 }
 
 #[derive(Serialize)]
@@ -73,6 +75,9 @@ struct JsonLine<'a> {
     event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
     ifname: Option<&'a str>,
+    /// The Docker container the interface (or a drop's namespace) belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
 }
 
 impl Renderer {
@@ -81,12 +86,29 @@ impl Renderer {
             format,
             clock,
             names,
+            containers: Containers::default(),
         }
     }
 
     /// Interface names, updated as interfaces are attached during a trace.
     pub fn names_mut(&mut self) -> &mut IfNames {
         &mut self.names
+    }
+
+    /// Docker's container names, updated as containers start.
+    pub fn set_containers(&mut self, containers: Containers) {
+        self.containers = containers;
+    }
+
+    fn container(&self, body: &EventBody) -> Option<&str> {
+        match body {
+            EventBody::Tc(tc) => self.containers.by_ifindex(tc.ifindex),
+            EventBody::Drop(d) => self
+                .containers
+                .by_netns(u64::from(d.netns))
+                .or_else(|| self.containers.by_ifindex(d.ifindex)),
+            _ => None,
+        }
     }
 
     pub fn write(&self, out: &mut impl Write, event: &Event) -> std::io::Result<()> {
@@ -108,7 +130,15 @@ impl Renderer {
                     | EventBody::Chain(_)
                     | EventBody::FibRule(_) => None,
                 };
-                serde_json::to_writer(&mut *out, &JsonLine { event, ifname })?;
+                let container = self.container(&event.body);
+                serde_json::to_writer(
+                    &mut *out,
+                    &JsonLine {
+                        event,
+                        ifname,
+                        container,
+                    },
+                )?;
                 out.write_all(b"\n")
             }
             Format::Text => writeln!(out, "{}", self.text(event)),
@@ -124,8 +154,13 @@ impl Renderer {
                     .get(&tc.ifindex)
                     .cloned()
                     .unwrap_or_else(|| format!("if{}", tc.ifindex));
+                let container = self
+                    .containers
+                    .by_ifindex(tc.ifindex)
+                    .map(|c| format!("   (container {c})"))
+                    .unwrap_or_default();
                 format!(
-                    "{time} {ifname:<12} {:<7} {}",
+                    "{time} {ifname:<12} {:<7} {}{container}",
                     tc.direction.as_str(),
                     packet_text(&tc.packet)
                 )

@@ -14,6 +14,7 @@ const RTM_DELQDISC: u16 = 37;
 const NLMSG_HDRLEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 const IFLA_IFNAME: u16 = 3;
+const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
@@ -36,6 +37,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// Index of the bridge (or bond) it is enslaved to.
     pub master: Option<u32>,
+    /// IFLA_LINK: for a veth, its peer's index (in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 /// A change seen on the link multicast group.
@@ -266,12 +269,16 @@ fn parse_link(body: &[u8]) -> Option<Link> {
         flags,
         kind: None,
         master: None,
+        peer: None,
     };
     for (ty, payload) in attributes(&body[IFINFOMSG_LEN..]) {
         match ty {
             IFLA_IFNAME => link.name = c_string(payload),
             IFLA_MASTER if payload.len() >= 4 => {
                 link.master = Some(u32::from_ne_bytes(payload[..4].try_into().ok()?))
+            }
+            IFLA_LINK if payload.len() >= 4 => {
+                link.peer = Some(u32::from_ne_bytes(payload[..4].try_into().ok()?))
             }
             IFLA_LINKINFO => {
                 for (ity, ipayload) in attributes(payload) {

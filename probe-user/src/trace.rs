@@ -14,7 +14,7 @@ use crate::{
     btf::Btf,
     decode,
     discover::Selector,
-    ebpf,
+    docker, ebpf,
     event::{Event, EventBody},
     filter::{Filter, Follower},
     kfunc,
@@ -134,7 +134,10 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         .and_then(|mut s| s.links())
         .unwrap_or_default();
     let mut ifnames: IfNames = links.iter().map(|l| (l.index, l.name.clone())).collect();
-    let topology = topology_of(&links);
+    let mut topology = topology_of(&links);
+    // Docker's names for containers' veths, namespaces and addresses (none without Docker).
+    let docker = docker::Watcher::start();
+    topology.containers = docker.containers().clone();
     let watch = if opts.tc {
         Some(TcWatch::start(
             &mut bpf,
@@ -214,9 +217,12 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
         },
     });
+    let mut renderer = Renderer::new(opts.format, Clock::now(), ifnames);
+    renderer.set_containers(docker.containers().clone());
     let mut view = View {
-        renderer: Renderer::new(opts.format, Clock::now(), ifnames),
+        renderer,
         names,
+        docker,
         netns: if opts.all_netns { None } else { own_netns() },
         timelines,
         recorder,
@@ -283,6 +289,8 @@ fn own_netns() -> Option<u32> {
 struct View {
     renderer: Renderer,
     names: Names,
+    /// Container names, refreshed when interfaces appear.
+    docker: docker::Watcher,
     /// Show drops only from this namespace (None: from all).
     netns: Option<u32>,
     /// Timeline mode; None: one line per event.
@@ -341,6 +349,30 @@ fn topology_of(links: &[rtnl::Link]) -> Topology {
 }
 
 impl View {
+    /// Interfaces came or went: diagnoses need their names and kinds, and containers may have
+    /// started.
+    fn links_changed(&mut self) {
+        if let Some(t) = self.timelines.as_mut()
+            && let Ok(links) = rtnl::Socket::request_socket().and_then(|mut s| s.links())
+        {
+            let containers = std::mem::take(&mut t.topology.containers);
+            t.topology = topology_of(&links);
+            t.topology.containers = containers;
+        }
+        self.docker.links_changed();
+    }
+
+    /// Takes container names the Docker watcher has found since the last look.
+    fn poll_docker(&mut self) {
+        if let Some(c) = self.docker.poll() {
+            let c = c.clone();
+            if let Some(t) = self.timelines.as_mut() {
+                t.topology.containers = c.clone();
+            }
+            self.renderer.set_containers(c);
+        }
+    }
+
     /// How many units (timelines, or events) were shown: what --count counts.
     fn shown(&self, summary: &Summary) -> u64 {
         if self.timelines.is_some() {
@@ -458,6 +490,7 @@ async fn stream(
                 if let Some(w) = session.watch.as_mut() {
                     w.on_link_events(&mut session.bpf, view.renderer.names_mut());
                 }
+                view.links_changed();
                 guard.clear_ready();
             }
             guard = readable(&mut rule_fd) => {
@@ -474,6 +507,7 @@ async fn stream(
                 }
             }
             _ = ticker.tick() => {
+                view.poll_docker();
                 // Loss is never silent: said as it happens, and marked on the packets in flight.
                 let lost = counters.read().ringbuf_full;
                 if lost > seen_lost {

@@ -16,6 +16,9 @@ pub struct Topology {
     pub bridge_subnets: Vec<(IpAddr, u8, String)>,
     /// Default-route devices.
     pub uplinks: Vec<String>,
+    /// Docker's names for interfaces, namespaces and addresses (empty without Docker).
+    #[serde(default)]
+    pub containers: crate::docker::Containers,
 }
 
 impl Topology {
@@ -34,6 +37,39 @@ impl Topology {
             .unwrap_or_else(|| format!("if{ifindex}"))
     }
 
+    /// The container an interface leads to (a host-side veth of the traced namespace), or is
+    /// in (an interface inside a container, not one of the traced namespace's).
+    pub fn container_of(&self, ifindex: u32) -> Option<&str> {
+        self.containers.by_ifindex(ifindex).or_else(|| {
+            (!self.links.contains_key(&ifindex))
+                .then(|| self.containers.inside(ifindex).map(|(c, _)| c))
+                .flatten()
+        })
+    }
+
+    /// `veth1a2b3c (container web)`, `eth0 in container web`, or the plain name.
+    pub fn iface_label(&self, ifindex: u32) -> String {
+        if ifindex != 0
+            && !self.links.contains_key(&ifindex)
+            && let Some((c, name)) = self.containers.inside(ifindex)
+        {
+            return format!("{name} in container {c}");
+        }
+        let name = if ifindex == 0 {
+            "-".to_owned()
+        } else {
+            self.name(ifindex)
+        };
+        match self.container_of(ifindex) {
+            Some(c) => format!("{name} (container {c})"),
+            None => name,
+        }
+    }
+
+    fn is_inside(&self, ifindex: u32) -> bool {
+        !self.links.contains_key(&ifindex) && self.containers.inside(ifindex).is_some()
+    }
+
     fn bridge_for(&self, addr: IpAddr) -> Option<&str> {
         self.bridge_subnets
             .iter()
@@ -47,6 +83,27 @@ impl Topology {
             "tun" | "wireguard" | "ipip" | "gre" | "vti" | "xfrm"
         ) || name.starts_with("tun")
             || name.starts_with("wg")
+    }
+}
+
+/// `; container a → container b` for a journey between containers Docker named (either side
+/// alone when only one is a container), else nothing.
+fn containers_involved(j: &Journey, topo: &Topology) -> String {
+    let from = j
+        .hops
+        .iter()
+        .find_map(|h| match &h.event.body {
+            EventBody::Tc(t) if t.direction == Direction::Ingress => Some(t.ifindex),
+            _ => None,
+        })
+        .and_then(|i| topo.container_of(i))
+        .or_else(|| j.first.and_then(|t| topo.containers.by_addr(t.src)));
+    let to = j.current.and_then(|t| topo.containers.by_addr(t.dst));
+    match (from, to) {
+        (Some(a), Some(b)) => format!("; container {a} → container {b}"),
+        (Some(a), None) => format!("; from container {a}"),
+        (None, Some(b)) => format!("; to container {b}"),
+        (None, None) => String::new(),
     }
 }
 
@@ -142,10 +199,13 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> (Outcome, String) {
             .as_ref()
             .map(|l| format!(" in {l}"))
             .unwrap_or_default();
+        let parties = containers_involved(j, topo);
         let text = match (by_rule, by_hook) {
-            (Some(rule), _) => format!("dropped by {rule}{after_nat} (reason {reason})"),
-            (None, Some(hook)) => format!("dropped at {hook}{after_nat} (reason {reason})"),
-            (None, None) => format!("dropped{after_nat}: reason {reason}{at}"),
+            (Some(rule), _) => format!("dropped by {rule}{after_nat} (reason {reason}){parties}"),
+            (None, Some(hook)) => {
+                format!("dropped at {hook}{after_nat} (reason {reason}){parties}")
+            }
+            (None, None) => format!("dropped{after_nat}: reason {reason}{at}{parties}"),
         };
         return (Outcome::Dropped, text);
     }
@@ -171,17 +231,22 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> (Outcome, String) {
             return (
                 Outcome::Left,
                 format!(
-                    "routed to {dev} by table {table}{by_rule} — {} belongs to {bridge}'s subnet, \
-                     which the VPN's route shadows",
-                    f.dst
+                    "routed to {dev} by table {table}{by_rule} — {}{} belongs to {bridge}'s \
+                     subnet, which the VPN's route shadows",
+                    f.dst,
+                    topo.containers
+                        .by_addr(f.dst)
+                        .map(|c| format!(" (container {c})"))
+                        .unwrap_or_default()
                 ),
             );
         }
     }
 
-    // Delivered or left: judged by the last tc sighting.
+    // Delivered or left: judged by the last tc sighting in the traced namespace (a sighting
+    // inside a container, past its veth, is the same delivery seen from the other end).
     let last_tc = j.hops.iter().rev().find_map(|h| match &h.event.body {
-        EventBody::Tc(t) => Some(t),
+        EventBody::Tc(t) if !topo.is_inside(t.ifindex) => Some(t),
         _ => None,
     });
     if let Some(t) = last_tc {
@@ -204,9 +269,14 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> (Outcome, String) {
                 );
             }
             if kind == "veth" {
+                let container = topo
+                    .container_of(t.ifindex)
+                    .or_else(|| j.current.and_then(|c| topo.containers.by_addr(c.dst)))
+                    .map(|c| format!(" (container {c})"))
+                    .unwrap_or_default();
                 return (
                     Outcome::Delivered,
-                    format!("delivered{to} through {name}{after_nat}"),
+                    format!("delivered{to}{container} through {name}{after_nat}"),
                 );
             }
             if topo.is_tunnel(&name) {

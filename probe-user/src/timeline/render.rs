@@ -23,8 +23,15 @@ pub fn place(e: &Event, topo: &Topology) -> String {
             .unwrap_or_else(|| if i == 0 { "-".into() } else { format!("if{i}") })
     };
     match &e.body {
-        EventBody::Tc(t) => format!("{} {}", name(t.ifindex), t.direction.as_str()),
-        EventBody::Drop(d) => format!("drop on {}", name(d.ifindex)),
+        EventBody::Tc(t) => format!("{} {}", topo.iface_label(t.ifindex), t.direction.as_str()),
+        EventBody::Drop(d) => match topo.containers.by_netns(u64::from(d.netns)) {
+            // Dropped inside a container's own namespace: its interface index means nothing here.
+            Some(c) if topo.container_of(d.ifindex) != Some(c) => format!("drop in container {c}"),
+            _ if topo.container_of(d.ifindex).is_some() => {
+                format!("drop on {}", topo.iface_label(d.ifindex))
+            }
+            _ => format!("drop on {}", name(d.ifindex)),
+        },
         EventBody::Fib(f) => format!(
             "route table {}",
             f.table_name.clone().unwrap_or_else(|| f.table.to_string())
@@ -42,6 +49,18 @@ pub fn place(e: &Event, topo: &Topology) -> String {
         ),
         EventBody::Netfilter(n) => format!("netfilter {}", n.hook),
         EventBody::Chain(c) => format!("{} {}/{} ({})", c.engine, c.table, c.chain, c.hook),
+    }
+}
+
+/// The container a hop's interface (or namespace) belongs to, if Docker named one.
+pub fn container<'a>(e: &Event, topo: &'a Topology) -> Option<&'a str> {
+    match &e.body {
+        EventBody::Tc(t) => topo.container_of(t.ifindex),
+        EventBody::Drop(d) => topo
+            .containers
+            .by_netns(u64::from(d.netns))
+            .or_else(|| topo.container_of(d.ifindex)),
+        _ => None,
     }
 }
 
@@ -163,6 +182,9 @@ struct JsonHop<'a> {
     #[serde(rename = "where")]
     place: String,
     what: String,
+    /// The Docker container whose interface or namespace this hop is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
     #[serde(flatten)]
     hop: &'a Hop,
 }
@@ -198,6 +220,7 @@ pub fn render_json(j: &Journey, topo: &Topology) -> String {
                 dt_ns: h.ts_ns.saturating_sub(prev),
                 place: place(&h.event, topo),
                 what: what(&h.event),
+                container: container(&h.event, topo),
                 hop: h,
             };
             prev = h.ts_ns;

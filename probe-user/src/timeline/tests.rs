@@ -292,3 +292,72 @@ fn memory_is_bounded() {
     assert_eq!(c.live(), 0);
     let _: Vec<IpAddr> = Vec::new();
 }
+
+#[test]
+fn docker_names_the_containers_veth_and_what_is_seen_inside() {
+    let mut t = topo();
+    t.containers.interfaces.insert(4, "web".into());
+    // The container's own eth0 (index 9 in its namespace), seen because probe attached to it
+    // before Docker moved it into the container.
+    t.containers.inside.insert(9, ("web".into(), "eth0".into()));
+    let syn_in = tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, TcpFlags::SYN);
+    let syn_out = tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, TcpFlags::SYN);
+    let j = one(vec![
+        tc(1_000, 2, Direction::Ingress, syn_in),
+        tc(41_000, 4, Direction::Egress, syn_out.clone()),
+        tc(42_000, 9, Direction::Ingress, syn_out),
+    ]);
+    let (outcome, text) = diagnose::diagnose(&j, &t);
+    assert_eq!(outcome, diagnose::Outcome::Delivered);
+    assert_eq!(
+        text,
+        "delivered to 172.17.0.2:80 (container web) through veth-web after DNAT \
+         203.0.113.1:8080 → 172.17.0.2:80"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render_json(&j, &t)).unwrap();
+    assert_eq!(json["hops"][0]["where"], "eth0 ingress");
+    assert!(json["hops"][0].get("container").is_none());
+    assert_eq!(json["hops"][1]["where"], "veth-web (container web) egress");
+    assert_eq!(json["hops"][1]["container"], "web");
+    assert_eq!(json["hops"][2]["where"], "eth0 in container web ingress");
+    assert_eq!(json["hops"][2]["container"], "web");
+    // Without Docker's names, the same journey reads as before.
+    let (_, plain) = diagnose::diagnose(&j, &topo());
+    assert!(
+        plain.starts_with("routed") || plain.starts_with("last seen"),
+        "{plain}"
+    );
+}
+
+#[test]
+fn drop_between_containers_names_both() {
+    let mut t = topo();
+    t.containers.interfaces.insert(4, "app".into());
+    t.containers
+        .addresses
+        .insert("172.17.0.3".parse().unwrap(), "db".into());
+    let syn = tcp("172.17.0.2", 40000, "172.17.0.3", 5432, 7, TcpFlags::SYN);
+    let j = one(vec![
+        tc(1_000, 4, Direction::Ingress, syn.clone()),
+        Event {
+            ts_ns: 2_000,
+            cpu: 0,
+            body: EventBody::Drop(DropSighting {
+                skb: 1,
+                reason_code: 6,
+                reason: Some("NETFILTER_DROP".into()),
+                location: 0,
+                location_sym: None,
+                ifindex: 3,
+                netns: 0,
+                packet: syn,
+            }),
+        },
+    ]);
+    let (outcome, text) = diagnose::diagnose(&j, &t);
+    assert_eq!(outcome, diagnose::Outcome::Dropped);
+    assert!(
+        text.ends_with("reason NETFILTER_DROP; container app → container db"),
+        "{text}"
+    );
+}
