@@ -74,7 +74,10 @@ fn admit_filtered(p: &PacketInfo) -> bool {
     if matches(&Fields::of(p)) {
         // The packet's first sighting remembers it and its connection; later ones find it.
         let known = packet.as_ref().map_or_else(
-            || flow.as_ref().is_some_and(|f| ADMITTED_FLOWS.get_ptr(f).is_some()),
+            || {
+                flow.as_ref()
+                    .is_some_and(|f| ADMITTED_FLOWS.get_ptr(f).is_some())
+            },
             |k| ADMITTED_PACKETS.get_ptr(k).is_some(),
         );
         if !known {

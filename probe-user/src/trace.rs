@@ -522,9 +522,16 @@ async fn stream(
                     }
                 }
                 // Only journeys quiet *after* everything already submitted was read may end:
-                // when probe falls behind, a packet's later sightings still wait in the ring.
+                // when probe falls behind, a packet's later sightings still wait in the ring,
+                // and its rule verdicts in the trace socket (the kernel queues them there as
+                // the rules run).
                 let now = crate::render::monotonic_now_ns();
                 if drain(ring.get_mut(), view, &mut out, &mut summary, limit)? {
+                    break;
+                }
+                if let Some(r) = session.rules.as_mut()
+                    && drain_rules(r, view, &mut out, &mut summary, limit)?
+                {
                     break;
                 }
                 let done = match view.timelines.as_mut() {
