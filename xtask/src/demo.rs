@@ -71,6 +71,12 @@ pub fn run(no_build: bool) -> anyhow::Result<()> {
         }
         story(&lab).with_context(|| format!("story {title}"))?;
     }
+    if color() {
+        println!("\n\x1b[1m== And for performance work: per-hop latency on the bridge ==\x1b[0m");
+    } else {
+        println!("\n== And for performance work: per-hop latency on the bridge ==");
+    }
+    bridge_latency(&lab).context("the latency chapter")?;
     drop(lab);
     println!("\nThe lab has been removed; nothing is left attached. Try it on your host:");
     println!(
@@ -79,8 +85,25 @@ pub fn run(no_build: bool) -> anyhow::Result<()> {
     println!(
         "  sudo target/debug/probe trace --rules --no-tc # which nftables/iptables rule decided"
     );
+    println!(
+        "  sudo target/debug/probe latency --iface 'veth*' # where bridge forwarding spends time"
+    );
     println!("  sudo target/debug/probe doctor                # what this kernel lets probe see");
     Ok(())
+}
+
+/// Arguments as a shell would need them typed: quoted where they hold spaces or globs.
+fn shell_words(args: &[&str]) -> String {
+    args.iter()
+        .map(|a| {
+            if a.contains([' ', '*', '?', '[', '\'', '"', '>', '<', '|', '&', ';']) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Bold titles on a terminal, plain text when piped or NO_COLOR is set.
@@ -100,7 +123,7 @@ fn observe(
 ) -> anyhow::Result<()> {
     let mut full = vec!["trace", "--netns", lab.host().name()];
     full.extend_from_slice(args);
-    println!("\n  $ probe {}", full.join(" "));
+    println!("\n  $ probe {}", shell_words(&full));
     let run = ProbeRun::start(&full)?;
     let result = traffic();
     let (stdout, _) = run.stop()?;
@@ -289,6 +312,60 @@ fn icc(lab: &HostLab) -> anyhow::Result<()> {
         "\n  Reading it: with br_netfilter, the bridged packet met filter/FORWARD and its docker0 →\n  \
          docker0 DROP rule; without it, the bridge forwarded veth-web → veth-db and iptables\n  \
          never saw the packet."
+    );
+    Ok(())
+}
+
+fn bridge_latency(lab: &HostLab) -> anyhow::Result<()> {
+    const N: usize = 500;
+    const PORT: u16 = 7400;
+    let db = lab.db().addr;
+    println!(
+        "`probe latency` measures in the kernel how long packets take between observation\n\
+         points, as histograms, with no event per packet. web sends {N} datagrams to db:{PORT}\n\
+         across docker0 (the bridge of the stories, icc rules gone)."
+    );
+    lab.icc_false(false)?;
+    let receiver = udp_listen(&lab.db().ns, db, PORT)?;
+    let sender = lab
+        .web()
+        .ns
+        .run(move || -> std::io::Result<std::net::UdpSocket> {
+            // Connected: each datagram gets its own IPv4 id, which is how probe tells them apart.
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+            s.connect((db, PORT))?;
+            Ok(s)
+        })??;
+    let mut buf = [0u8; 8];
+    sender.send(b"warm")?;
+    receiver.recv(&mut buf)?;
+    let filter = format!("udp port {PORT}");
+    let args = [
+        "latency",
+        "--netns",
+        lab.host().name(),
+        "--iface",
+        "veth-web,veth-db",
+        "--filter",
+        &filter,
+        "--interval",
+        "60",
+    ];
+    println!("\n  $ probe {}", shell_words(&args));
+    let run = ProbeRun::start(&args)?;
+    for i in 0..N {
+        sender.send(&(i as u32).to_be_bytes())?;
+        // One at a time, as a request/response service would: no queue builds up.
+        receiver.recv(&mut buf)?;
+    }
+    let (stdout, _) = run.stop()?;
+    for line in stdout.lines() {
+        println!("  {line}");
+    }
+    println!(
+        "\n  Reading it: every datagram entered the host at veth-web (ingress) and left at\n  \
+         veth-db (egress); the bridge forwarding between them took the time in the histogram.\n  \
+         Packets are told apart by IPv4 id and TCP sequence number, which NAT leaves alone."
     );
     Ok(())
 }
