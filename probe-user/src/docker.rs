@@ -348,11 +348,6 @@ fn inode(path: &std::path::Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.ino())
 }
 
-/// Inode of the calling thread's network namespace.
-pub fn own_netns() -> Option<u64> {
-    inode(std::path::Path::new("/proc/thread-self/ns/net"))
-}
-
 /// Puts container names on interfaces of the traced namespace (`own_links`, whose namespace
 /// inode is `own_netns`).
 pub fn resolve(containers: &[Container], own_netns: Option<u64>, own_links: &[Link]) -> Containers {
@@ -407,7 +402,7 @@ pub fn load(client: &Client) -> Result<Containers, DockerError> {
     let links = rtnl::Socket::request_socket()
         .and_then(|mut s| s.links())
         .unwrap_or_default();
-    Ok(resolve(&containers, own_netns(), &links))
+    Ok(resolve(&containers, crate::netns::own(), &links))
 }
 
 /// How long after a link appears probe keeps asking Docker (a container's veth exists a moment
@@ -584,7 +579,7 @@ mod tests {
 
     #[test]
     fn own_namespace_container_names_its_interfaces() {
-        let own = own_netns().unwrap();
+        let own = crate::netns::own().unwrap();
         let c = Container {
             id: "ab".into(),
             name: "inside".into(),

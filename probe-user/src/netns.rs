@@ -60,3 +60,25 @@ pub fn enter(spec: &str) -> Result<(), NetnsError> {
     }
     Ok(())
 }
+
+/// Namespaces `ip netns add` created, by inode (as drop events report them): their names.
+pub fn named() -> std::collections::BTreeMap<u64, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Default::default();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let ino = std::fs::metadata(e.path()).ok()?.ino();
+            Some((ino, e.file_name().to_str()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Inode of the calling thread's network namespace.
+pub fn own() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .ok()
+        .map(|m| m.ino())
+}

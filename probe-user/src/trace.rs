@@ -223,7 +223,11 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         renderer,
         names,
         docker,
-        netns: if opts.all_netns { None } else { own_netns() },
+        netns: if opts.all_netns {
+            None
+        } else {
+            crate::netns::own().and_then(|i| u32::try_from(i).ok())
+        },
         timelines,
         recorder,
         filter: opts.filter.clone().map(Follower::new),
@@ -277,14 +281,6 @@ struct RuleTracing {
     table: TraceTable,
 }
 
-/// Inode of this process's network namespace (as the kernel reports in drop events).
-fn own_netns() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata("/proc/self/ns/net")
-        .ok()
-        .and_then(|m| u32::try_from(m.ino()).ok())
-}
-
 /// Everything between a decoded event and the output.
 struct View {
     renderer: Renderer,
@@ -310,7 +306,11 @@ struct Timelines {
 
 /// Interfaces by role, bridge subnets and uplinks, for diagnoses.
 fn topology_of(links: &[rtnl::Link]) -> Topology {
-    let mut t = Topology::default();
+    let mut t = Topology {
+        own_netns: crate::netns::own().unwrap_or(0),
+        netns_names: crate::netns::named(),
+        ..Topology::default()
+    };
     for l in links {
         t.links.insert(
             l.index,

@@ -19,6 +19,12 @@ pub struct Topology {
     /// Docker's names for interfaces, namespaces and addresses (empty without Docker).
     #[serde(default)]
     pub containers: crate::docker::Containers,
+    /// Inode of the traced network namespace (0: unknown).
+    #[serde(default)]
+    pub own_netns: u64,
+    /// Names of namespaces made with `ip netns add`, by inode.
+    #[serde(default)]
+    pub netns_names: std::collections::BTreeMap<u64, String>,
 }
 
 impl Topology {

@@ -30,6 +30,13 @@ pub fn place(e: &Event, topo: &Topology) -> String {
             _ if topo.container_of(d.ifindex).is_some() => {
                 format!("drop on {}", topo.iface_label(d.ifindex))
             }
+            // Dropped in another namespace (--all-netns): name it, not its interface index.
+            _ if d.netns != 0 && topo.own_netns != 0 && u64::from(d.netns) != topo.own_netns => {
+                match topo.netns_names.get(&u64::from(d.netns)) {
+                    Some(name) => format!("drop in netns {name}"),
+                    None => format!("drop in netns {}", d.netns),
+                }
+            }
             _ => format!("drop on {}", name(d.ifindex)),
         },
         EventBody::Fib(f) => format!(

@@ -219,6 +219,33 @@ fn drop_names_the_rule() {
     assert!(text.ends_with("(reason NETFILTER_DROP)"), "{text}");
 }
 
+#[test]
+fn drop_in_another_namespace_is_placed_by_its_name() {
+    let p = tcp("10.0.0.2", 5000, "10.0.0.3", 80, 1, TcpFlags::SYN);
+    let drop = |netns| Event {
+        ts_ns: 5_000,
+        cpu: 0,
+        body: EventBody::Drop(DropSighting {
+            skb: 77,
+            reason_code: 2,
+            reason: Some("NO_SOCKET".into()),
+            location: 1,
+            location_sym: None,
+            ifindex: 2,
+            netns,
+            packet: p.clone(),
+        }),
+    };
+    let mut topo = topo();
+    topo.own_netns = 4026531840;
+    topo.netns_names.insert(4026532999, "lab-b".into());
+    let place = |netns| render::place(&drop(netns), &topo);
+    assert_eq!(place(4026532999), "drop in netns lab-b");
+    assert_eq!(place(4026533000), "drop in netns 4026533000");
+    // In the traced namespace its interface names it.
+    assert_eq!(place(4026531840), "drop on eth0");
+}
+
 fn fib(ts: u64, dst: &str, dport: u16, table: u32, dev: Option<&str>, err: i32) -> Event {
     Event {
         ts_ns: ts,
