@@ -664,4 +664,36 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn any_field_values_under_a_valid_header_never_panic() {
+        // Past the kind check: every event type with arbitrary contents (families, protocols,
+        // names without a NUL, reasons and hooks out of range), at its own size and longer.
+        use probe_common::{ChainEvent, DropEvent, FibEvent, FibRuleEvent, NfEvent, TcEvent, kind};
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let kinds = [
+            (kind::TC, size_of::<TcEvent>()),
+            (kind::DROP, size_of::<DropEvent>()),
+            (kind::FIB, size_of::<FibEvent>()),
+            (kind::NF, size_of::<NfEvent>()),
+            (kind::CHAIN, size_of::<ChainEvent>()),
+            (kind::FIB_RULE, size_of::<FibRuleEvent>()),
+        ];
+        for (k, size) in kinds {
+            for extra in [0, 8] {
+                for _ in 0..2000 {
+                    let mut buf: Vec<u8> = (0..size + extra)
+                        .map(|_| {
+                            seed ^= seed << 13;
+                            seed ^= seed >> 7;
+                            seed ^= seed << 17;
+                            seed as u8
+                        })
+                        .collect();
+                    buf[8..10].copy_from_slice(&k.to_ne_bytes());
+                    let _ = decode(&buf);
+                }
+            }
+        }
+    }
 }
