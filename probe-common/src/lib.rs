@@ -140,7 +140,8 @@ pub struct DropEvent {
     pub skb_addr: u64,
     /// Kernel text address of the caller that dropped it (symbolized in userspace).
     pub location: u64,
-    /// Inode number of the network namespace of the skb's device (as in /proc/PID/ns/net).
+    /// Inode number of the network namespace of the skb's device, or of its socket when it has
+    /// no device any more (as in /proc/PID/ns/net).
     pub netns_inum: u32,
     /// skb->dev->ifindex, 0 when the skb had no device.
     pub ifindex: u32,
@@ -323,11 +324,16 @@ pub struct KernelLayout {
     pub dev_nd_net: u16,
     // struct net
     pub net_ns_inum: u16,
+    // struct sk_buff's socket and the socket's namespace (struct sock_common)
+    pub skb_sk: u16,
+    pub sk_net: u16,
     // tracepoint skb:kfree_skb
     pub kfree_skbaddr: u16,
     pub kfree_location: u16,
     pub kfree_protocol: u16,
     pub kfree_reason: u16,
+    /// The receiving socket, when the drop happened on its way in (Linux 6.10+).
+    pub kfree_rx_sk: u16,
     // struct nf_hook_state
     pub nfstate_hook: u16,
     pub nfstate_pf: u16,
@@ -367,10 +373,13 @@ impl KernelLayout {
         dev_ifindex: ABSENT,
         dev_nd_net: ABSENT,
         net_ns_inum: ABSENT,
+        skb_sk: ABSENT,
+        sk_net: ABSENT,
         kfree_skbaddr: ABSENT,
         kfree_location: ABSENT,
         kfree_protocol: ABSENT,
         kfree_reason: ABSENT,
+        kfree_rx_sk: ABSENT,
         nfstate_hook: ABSENT,
         nfstate_pf: ABSENT,
         nfstate_in: ABSENT,
@@ -591,7 +600,7 @@ const _: () = assert!(size_of::<FibEvent>() == 112);
 const _: () = assert!(size_of::<NfEvent>() == 112);
 const _: () = assert!(size_of::<ChainEvent>() == 96);
 const _: () = assert!(size_of::<FibRuleEvent>() == 64);
-const _: () = assert!(size_of::<KernelLayout>() == 128);
+const _: () = assert!(size_of::<KernelLayout>() == 134);
 const _: () = assert!(size_of::<FilterInsn>() == 40);
 const _: () = assert!(size_of::<PacketKey>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 40);

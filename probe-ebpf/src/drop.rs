@@ -42,7 +42,8 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     let mut packet = PacketInfo::default();
     let dev = read_kernel::<u64>(skb, layout::get(|l| &l.skb_dev)).unwrap_or(0);
     let ifindex = skb::dev_ifindex(dev);
-    let netns_inum = skb::dev_netns(dev);
+    let rx_sk: u64 = field(ctx, layout::get(|l| &l.kfree_rx_sk)).unwrap_or(0);
+    let netns_inum = skb::netns(skb, dev, rx_sk);
     skb::read_packet(skb, protocol, &mut packet);
     if !filter::admit(&packet) {
         return Ok(());

@@ -39,6 +39,26 @@ pub fn dev_netns(dev: u64) -> u32 {
     }
 }
 
+/// Inode of the network namespace a packet is in: its device's, or, once the stack has let go
+/// of the device, that of the socket receiving it (`rx_sk`, when the caller knows one) or
+/// owning it (0 when none of them is known).
+#[inline(always)]
+pub fn netns(skb: u64, dev: u64, rx_sk: u64) -> u32 {
+    let from_dev = dev_netns(dev);
+    if from_dev != 0 {
+        return from_dev;
+    }
+    let sk = if rx_sk != 0 {
+        rx_sk
+    } else {
+        read_kernel::<u64>(skb, layout::get(|l| &l.skb_sk)).unwrap_or(0)
+    };
+    match read_kernel::<u64>(sk, layout::get(|l| &l.sk_net)) {
+        Ok(net) => read_kernel::<u32>(net, layout::get(|l| &l.net_ns_inum)).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
 /// EtherType for a netfilter protocol family (NFPROTO_IPV4 2, NFPROTO_IPV6 10).
 #[inline(always)]
 pub fn ethertype_of_pf(pf: u8) -> u16 {

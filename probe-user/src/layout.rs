@@ -29,6 +29,8 @@ pub fn from_btf(btf: &Btf, layout: &mut KernelLayout, missing: &mut Missing) {
     layout.dev_ifindex = member("net_device", "ifindex");
     layout.dev_nd_net = member("net_device", "nd_net.net");
     layout.net_ns_inum = member("net", "ns.inum");
+    layout.skb_sk = member("sk_buff", "sk");
+    layout.sk_net = member("sock", "__sk_common.skc_net.net");
     layout.nfstate_hook = member("nf_hook_state", "hook");
     layout.nfstate_pf = member("nf_hook_state", "pf");
     layout.nfstate_in = member("nf_hook_state", "in");
@@ -104,6 +106,7 @@ pub fn from_kfree_skb(format: &Format, layout: &mut KernelLayout) {
     layout.kfree_location = format.offset_or_absent("location");
     layout.kfree_protocol = format.offset_or_absent("protocol");
     layout.kfree_reason = format.offset_or_absent("reason");
+    layout.kfree_rx_sk = format.offset_or_absent("rx_sk");
 }
 
 /// Offsets of a fib/fib6 lookup record's fields (the two tracepoints name the gateway
