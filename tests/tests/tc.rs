@@ -336,12 +336,17 @@ fn attaches_to_interfaces_as_they_appear(iface_args: &[&str]) {
         ns.ip(&["addr", "add", addr, "dev", "veth1"]).unwrap();
         ns.ip(&["link", "set", "veth1", "up"]).unwrap();
     }
+    let receiver =
+        probe_lab::traffic::udp_listen(&lab.b, std::net::Ipv4Addr::new(10, 202, 0, 2), UDP_PORT)
+            .unwrap();
     lab.a
         .run(|| {
             let sock = UdpSocket::bind(("10.202.0.1", CLIENT_UDP_PORT)).unwrap();
             sock.send_to(b"new link", ("10.202.0.2", UDP_PORT)).unwrap();
         })
         .unwrap();
+    // The datagram waits for neighbour resolution before it leaves: stop only once it arrived.
+    receiver.recv(&mut [0u8; 16]).unwrap();
     let ifindex = lab.a.ifindex("veth1").unwrap();
     let (stdout, _) = run.stop().unwrap();
     let events = json_lines(&stdout).unwrap();
@@ -353,7 +358,7 @@ fn attaches_to_interfaces_as_they_appear(iface_args: &[&str]) {
         ("10.202.0.1", CLIENT_UDP_PORT),
         ("10.202.0.2", UDP_PORT),
     );
-    assert_eq!(seen.len(), 1, "{events:#?}");
+    assert_eq!(seen.len(), 1, "{seen:#?} in {events:#?}");
     assert_eq!(seen[0]["ifname"], "veth1");
 }
 
