@@ -7,7 +7,7 @@ use probe_lab::{
     HostLab, Netns, ProbeRun, TwoHosts,
     probe::json_lines,
     require_root,
-    traffic::{serve_tcp_once, tcp_exchange},
+    traffic::{serve_tcp_once, tcp_exchange, udp_listen},
 };
 use serde_json::Value;
 
@@ -43,6 +43,7 @@ fn packets_the_filter_turns_away_write_no_event() {
     ])
     .unwrap();
     let b_addr = lab.b_addr;
+    let receiver = udp_listen(&lab.b, b_addr, 9000).unwrap();
     lab.a
         .run(move || {
             let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
@@ -53,6 +54,9 @@ fn packets_the_filter_turns_away_write_no_event() {
             sock.send_to(b"kept", (b_addr, 9000)).unwrap();
         })
         .unwrap();
+    // Datagrams leave in order once the neighbour is resolved: the last one's arrival means
+    // every one of them went through veth0.
+    receiver.recv(&mut [0u8; 16]).unwrap();
     let (stdout, stderr) = run.stop().unwrap();
     let events = json_lines(&stdout).unwrap();
     let kept: Vec<&Value> = events
