@@ -387,6 +387,8 @@ fn filter_keeps_only_matching_packets() {
             })
             .unwrap();
     };
+    // The last datagram of each burst: once it arrived, both went through veth0.
+    let last = probe_lab::traffic::udp_listen(&lab.b, b_addr, 9001).unwrap();
     for mode in [&["--events"][..], &[][..]] {
         let mut args = trace_args(
             lab.a.name(),
@@ -396,6 +398,7 @@ fn filter_keeps_only_matching_packets() {
         args.extend_from_slice(mode);
         let run = ProbeRun::start(&args).unwrap();
         send(&lab);
+        last.recv(&mut [0u8; 16]).unwrap();
         let (stdout, _) = run.stop().unwrap();
         let lines = json_lines(&stdout).unwrap();
         assert!(!lines.is_empty(), "{mode:?}: nothing kept");
