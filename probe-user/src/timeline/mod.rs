@@ -16,6 +16,7 @@ mod render;
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     net::IpAddr,
 };
 
@@ -179,8 +180,62 @@ impl Journey {
     }
 }
 
-/// How many of the most recent journeys a sighting is compared with.
+/// How many of the most recent journeys a routing lookup is compared with.
 const SCAN_WINDOW: usize = 512;
+/// How many live journeys with one signature are remembered (the most recent): packets that
+/// carry no identity (UDP with IP id 0) share one signature, and only the latest can be next.
+const SIG_CANDIDATES: usize = 16;
+
+/// A fast hash for the correlator's small fixed-size keys (SipHash's resistance to chosen keys
+/// is not needed for packet headers it only groups, and costs a large share of each event).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.add(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Final avalanche (from splitmix64) so low bits depend on every input bit.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// Tuning of the correlator.
 #[derive(Clone, Copy, Debug)]
@@ -210,9 +265,11 @@ pub struct Correlator {
     next_id: u64,
     next_flow: u64,
     /// Flow ids by tuple (both directions, before and after rewrites).
-    flows: HashMap<Tuple, u64>,
+    flows: FastMap<Tuple, u64>,
     /// Journey id by skb address.
-    by_skb: HashMap<u64, u64>,
+    by_skb: FastMap<u64, u64>,
+    /// Ids of live journeys by signature, oldest first (at most [`SIG_CANDIDATES`]).
+    by_sig: FastMap<Signature, Vec<u64>>,
     /// Routing lookups not yet matched to a packet.
     lookups: VecDeque<Event>,
     finished: Vec<Journey>,
@@ -229,8 +286,9 @@ impl Correlator {
             live: VecDeque::new(),
             next_id: 1,
             next_flow: 1,
-            flows: HashMap::new(),
-            by_skb: HashMap::new(),
+            flows: FastMap::default(),
+            by_skb: FastMap::default(),
+            by_sig: FastMap::default(),
             lookups: VecDeque::new(),
             finished: Vec::new(),
             next_expire_ns: 0,
@@ -288,9 +346,15 @@ impl Correlator {
         self.expire(now);
     }
 
+    /// Where journey `id` is in the live set (kept in id order: journeys are appended as they
+    /// start and only ever removed).
+    fn index_of(&self, id: u64) -> Option<usize> {
+        self.live.binary_search_by_key(&id, |j| j.id).ok()
+    }
+
     fn find_by_skb(&self, skb: u64) -> Option<usize> {
         let id = *self.by_skb.get(&skb)?;
-        self.live.iter().position(|j| j.id == id && !j.ended)
+        self.index_of(id).filter(|&i| !self.live[i].ended)
     }
 
     fn find_by_signature(
@@ -301,13 +365,11 @@ impl Correlator {
         include_ended: bool,
     ) -> Option<usize> {
         let mut best = None;
-        // A packet's next sighting comes microseconds after the last one, so its journey is
-        // among the most recent: scanning a bounded window keeps each event O(1).
-        let window = self.live.len().saturating_sub(SCAN_WINDOW);
-        for (i, j) in self.live.iter().enumerate().skip(window).rev() {
-            if (j.ended && !include_ended)
-                || j.sig != Some(sig)
-                || now.saturating_sub(j.last_ns) > self.limits.linger_ns
+        // Candidates are indexed by signature, so each event costs O(1) whatever is in flight.
+        for &id in self.by_sig.get(&sig)?.iter().rev() {
+            let Some(i) = self.index_of(id) else { continue };
+            let j = &self.live[i];
+            if (j.ended && !include_ended) || now.saturating_sub(j.last_ns) > self.limits.linger_ns
             {
                 continue;
             }
@@ -369,6 +431,13 @@ impl Correlator {
                     i += 1;
                 }
             }
+        }
+        if let Some(sig) = sig {
+            let ids = self.by_sig.entry(sig).or_default();
+            if ids.len() >= SIG_CANDIDATES {
+                ids.remove(0);
+            }
+            ids.push(id);
         }
         self.live.push_back(j);
         let i = self.live.len() - 1;
@@ -532,6 +601,14 @@ impl Correlator {
         for skb in &j.skbs {
             if self.by_skb.get(skb) == Some(&j.id) {
                 self.by_skb.remove(skb);
+            }
+        }
+        if let Some(sig) = j.sig
+            && let Some(ids) = self.by_sig.get_mut(&sig)
+        {
+            ids.retain(|&id| id != j.id);
+            if ids.is_empty() {
+                self.by_sig.remove(&sig);
             }
         }
         // Rule verdicts may have come before the sightings around them were read: now that the
