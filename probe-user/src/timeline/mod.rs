@@ -184,7 +184,37 @@ impl Journey {
 const SCAN_WINDOW: usize = 512;
 /// How many live journeys with one signature are remembered (the most recent): packets that
 /// carry no identity (UDP with IP id 0) share one signature, and only the latest can be next.
-const SIG_CANDIDATES: usize = 16;
+const SIG_CANDIDATES: usize = 4;
+
+/// Ids of the live journeys with one signature, oldest first, stored inline (no allocation per
+/// journey).
+#[derive(Default, Clone, Copy)]
+struct SigIds {
+    len: u8,
+    ids: [u64; SIG_CANDIDATES],
+}
+
+impl SigIds {
+    fn as_slice(&self) -> &[u64] {
+        &self.ids[..self.len as usize]
+    }
+
+    fn push(&mut self, id: u64) {
+        if self.len as usize == SIG_CANDIDATES {
+            self.ids.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.ids[self.len as usize] = id;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(i) = self.as_slice().iter().position(|&x| x == id) {
+            self.ids.copy_within(i + 1..self.len as usize, i);
+            self.len -= 1;
+        }
+    }
+}
 
 /// A fast hash for the correlator's small fixed-size keys (SipHash's resistance to chosen keys
 /// is not needed for packet headers it only groups, and costs a large share of each event).
@@ -262,6 +292,8 @@ impl Default for Limits {
 pub struct Correlator {
     limits: Limits,
     live: VecDeque<Journey>,
+    /// The ids of `live`, in the same order: searched without touching the journeys.
+    live_ids: VecDeque<u64>,
     next_id: u64,
     next_flow: u64,
     /// Flow ids by tuple (both directions, before and after rewrites).
@@ -269,7 +301,7 @@ pub struct Correlator {
     /// Journey id by skb address.
     by_skb: FastMap<u64, u64>,
     /// Ids of live journeys by signature, oldest first (at most [`SIG_CANDIDATES`]).
-    by_sig: FastMap<Signature, Vec<u64>>,
+    by_sig: FastMap<Signature, SigIds>,
     /// Routing lookups not yet matched to a packet.
     lookups: VecDeque<Event>,
     finished: Vec<Journey>,
@@ -284,6 +316,7 @@ impl Correlator {
         Correlator {
             limits,
             live: VecDeque::new(),
+            live_ids: VecDeque::new(),
             next_id: 1,
             next_flow: 1,
             flows: FastMap::default(),
@@ -349,7 +382,7 @@ impl Correlator {
     /// Where journey `id` is in the live set (kept in id order: journeys are appended as they
     /// start and only ever removed).
     fn index_of(&self, id: u64) -> Option<usize> {
-        self.live.binary_search_by_key(&id, |j| j.id).ok()
+        self.live_ids.binary_search(&id).ok()
     }
 
     fn find_by_skb(&self, skb: u64) -> Option<usize> {
@@ -366,7 +399,7 @@ impl Correlator {
     ) -> Option<usize> {
         let mut best = None;
         // Candidates are indexed by signature, so each event costs O(1) whatever is in flight.
-        for &id in self.by_sig.get(&sig)?.iter().rev() {
+        for &id in self.by_sig.get(&sig)?.as_slice().iter().rev() {
             let Some(i) = self.index_of(id) else { continue };
             let j = &self.live[i];
             if (j.ended && !include_ended) || now.saturating_sub(j.last_ns) > self.limits.linger_ns
@@ -384,6 +417,7 @@ impl Correlator {
     fn start(&mut self, event: Event, tuple: Option<Tuple>, sig: Option<Signature>) {
         if self.live.len() >= self.limits.max_live
             && let Some(mut oldest) = self.live.pop_front()
+            && self.live_ids.pop_front().is_some()
         {
             oldest.evicted = true;
             self.finish(oldest);
@@ -433,13 +467,10 @@ impl Correlator {
             }
         }
         if let Some(sig) = sig {
-            let ids = self.by_sig.entry(sig).or_default();
-            if ids.len() >= SIG_CANDIDATES {
-                ids.remove(0);
-            }
-            ids.push(id);
+            self.by_sig.entry(sig).or_default().push(id);
         }
         self.live.push_back(j);
+        self.live_ids.push_back(id);
         let i = self.live.len() - 1;
         self.attach(i, event, tuple, false);
     }
@@ -585,6 +616,7 @@ impl Correlator {
         while i < self.live.len() {
             if now.saturating_sub(self.live[i].last_ns) > linger {
                 let j = self.live.remove(i).expect("index in range");
+                self.live_ids.remove(i);
                 self.finish(j);
             } else {
                 i += 1;
@@ -606,8 +638,8 @@ impl Correlator {
         if let Some(sig) = j.sig
             && let Some(ids) = self.by_sig.get_mut(&sig)
         {
-            ids.retain(|&id| id != j.id);
-            if ids.is_empty() {
+            ids.remove(j.id);
+            if ids.len == 0 {
                 self.by_sig.remove(&sig);
             }
         }
@@ -651,6 +683,7 @@ impl Correlator {
         while let Some(l) = self.lookups.pop_front() {
             self.standalone(l);
         }
+        self.live_ids.clear();
         while let Some(j) = self.live.pop_front() {
             self.finish(j);
         }
