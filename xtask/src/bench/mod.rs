@@ -93,7 +93,17 @@ pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
     let measured = throughput_rounds(&bin, &lab, &server, plan)?;
 
     let routed = loss::RoutedOut::new(&lab, PREFIX)?;
-    let loss = loss::search(&bin, &lab, &[], plan.loss_seconds, plan.bisections)?;
+    let mut losses = Vec::new();
+    for (mode, args) in [("timelines", &[][..]), ("--events", &["--events"][..])] {
+        losses.push(loss::search(
+            &bin,
+            &lab,
+            mode,
+            args,
+            plan.loss_seconds,
+            plan.bisections,
+        )?);
+    }
     drop(routed);
 
     let replays = replay_throughput(&bin, &lab, &server, plan)?;
@@ -112,7 +122,7 @@ pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
         load_before: busy_before,
         load_after: busy_after,
     };
-    report::write(&machine, plan, &measured, &loss, &replays)
+    report::write(&machine, plan, &measured, &losses, &replays)
 }
 
 fn throughput_rounds(

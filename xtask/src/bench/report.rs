@@ -35,7 +35,7 @@ fn markdown(
     machine: &Machine,
     plan: Plan,
     measured: &[Measured],
-    loss: &LossResult,
+    losses: &[LossResult],
     replays: &Replays,
 ) -> Result<String, std::fmt::Error> {
     let mut md = String::new();
@@ -86,37 +86,41 @@ fn markdown(
         }
     }
 
-    writeln!(md)?;
-    let lossless = loss.lossless_pps;
-    write!(
-        md,
-        "Loss: UDP from c1 routed by the lab host to a second bridge ({:.1} sightings per \
-         packet: tc on veth-c1, docker0, br-out, veth-out, a FIB lookup in each namespace), \
-         default ring buffer, timelines: no loss up to {:.0} k packets/s",
-        loss.sightings_per_packet,
-        lossless / 1e3
-    )?;
-    match loss.first_loss_pps {
-        Some(bad) => write!(md, "; events lost at {:.0} k packets/s", bad / 1e3)?,
-        None => write!(
+    for loss in losses {
+        writeln!(md)?;
+        let lossless = loss.lossless_pps;
+        write!(
             md,
-            ", the sender's maximum here ({:.0} k packets/s with probe running)",
-            loss.sender_max_pps / 1e3
-        )?,
-    }
-    writeln!(
-        md,
-        " (target {:.0} k: {}).",
-        super::loss::TARGET_PPS / 1e3,
-        if lossless >= super::loss::TARGET_PPS {
-            "met"
-        } else if loss.first_loss_pps.is_none() {
-            "not reached by the sender"
-        } else {
-            "missed"
+            "Loss: UDP from c1 routed by the lab host to a second bridge ({:.1} sightings per \
+         packet: tc ingress on veth-c1 and egress on veth-out, the routing lookups of the host and \
+         of the receiver), default ring buffer, {}: no loss up to {:.0} k packets/s ({:.2} M \
+         sightings/s)",
+            loss.sightings_per_packet,
+            loss.mode,
+            lossless / 1e3,
+            lossless * loss.sightings_per_packet / 1e6
+        )?;
+        match loss.first_loss_pps {
+            Some(bad) => write!(md, "; events lost at {:.0} k packets/s", bad / 1e3)?,
+            None => write!(
+                md,
+                ", the sender's maximum here ({:.0} k packets/s with probe running)",
+                loss.sender_max_pps / 1e3
+            )?,
         }
-    )?;
-
+        writeln!(
+            md,
+            " (target {:.0} k: {}).",
+            super::loss::TARGET_PPS / 1e3,
+            if lossless >= super::loss::TARGET_PPS {
+                "met"
+            } else if loss.first_loss_pps.is_none() {
+                "not reached by the sender"
+            } else {
+                "missed"
+            }
+        )?;
+    }
     writeln!(md)?;
     writeln!(
         md,
@@ -154,7 +158,7 @@ fn to_json(
     machine: &Machine,
     plan: Plan,
     measured: &[Measured],
-    loss: &LossResult,
+    losses: &[LossResult],
     replays: &Replays,
 ) -> serde_json::Value {
     json!({
@@ -185,7 +189,8 @@ fn to_json(
                 "ns_per_run": p.ns_per_run(),
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "loss": {
+        "loss": losses.iter().map(|loss| json!({
+            "mode": loss.mode,
             "sightings_per_packet": loss.sightings_per_packet,
             "lossless_pps": loss.lossless_pps,
             "first_loss_pps": loss.first_loss_pps,
@@ -197,7 +202,7 @@ fn to_json(
                 "events": t.events,
                 "lost": t.lost,
             })).collect::<Vec<_>>(),
-        },
+        })).collect::<Vec<_>>(),
         "replay": {
             "recorded_events": replays.recorded_events,
             "runs": replays.runs.iter().map(|(what, r)| json!({
@@ -216,11 +221,11 @@ pub fn write(
     machine: &Machine,
     plan: Plan,
     measured: &[Measured],
-    loss: &LossResult,
+    losses: &[LossResult],
     replays: &Replays,
 ) -> anyhow::Result<()> {
-    let md = markdown(machine, plan, measured, loss, replays)?;
-    let json = to_json(machine, plan, measured, loss, replays);
+    let md = markdown(machine, plan, measured, losses, replays)?;
+    let json = to_json(machine, plan, measured, losses, replays);
     let dir = crate::tasks::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let stem = if plan.rounds < 3 {
