@@ -70,17 +70,15 @@ impl std::fmt::Display for Tuple {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.proto {
             Transport::Tcp | Transport::Udp => {
-                let ep = |a: IpAddr, p: u16| match a {
-                    IpAddr::V6(v6) => format!("[{v6}]:{p}"),
-                    v4 => format!("{v4}:{p}"),
+                // Written piece by piece: no string per endpoint.
+                let ep = |f: &mut std::fmt::Formatter<'_>, a: IpAddr, p: u16| match a {
+                    IpAddr::V6(v6) => write!(f, "[{v6}]:{p}"),
+                    v4 => write!(f, "{v4}:{p}"),
                 };
-                write!(
-                    f,
-                    "{} {} > {}",
-                    self.proto,
-                    ep(self.src, self.sport),
-                    ep(self.dst, self.dport)
-                )
+                write!(f, "{} ", self.proto)?;
+                ep(f, self.src, self.sport)?;
+                f.write_str(" > ")?;
+                ep(f, self.dst, self.dport)
             }
             p => write!(f, "{p} {} > {}", self.src, self.dst),
         }
