@@ -215,12 +215,9 @@ fn note_outcome(observer: Observer, s: &process::Stopped, round: usize, m: &mut 
     }
     match observer {
         Observer::Probe(_) => {
-            if let Some(line) = s
-                .output
-                .iter()
-                .rev()
-                .find(|l| l.starts_with("probe: ") && l.contains("lost"))
-            {
+            if let Some(line) = s.output.iter().rev().find(|l| {
+                l.starts_with("probe: ") && (l.contains("none lost") || l.contains(" LOST because"))
+            }) {
                 last_round_only(m, line.trim_start_matches("probe: "));
             }
         }
