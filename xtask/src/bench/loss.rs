@@ -1,9 +1,10 @@
 //! Loss under load: the highest UDP packet rate at which probe's default ring buffer loses
-//! nothing while every packet is seen about six times. c1 sends to a namespace behind a second
-//! bridge, so the lab host routes each packet: tc ingress on veth-c1, the host's FIB lookups
-//! (the route, then the source check: three on this path), tc egress on veth-out, and the
-//! receiving namespace's own lookup (routing tracepoints are not limited to one namespace);
-//! that namespace then drops it (no socket). The count per packet is measured, not assumed.
+//! nothing while every packet is seen six times. c1 sends to a namespace behind a second bridge,
+//! so the lab host routes each packet: tc ingress on veth-c1 and docker0, the host's FIB lookup,
+//! tc egress on br-out and veth-out, and the receiving namespace's own lookup (routing
+//! tracepoints are not limited to one namespace).
+//! There a socket that is never read takes the packets (and drops them once its buffer is full)
+//! so no port-unreachable replies add sightings. The count per packet is measured, not assumed.
 
 use std::{
     net::{Ipv4Addr, UdpSocket},
@@ -18,14 +19,15 @@ use probe_lab::{BridgeLab, Netns, topology::sysctl};
 use super::process::{Ready, Running};
 
 const OUT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-/// The discard port; nothing listens, so the receiving namespace drops every packet.
+/// The discard port, where a socket that is never read sits.
 const PORT: u16 = 9;
-pub const IFACES: &str = "veth-c1,veth-out";
+pub const IFACES: &str = "veth-c1,docker0,br-out,veth-out";
 /// The target: 200 k packets/s without loss.
 pub const TARGET_PPS: f64 = 200_000.0;
 
 /// The routed second network: `br-out` (10.99.0.1/24) in the lab host and a namespace on it.
 pub struct RoutedOut {
+    _sink: UdpSocket,
     _out: Netns,
 }
 
@@ -56,7 +58,11 @@ impl RoutedOut {
         out.ip(&["link", "set", "eth0", "up"])?;
         out.ip(&["route", "add", "default", "via", "10.99.0.1"])?;
         sysctl(host, "net.ipv4.ip_forward", "1")?;
-        Ok(Self { _out: out })
+        let sink = out.run(|| UdpSocket::bind((OUT_ADDR, PORT)))??;
+        Ok(Self {
+            _sink: sink,
+            _out: out,
+        })
     }
 }
 

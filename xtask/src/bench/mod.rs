@@ -279,6 +279,8 @@ fn iperf(lab: &BridgeLab, server: &str, seconds: u32) -> anyhow::Result<f64> {
 /// the file), then with rendering, then events only.
 pub struct Replays {
     pub recorded_events: u64,
+    /// A replay of a recording with no events: start-up, subtracted from the others.
+    pub startup: replay::ReplayRun,
     pub runs: Vec<(&'static str, replay::ReplayRun)>,
 }
 
@@ -292,7 +294,13 @@ fn replay_throughput(
     let small = dir.join(format!("probe-bench-{}.rec", std::process::id()));
     let big = dir.join(format!("probe-bench-{}-long.rec", std::process::id()));
     let quarter = dir.join(format!("probe-bench-{}-quarter.rec", std::process::id()));
-    let _cleanup = RemoveOnDrop(vec![small.clone(), big.clone(), quarter.clone()]);
+    let empty = dir.join(format!("probe-bench-{}-empty.rec", std::process::id()));
+    let _cleanup = RemoveOnDrop(vec![
+        small.clone(),
+        big.clone(),
+        quarter.clone(),
+        empty.clone(),
+    ]);
     let mut cmd = std::process::Command::new(bin);
     cmd.args(["trace", "--netns", lab.host.name()])
         .args(["--iface", "veth-c1,veth-c2", "--events", "--record"])
@@ -302,7 +310,9 @@ fn replay_throughput(
     run.stop()?;
     let (n_quarter, recorded_events) = replay::enlarge(&small, &quarter, plan.replay_events / 4)?;
     let (n_big, _) = replay::enlarge(&small, &big, plan.replay_events)?;
+    replay::enlarge(&small, &empty, 0)?;
     let filter = ["--filter", observers::MATCHES_NOTHING];
+    let startup = replay::time(bin, &empty, &filter, 0)?;
     let runs = vec![
         (
             "decode + correlate (timelines built, none rendered), quarter length",
@@ -323,6 +333,7 @@ fn replay_throughput(
     ];
     Ok(Replays {
         recorded_events,
+        startup,
         runs,
     })
 }

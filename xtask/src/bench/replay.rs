@@ -19,12 +19,23 @@ const COPY_GAP_NS: u64 = 10_000_000_000;
 /// How a recording was replayed.
 pub struct ReplayRun {
     pub events: u64,
-    /// Events per CPU-second (user + system) of the replaying process: its one-core speed,
-    /// insensitive to other processes on a shared machine.
-    pub per_cpu_second: f64,
-    /// Events per wall-clock second, start-up included.
-    pub per_wall_second: f64,
+    /// CPU time (user + system) of the replaying process: its one-core cost, insensitive to
+    /// other processes on a shared machine.
+    pub cpu_s: f64,
+    pub wall_s: f64,
     pub peak_rss_kib: u64,
+}
+
+impl ReplayRun {
+    /// Events per CPU-second, without the CPU time of `startup` (a replay of no events).
+    pub fn per_cpu_second(&self, startup: &ReplayRun) -> f64 {
+        self.events as f64 / (self.cpu_s - startup.cpu_s).max(1e-6)
+    }
+
+    /// Events per wall-clock second, without the wall time of `startup`.
+    pub fn per_wall_second(&self, startup: &ReplayRun) -> f64 {
+        self.events as f64 / (self.wall_s - startup.wall_s).max(1e-6)
+    }
 }
 
 /// Writes `out`: the recording `small` with its events repeated until there are at least
@@ -106,8 +117,8 @@ pub fn time(bin: &Path, file: &Path, args: &[&str], events: u64) -> anyhow::Resu
     let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
     Ok(ReplayRun {
         events,
-        per_cpu_second: events as f64 / cpu.max(1e-9),
-        per_wall_second: events as f64 / wall,
+        cpu_s: cpu,
+        wall_s: wall,
         peak_rss_kib: usage.ru_maxrss as u64,
     })
 }

@@ -92,8 +92,8 @@ fn markdown(
         write!(
             md,
             "Loss: UDP from c1 routed by the lab host to a second bridge ({:.1} sightings per \
-         packet: tc ingress on veth-c1 and egress on veth-out, the routing lookups of the host and \
-         of the receiver), default ring buffer, {}: no loss up to {:.0} k packets/s ({:.2} M \
+         packet: tc ingress on veth-c1 and docker0, egress on br-out and veth-out, the routing \
+         lookups of the host and of the receiver), default ring buffer, {}: no loss up to {:.0} k packets/s ({:.2} M \
          sightings/s)",
             loss.sightings_per_packet,
             loss.mode,
@@ -139,11 +139,16 @@ fn markdown(
             md,
             "| {what} | {} | {:.2} | {:.2} | {:.1} |",
             r.events,
-            r.per_cpu_second / 1e6,
-            r.per_wall_second / 1e6,
+            r.per_cpu_second(&replays.startup) / 1e6,
+            r.per_wall_second(&replays.startup) / 1e6,
             r.peak_rss_kib as f64 / 1024.0
         )?;
     }
+    writeln!(
+        md,
+        "\nReplay rates leave out start-up (a replay of no events: {:.3} s CPU, {:.3} s wall).",
+        replays.startup.cpu_s, replays.startup.wall_s
+    )?;
     writeln!(
         md,
         "\nMachine: {} cores ({}), kernel {}; load average {} before, {} after. {} rounds of {} s \
@@ -211,11 +216,15 @@ fn to_json(
         })).collect::<Vec<_>>(),
         "replay": {
             "recorded_events": replays.recorded_events,
+            "startup_cpu_s": replays.startup.cpu_s,
+            "startup_wall_s": replays.startup.wall_s,
             "runs": replays.runs.iter().map(|(what, r)| json!({
                 "what": what,
                 "events": r.events,
-                "events_per_cpu_second": r.per_cpu_second,
-                "events_per_wall_second": r.per_wall_second,
+                "cpu_s": r.cpu_s,
+                "wall_s": r.wall_s,
+                "events_per_cpu_second": r.per_cpu_second(&replays.startup),
+                "events_per_wall_second": r.per_wall_second(&replays.startup),
                 "peak_rss_kib": r.peak_rss_kib,
             })).collect::<Vec<_>>(),
         },
