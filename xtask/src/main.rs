@@ -68,6 +68,12 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run a command and print its CPU seconds, wall seconds and peak RSS (used by the bench).
+    #[command(hide = true)]
+    BenchRusage {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run a command (default `probe doctor`) inside a stock Debian kernel under qemu, with
     /// probe and the network tools packed in.
     #[command(after_help = "Examples:\n  \
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         Task::Test { args } => tasks::test(&args),
         Task::Lab { action } => lab::run(action),
         Task::Bench { no_build, quick } => bench::run(no_build, quick),
+        Task::BenchRusage { command } => bench::rusage(&command),
         Task::Vm {
             kernel,
             tests,

@@ -12,6 +12,8 @@ mod progs;
 mod replay;
 mod report;
 
+pub use replay::rusage;
+
 use std::{io::BufRead as _, path::Path, process::Stdio};
 
 use anyhow::{Context as _, bail, ensure};

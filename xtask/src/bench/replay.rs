@@ -95,30 +95,59 @@ pub fn enlarge(small: &Path, out: &Path, want: u64) -> anyhow::Result<(u64, u64)
 }
 
 /// Replays `file` with `args` (after `replay FILE`) to /dev/null and measures it.
+///
+/// The replay is started by a fresh `xtask bench-rusage` process, not by this one: a child
+/// spawned with a shared address space (posix_spawn) inherits its parent's peak resident size
+/// at exec, so the bench's own memory would show as the replay's.
 pub fn time(bin: &Path, file: &Path, args: &[&str], events: u64) -> anyhow::Result<ReplayRun> {
-    let start = Instant::now();
-    let child = Command::new(bin)
+    let out = Command::new(std::env::current_exe()?)
+        .arg("bench-rusage")
+        .arg("--")
+        .arg(bin)
         .arg("replay")
         .arg(file)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot start the replay")?;
+    ensure!(out.status.success(), "the replay failed ({})", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = text.split_whitespace().map(str::parse::<f64>);
+    let (Some(Ok(cpu_s)), Some(Ok(wall_s)), Some(Ok(rss))) =
+        (fields.next(), fields.next(), fields.next())
+    else {
+        bail!("unexpected output from bench-rusage: {text:?}");
+    };
+    Ok(ReplayRun {
+        events,
+        cpu_s,
+        wall_s,
+        peak_rss_kib: rss as u64,
+    })
+}
+
+/// `xtask bench-rusage -- CMD ARGS...`: runs CMD with its output discarded and prints its CPU
+/// seconds (user + system), wall seconds and peak resident KiB.
+pub fn rusage(command: &[String]) -> anyhow::Result<()> {
+    let (program, args) = command.split_first().context("no command")?;
+    let start = Instant::now();
+    let child = Command::new(program)
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("cannot start probe replay")?;
+        .with_context(|| format!("cannot start {program}"))?;
     let pid = child.id() as libc::pid_t;
     let mut status = 0;
     // SAFETY: rusage is plain data; wait4 on our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    ensure!(rc == pid, "waiting for the replay failed");
-    ensure!(status == 0, "the replay failed (status {status})");
+    ensure!(rc == pid, "waiting for {program} failed");
+    ensure!(status == 0, "{program} failed (status {status})");
     let wall = start.elapsed().as_secs_f64();
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     let cpu = tv(usage.ru_utime) + tv(usage.ru_stime);
-    Ok(ReplayRun {
-        events,
-        cpu_s: cpu,
-        wall_s: wall,
-        peak_rss_kib: usage.ru_maxrss as u64,
-    })
+    println!("{cpu:.6} {wall:.6} {}", usage.ru_maxrss);
+    Ok(())
 }
