@@ -38,6 +38,7 @@ pub enum DecodeError {
 }
 
 /// Decodes one event exactly as a kernel program wrote it.
+#[inline]
 pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let header_len = size_of::<EventHeader>();
     if buf.len() < header_len {

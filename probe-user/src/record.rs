@@ -209,6 +209,8 @@ pub struct RecordReader<R: Read> {
     offset: u64,
     pub meta: Metadata,
     names: Names,
+    /// The current record's payload, reused from record to record.
+    payload: Vec<u8>,
 }
 
 impl<R: Read> RecordReader<R> {
@@ -258,6 +260,7 @@ impl<R: Read> RecordReader<R> {
             offset,
             meta,
             names,
+            payload: Vec::new(),
         })
     }
 
@@ -280,8 +283,10 @@ impl<R: Read> RecordReader<R> {
                     detail: format!("length {len}"),
                 });
             }
-            let mut payload = vec![0u8; len as usize];
-            read_exact(&mut self.input, &mut payload, &mut self.offset, "a record")?;
+            let payload = &mut self.payload;
+            payload.resize(len as usize, 0);
+            read_exact(&mut self.input, payload, &mut self.offset, "a record")?;
+            let payload = &self.payload;
             let corrupt = |detail: String| RecordError::Corrupt {
                 what: "record",
                 offset: at,
@@ -289,13 +294,13 @@ impl<R: Read> RecordReader<R> {
             };
             match kind[0] {
                 KIND_RAW => {
-                    let mut event = decode::decode(&payload).map_err(|e| corrupt(e.to_string()))?;
+                    let mut event = decode::decode(payload).map_err(|e| corrupt(e.to_string()))?;
                     self.names.enrich(&mut event);
                     return Ok(Some(event));
                 }
                 KIND_RULE => {
                     let rec: RecordedRule =
-                        serde_json::from_slice(&payload).map_err(|e| corrupt(e.to_string()))?;
+                        serde_json::from_slice(payload).map_err(|e| corrupt(e.to_string()))?;
                     return Ok(Some(rec.into_event()));
                 }
                 KIND_SYMBOL => {

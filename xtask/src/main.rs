@@ -64,6 +64,15 @@ enum Task {
     Bench {
         #[arg(long, hide = true)]
         no_build: bool,
+        /// One short round of everything, to check the bench itself (figures are not kept).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Run a command and print its CPU seconds, wall seconds and peak RSS (used by the bench).
+    #[command(hide = true)]
+    BenchRusage {
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Run a command (default `probe doctor`) inside a stock Debian kernel under qemu, with
     /// probe and the network tools packed in.
@@ -98,7 +107,8 @@ fn main() -> ExitCode {
         Task::Demo { no_build } => demo::run(no_build),
         Task::Test { args } => tasks::test(&args),
         Task::Lab { action } => lab::run(action),
-        Task::Bench { no_build } => bench::run(no_build),
+        Task::Bench { no_build, quick } => bench::run(no_build, quick),
+        Task::BenchRusage { command } => bench::rusage(&command),
         Task::Vm {
             kernel,
             tests,

@@ -27,13 +27,17 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Commands the tests, the demo and the lab call, and the Debian packages that provide them.
+/// Commands the tests, the demo, the lab and the bench call, and the Debian packages that
+/// provide them.
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("tc", "iproute2"),
     ("iptables", "iptables"),
     ("nft", "nftables"),
     ("iperf3", "iperf3"),
+    // What `cargo xtask bench` compares probe with.
+    ("tcpdump", "tcpdump"),
+    ("bpftrace", "bpftrace"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
 ];

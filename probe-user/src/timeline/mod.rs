@@ -17,6 +17,7 @@ mod tally;
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
     net::IpAddr,
 };
 
@@ -71,17 +72,15 @@ impl std::fmt::Display for Tuple {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.proto {
             Transport::Tcp | Transport::Udp => {
-                let ep = |a: IpAddr, p: u16| match a {
-                    IpAddr::V6(v6) => format!("[{v6}]:{p}"),
-                    v4 => format!("{v4}:{p}"),
+                // Written piece by piece: no string per endpoint.
+                let ep = |f: &mut std::fmt::Formatter<'_>, a: IpAddr, p: u16| match a {
+                    IpAddr::V6(v6) => write!(f, "[{v6}]:{p}"),
+                    v4 => write!(f, "{v4}:{p}"),
                 };
-                write!(
-                    f,
-                    "{} {} > {}",
-                    self.proto,
-                    ep(self.src, self.sport),
-                    ep(self.dst, self.dport)
-                )
+                write!(f, "{} ", self.proto)?;
+                ep(f, self.src, self.sport)?;
+                f.write_str(" > ")?;
+                ep(f, self.dst, self.dport)
             }
             p => write!(f, "{p} {} > {}", self.src, self.dst),
         }
@@ -181,8 +180,92 @@ impl Journey {
     }
 }
 
-/// How many of the most recent journeys a sighting is compared with.
+/// How many of the most recent journeys a routing lookup is compared with.
 const SCAN_WINDOW: usize = 512;
+/// How many live journeys with one signature are remembered (the most recent): packets that
+/// carry no identity (UDP with IP id 0) share one signature, and only the latest can be next.
+const SIG_CANDIDATES: usize = 4;
+
+/// Ids of the live journeys with one signature, oldest first, stored inline (no allocation per
+/// journey).
+#[derive(Default, Clone, Copy)]
+struct SigIds {
+    len: u8,
+    ids: [u64; SIG_CANDIDATES],
+}
+
+impl SigIds {
+    fn as_slice(&self) -> &[u64] {
+        &self.ids[..self.len as usize]
+    }
+
+    fn push(&mut self, id: u64) {
+        if self.len as usize == SIG_CANDIDATES {
+            self.ids.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.ids[self.len as usize] = id;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(i) = self.as_slice().iter().position(|&x| x == id) {
+            self.ids.copy_within(i + 1..self.len as usize, i);
+            self.len -= 1;
+        }
+    }
+}
+
+/// A fast hash for the correlator's small fixed-size keys (SipHash's resistance to chosen keys
+/// is not needed for packet headers it only groups, and costs a large share of each event).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.add(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Final avalanche (from splitmix64) so low bits depend on every input bit.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// Tuning of the correlator.
 #[derive(Clone, Copy, Debug)]
@@ -209,12 +292,16 @@ impl Default for Limits {
 pub struct Correlator {
     limits: Limits,
     live: VecDeque<Journey>,
+    /// The ids of `live`, in the same order: searched without touching the journeys.
+    live_ids: VecDeque<u64>,
     next_id: u64,
     next_flow: u64,
     /// Flow ids by tuple (both directions, before and after rewrites).
-    flows: HashMap<Tuple, u64>,
+    flows: FastMap<Tuple, u64>,
     /// Journey id by skb address.
-    by_skb: HashMap<u64, u64>,
+    by_skb: FastMap<u64, u64>,
+    /// Ids of live journeys by signature, oldest first (at most [`SIG_CANDIDATES`]).
+    by_sig: FastMap<Signature, SigIds>,
     /// Routing lookups not yet matched to a packet.
     lookups: VecDeque<Event>,
     finished: Vec<Journey>,
@@ -229,10 +316,12 @@ impl Correlator {
         Correlator {
             limits,
             live: VecDeque::new(),
+            live_ids: VecDeque::new(),
             next_id: 1,
             next_flow: 1,
-            flows: HashMap::new(),
-            by_skb: HashMap::new(),
+            flows: FastMap::default(),
+            by_skb: FastMap::default(),
+            by_sig: FastMap::default(),
             lookups: VecDeque::new(),
             finished: Vec::new(),
             next_expire_ns: 0,
@@ -290,9 +379,15 @@ impl Correlator {
         self.expire(now);
     }
 
+    /// Where journey `id` is in the live set (kept in id order: journeys are appended as they
+    /// start and only ever removed).
+    fn index_of(&self, id: u64) -> Option<usize> {
+        self.live_ids.binary_search(&id).ok()
+    }
+
     fn find_by_skb(&self, skb: u64) -> Option<usize> {
         let id = *self.by_skb.get(&skb)?;
-        self.live.iter().position(|j| j.id == id && !j.ended)
+        self.index_of(id).filter(|&i| !self.live[i].ended)
     }
 
     fn find_by_signature(
@@ -303,13 +398,11 @@ impl Correlator {
         include_ended: bool,
     ) -> Option<usize> {
         let mut best = None;
-        // A packet's next sighting comes microseconds after the last one, so its journey is
-        // among the most recent: scanning a bounded window keeps each event O(1).
-        let window = self.live.len().saturating_sub(SCAN_WINDOW);
-        for (i, j) in self.live.iter().enumerate().skip(window).rev() {
-            if (j.ended && !include_ended)
-                || j.sig != Some(sig)
-                || now.saturating_sub(j.last_ns) > self.limits.linger_ns
+        // Candidates are indexed by signature, so each event costs O(1) whatever is in flight.
+        for &id in self.by_sig.get(&sig)?.as_slice().iter().rev() {
+            let Some(i) = self.index_of(id) else { continue };
+            let j = &self.live[i];
+            if (j.ended && !include_ended) || now.saturating_sub(j.last_ns) > self.limits.linger_ns
             {
                 continue;
             }
@@ -324,6 +417,7 @@ impl Correlator {
     fn start(&mut self, event: Event, tuple: Option<Tuple>, sig: Option<Signature>) {
         if self.live.len() >= self.limits.max_live
             && let Some(mut oldest) = self.live.pop_front()
+            && self.live_ids.pop_front().is_some()
         {
             oldest.evicted = true;
             self.finish(oldest);
@@ -372,7 +466,11 @@ impl Correlator {
                 }
             }
         }
+        if let Some(sig) = sig {
+            self.by_sig.entry(sig).or_default().push(id);
+        }
         self.live.push_back(j);
+        self.live_ids.push_back(id);
         let i = self.live.len() - 1;
         self.attach(i, event, tuple, false);
     }
@@ -518,6 +616,7 @@ impl Correlator {
         while i < self.live.len() {
             if now.saturating_sub(self.live[i].last_ns) > linger {
                 let j = self.live.remove(i).expect("index in range");
+                self.live_ids.remove(i);
                 self.finish(j);
             } else {
                 i += 1;
@@ -534,6 +633,14 @@ impl Correlator {
         for skb in &j.skbs {
             if self.by_skb.get(skb) == Some(&j.id) {
                 self.by_skb.remove(skb);
+            }
+        }
+        if let Some(sig) = j.sig
+            && let Some(ids) = self.by_sig.get_mut(&sig)
+        {
+            ids.remove(j.id);
+            if ids.len == 0 {
+                self.by_sig.remove(&sig);
             }
         }
         // Rule verdicts may have come before the sightings around them were read: now that the
@@ -576,6 +683,7 @@ impl Correlator {
         while let Some(l) = self.lookups.pop_front() {
             self.standalone(l);
         }
+        self.live_ids.clear();
         while let Some(j) = self.live.pop_front() {
             self.finish(j);
         }

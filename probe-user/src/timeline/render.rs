@@ -1,6 +1,8 @@
 //! Timelines for people (a block per packet, a row per hop, a diagnosis) and for programs
 //! (JSON Lines, schema `probe.timeline/1`, documented in docs/timeline-schema.md).
 
+use std::fmt::Write as _;
+
 use serde::Serialize;
 
 use super::{
@@ -13,6 +15,38 @@ use crate::{
 };
 
 pub const SCHEMA: &str = "probe.timeline/1";
+
+/// Where a hop happened, written into `out` (the common cases without allocating).
+fn write_place(out: &mut String, e: &Event, topo: &Topology) {
+    let name = |out: &mut String, i: u32| match topo.links.get(&i) {
+        Some((n, _)) => out.push_str(n),
+        None if i == 0 => out.push('-'),
+        None => {
+            let _ = write!(out, "if{i}");
+        }
+    };
+    match &e.body {
+        EventBody::Tc(t) => {
+            name(out, t.ifindex);
+            out.push(' ');
+            out.push_str(t.direction.as_str());
+        }
+        EventBody::Drop(d) => {
+            out.push_str("drop on ");
+            name(out, d.ifindex);
+        }
+        EventBody::Fib(f) => {
+            out.push_str("route table ");
+            match &f.table_name {
+                Some(n) => out.push_str(n),
+                None => {
+                    let _ = write!(out, "{}", f.table);
+                }
+            }
+        }
+        _ => out.push_str(&place(e, topo)),
+    }
+}
 
 /// Where a hop happened, in the namespace's own terms.
 pub fn place(e: &Event, topo: &Topology) -> String {
@@ -119,19 +153,27 @@ pub(super) fn rewrite_note(r: &Rewrite) -> String {
     }
 }
 
-fn fmt_ns(ns: u64) -> String {
-    if ns >= 10_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
+fn fmt_ns(out: &mut String, ns: u64) {
+    let _ = if ns >= 10_000_000 {
+        write!(out, "{:.1}ms", ns as f64 / 1e6)
     } else {
-        format!("{:.3}ms", ns as f64 / 1e6)
-    }
+        write!(out, "{:.3}ms", ns as f64 / 1e6)
+    };
 }
 
-fn fmt_delta(ns: u64) -> String {
-    if ns >= 1_000_000 {
-        format!("{:.1}ms", ns as f64 / 1e6)
+fn fmt_delta(out: &mut String, ns: u64) {
+    let _ = if ns >= 1_000_000 {
+        write!(out, "{:.1}ms", ns as f64 / 1e6)
     } else {
-        format!("{}µs", ns / 1000)
+        write!(out, "{}µs", ns / 1000)
+    };
+}
+
+/// Appends `text` to `out`, then spaces up to `width` characters.
+fn push_padded(out: &mut String, text: &str, width: usize) {
+    out.push_str(text);
+    for _ in text.chars().count()..width {
+        out.push(' ');
     }
 }
 
@@ -143,23 +185,30 @@ pub fn render_text(j: &Journey, topo: &Topology, color: bool) -> String {
         .first
         .map(|t: Tuple| t.to_string())
         .unwrap_or_else(|| "routing lookup".to_owned());
-    let mut s = format!("packet {} (flow {}) {head}\n", j.id, j.flow);
+    let mut s = String::with_capacity(128 * (j.hops.len() + 2));
+    let _ = writeln!(s, "packet {} (flow {}) {head}", j.id, j.flow);
     let mut prev = start;
+    // One scratch string for the padded columns, reused across hops.
+    let mut cell = String::with_capacity(64);
     for (i, h) in j.hops.iter().enumerate() {
-        let note = j
-            .rewrites
-            .iter()
-            .find(|r| r.at_hop == i)
-            .map(|r| format!("   ({})", rewrite_note(r)))
-            .unwrap_or_default();
-        let mark = if h.inferred { "~" } else { " " };
-        s.push_str(&format!(
-            "  {mark}+{:<9} Δ{:<8} {:<30} {}{note}\n",
-            fmt_ns(h.ts_ns.saturating_sub(start)),
-            fmt_delta(h.ts_ns.saturating_sub(prev)),
-            place(&h.event, topo),
-            what(&h.event),
-        ));
+        s.push_str(if h.inferred { "  ~+" } else { "   +" });
+        cell.clear();
+        fmt_ns(&mut cell, h.ts_ns.saturating_sub(start));
+        push_padded(&mut s, &cell, 9);
+        s.push_str(" Δ");
+        cell.clear();
+        fmt_delta(&mut cell, h.ts_ns.saturating_sub(prev));
+        push_padded(&mut s, &cell, 8);
+        s.push(' ');
+        cell.clear();
+        write_place(&mut cell, &h.event, topo);
+        push_padded(&mut s, &cell, 30);
+        s.push(' ');
+        s.push_str(&what(&h.event));
+        if let Some(r) = j.rewrites.iter().find(|r| r.at_hop == i) {
+            let _ = write!(s, "   ({})", rewrite_note(r));
+        }
+        s.push('\n');
         prev = h.ts_ns;
     }
     let (on, off) = if color {
@@ -177,7 +226,7 @@ pub fn render_text(j: &Journey, topo: &Topology, color: bool) -> String {
     } else {
         ""
     };
-    s.push_str(&format!("  => {on}{diagnosis}{off}{evicted}\n"));
+    let _ = writeln!(s, "  => {on}{diagnosis}{off}{evicted}");
     s
 }
 
