@@ -5,7 +5,7 @@
 //! admitted by a lookup. A packet nobody admitted costs its parse and the evaluation, and
 //! writes no event.
 
-use aya_ebpf::{macros::map, maps::LruHashMap};
+use aya_ebpf::{bindings::BPF_F_NO_COMMON_LRU, macros::map, maps::LruHashMap};
 use probe_common::{
     FlowKey, MAX_FILTER_INSNS, PacketInfo, PacketKey, counter, family, filter_dir, filter_op,
 };
@@ -14,11 +14,13 @@ use crate::{config, maps};
 
 /// Packets admitted recently (userspace shrinks these maps when no filter is set).
 #[map(name = "ADMITTED_PACKETS")]
-static ADMITTED_PACKETS: LruHashMap<PacketKey, u8> = LruHashMap::with_max_entries(16384, 0);
+static ADMITTED_PACKETS: LruHashMap<PacketKey, u8> =
+    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU as u32);
 
 /// Connections admitted recently, each direction under its own key.
 #[map(name = "ADMITTED_FLOWS")]
-static ADMITTED_FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(16384, 0);
+static ADMITTED_FLOWS: LruHashMap<FlowKey, u8> =
+    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU as u32);
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;

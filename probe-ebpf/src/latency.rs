@@ -4,6 +4,7 @@
 //! written; userspace reads the histograms.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
     maps::{LruHashMap, PerCpuHashMap},
 };
@@ -14,7 +15,7 @@ use crate::filter;
 /// Where each packet in flight was seen last.
 #[map(name = "LAST_SEEN")]
 static LAST_SEEN: LruHashMap<probe_common::PacketKey, LastSeen> =
-    LruHashMap::with_max_entries(16384, 0);
+    LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU as u32);
 
 /// Packets per (from, to, bucket).
 #[map(name = "LATENCY")]
