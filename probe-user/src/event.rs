@@ -25,7 +25,7 @@ pub enum EventBody {
     /// A routing table lookup and its result.
     Fib(FibLookup),
     /// An nftables rule, chain return or chain policy that decided about a packet (`--rules`).
-    Rule(RuleVerdict),
+    Rule(Box<RuleVerdict>),
     /// A netfilter hook's verdict on a packet (`nf_hook_slow`).
     Netfilter(HookVerdict),
     /// A table's base chain verdict (`nft_do_chain` / `ipt_do_table`).

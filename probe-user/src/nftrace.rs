@@ -481,7 +481,7 @@ impl Tracer {
         Some(Event {
             ts_ns,
             cpu: 0,
-            body: EventBody::Rule(RuleVerdict {
+            body: EventBody::Rule(Box::new(RuleVerdict {
                 trace_id: raw.id,
                 family,
                 table: raw.table,
@@ -502,7 +502,7 @@ impl Tracer {
                 mark: raw.mark,
                 packet,
                 headers,
-            }),
+            })),
         })
     }
 }

@@ -175,7 +175,7 @@ impl RecordedRule {
         Event {
             ts_ns: self.ts_ns,
             cpu: 0,
-            body: EventBody::Rule(RuleVerdict {
+            body: EventBody::Rule(Box::new(RuleVerdict {
                 trace_id: self.trace_id,
                 family: self.family,
                 table: self.table,
@@ -198,7 +198,7 @@ impl RecordedRule {
                     crate::packet::from_network_header(&h.network, h.transport.as_deref())
                 }),
                 headers: self.headers,
-            }),
+            })),
         }
     }
 }

@@ -98,7 +98,7 @@ fn forward_accept(ts: u64, packet: Packet) -> Event {
     Event {
         ts_ns: ts,
         cpu: 1,
-        body: EventBody::Rule(RuleVerdict {
+        body: EventBody::Rule(Box::new(RuleVerdict {
             trace_id: 9,
             family: "ip".into(),
             table: "filter".into(),
@@ -114,7 +114,7 @@ fn forward_accept(ts: u64, packet: Packet) -> Event {
             mark: 0,
             packet: Some(packet),
             headers: None,
-        }),
+        })),
     }
 }
 
@@ -177,7 +177,7 @@ fn drop_names_the_rule() {
     let rule = Event {
         ts_ns: 0,
         cpu: 0,
-        body: EventBody::Rule(RuleVerdict {
+        body: EventBody::Rule(Box::new(RuleVerdict {
             trace_id: 1,
             family: "ip".into(),
             table: "filter".into(),
@@ -193,7 +193,7 @@ fn drop_names_the_rule() {
             mark: 0,
             packet: Some(p.clone()),
             headers: None,
-        }),
+        })),
     };
     let drop = Event {
         ts_ns: 5_000,
