@@ -553,12 +553,10 @@ pub const LATENCY_BUCKETS: u32 = 40;
 pub mod counter {
     /// Events dropped because the ring buffer was full.
     pub const RINGBUF_FULL: u32 = 0;
-    /// Packets seen by tc classifiers (events or not).
-    pub const TC_SEEN: u32 = 1;
     /// Sightings a kernel-side filter turned away (no event written).
-    pub const FILTERED: u32 = 2;
+    pub const FILTERED: u32 = 1;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 2;
 }
 
 /// Names of the maps and globals userspace looks up; defined here so both sides agree.

@@ -46,7 +46,6 @@ fn observe(ctx: &TcContext, dir: u8, l2_len: usize) -> i32 {
 
 #[inline(always)]
 fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
-    maps::bump(counter::TC_SEEN);
     let mut pkt = PacketInfo::default();
     packet::parse(ctx, l2_len, &mut pkt);
     if !filter::admit(&pkt) {

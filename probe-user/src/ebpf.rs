@@ -119,8 +119,6 @@ pub struct Counters {
 pub struct CounterValues {
     /// Events lost because the ring buffer was full.
     pub ringbuf_full: u64,
-    /// Packets seen by tc classifiers.
-    pub tc_seen: u64,
     /// Sightings a kernel-side filter turned away.
     pub filtered: u64,
 }
@@ -154,7 +152,6 @@ impl Counters {
         };
         CounterValues {
             ringbuf_full: sum(counter::RINGBUF_FULL),
-            tc_seen: sum(counter::TC_SEEN),
             filtered: sum(counter::FILTERED),
         }
     }
