@@ -36,6 +36,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
+    // 6.12 and later kernels ship their modules as .ko.xz; the VM guests need them plain.
+    ("xz", "xz-utils"),
 ];
 
 /// What the build needs to know about the set-up machine.
