@@ -4,6 +4,7 @@
 //! touched, and every object removes itself on drop (also when a test fails).
 
 pub mod cmd;
+pub mod doctor;
 pub mod host_lab;
 pub mod netns;
 pub mod probe;
