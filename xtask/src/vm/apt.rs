@@ -376,7 +376,9 @@ pub fn kernel(line: &str) -> anyhow::Result<Kernel> {
             tried.push(format!("{}: offers {release}", suites[0].1));
             continue;
         }
-        return fetch(&apt, &package, &release);
+        let kernel = fetch(&apt, &package, &release)?;
+        prune(line, &release);
+        return Ok(kernel);
     }
     // Offline: a kernel of this line downloaded before still serves.
     if let Some(kernel) = cached(line) {
@@ -418,6 +420,20 @@ fn cached(line: &str) -> Option<Kernel> {
         .collect();
     found.sort_by(|a, b| a.release.cmp(&b.release));
     found.pop()
+}
+
+/// Removes cached kernels of `line` older than `current` (a security update replaced them).
+fn prune(line: &str, current: &str) {
+    let Ok(dir) = std::fs::read_dir(cache_dir().join("vm")) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{line}.")) && name != current {
+            status(&format!("removing {name}, replaced by {current}"));
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Downloads and unpacks the kernel package once; an interrupted unpack is redone.
