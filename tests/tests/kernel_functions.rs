@@ -177,13 +177,28 @@ fn legacy_iptables_table_verdicts() {
         .is_some_and(|b| b.contains("ipt_do_table"));
     if !available || !ipt {
         assert!(legacy.is_empty(), "{legacy:#?}");
-        assert!(events.iter().any(|e| e["kind"] == "drop"
-            && e["reason"] == "NETFILTER_DROP"
-            && e["packet"]["ip"]["dport"] == 7011));
+        // The drop still shows: as a hook verdict where nf_hook_slow is traced (5.10, whose
+        // kfree_skb has no reasons yet), else as a drop with its reason.
+        let seen = if available {
+            events.iter().any(|e| {
+                e["kind"] == "netfilter"
+                    && e["hook"] == "FORWARD"
+                    && e["verdict"] == "drop"
+                    && e["packet"]["ip"]["dport"] == 7011
+            })
+        } else {
+            events.iter().any(|e| {
+                e["kind"] == "drop"
+                    && e["reason"] == "NETFILTER_DROP"
+                    && e["packet"]["ip"]["dport"] == 7011
+            })
+        };
+        assert!(seen, "{events:#?}");
         return;
     }
     // One walk of the filter table's FORWARD chain per datagram: the first dropped, the
-    // second accepted (the table's policy).
+    // second accepted (the table's policy); the server's ICMP port-unreachable for the
+    // second may follow, accepted too.
     let verdicts: Vec<&str> = legacy
         .iter()
         .map(|e| {
@@ -192,7 +207,8 @@ fn legacy_iptables_table_verdicts() {
             e["verdict"].as_str().unwrap_or("?")
         })
         .collect();
-    assert_eq!(verdicts, ["drop", "accept"], "{legacy:#?}");
+    assert_eq!(verdicts[..2], ["drop", "accept"], "{legacy:#?}");
+    assert!(verdicts[2..].iter().all(|v| *v == "accept"), "{legacy:#?}");
 }
 
 #[test]
