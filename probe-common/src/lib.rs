@@ -284,7 +284,9 @@ pub struct FibTpLayout {
     pub sport: u16,
     pub dport: u16,
     pub name: u16,
-    pub _pad: u16,
+    /// 1 when `name` is a `__data_loc char[]` (a u32: offset of the string in the record in
+    /// the low 16 bits), as on 5.10; 0 when it is an inline array. Takes the place of padding.
+    pub name_loc: u16,
 }
 
 impl FibTpLayout {
@@ -304,7 +306,7 @@ impl FibTpLayout {
         sport: ABSENT,
         dport: ABSENT,
         name: ABSENT,
-        _pad: 0,
+        name_loc: 0,
     };
 }
 

@@ -79,15 +79,26 @@ pub fn nft_do_chain_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn ipt_do_table_kprobe(ctx: ProbeContext) -> u32 {
-    // Register reads must use constant offsets (the verifier refuses variable ones).
+    // Register reads must use constant offsets: the verifier refuses a context pointer moved
+    // by a variable amount. Volatile loads of all three argument registers first, so the
+    // compiler cannot turn the choice below back into one load at a computed offset (which it
+    // did, and which 6.x verifiers reject).
+    // SAFETY: regs is the kprobe's pt_regs context, valid for the program's run.
+    let (a0, a1, a2) = unsafe {
+        let regs = ctx.regs;
+        (
+            core::ptr::read_volatile(&(*regs).rdi),
+            core::ptr::read_volatile(&(*regs).rsi),
+            core::ptr::read_volatile(&(*regs).rdx),
+        )
+    };
     let arg = |n: u16| -> u64 {
         match n {
-            0 => ctx.arg::<u64>(0),
-            1 => ctx.arg::<u64>(1),
-            2 => ctx.arg::<u64>(2),
-            _ => None,
+            0 => a0,
+            1 => a1,
+            2 => a2,
+            _ => 0,
         }
-        .unwrap_or(0)
     };
     let table = arg(layout::get(|l| &l.ipt_arg_table));
     let skb = arg(layout::get(|l| &l.ipt_arg_skb));

@@ -103,7 +103,13 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
             family::OTHER
         }
     };
-    read_into(ctx, l.name, &mut ev.dev_name);
+    let name = if l.name_loc != 0 && l.name != ABSENT {
+        // __data_loc: the string sits later in the record, at the low 16 bits' offset.
+        (read::<u32>(ctx, l.name) & 0xFFFF) as u16
+    } else {
+        l.name
+    };
+    read_into(ctx, name, &mut ev.dev_name);
     ev.table = read::<u32>(ctx, l.tb_id);
     ev.err = read::<i32>(ctx, l.err);
     ev.oif = read::<i32>(ctx, l.oif);

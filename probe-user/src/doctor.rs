@@ -143,6 +143,7 @@ pub fn examine() -> Report {
                     netfilter: true,
                     routing_rules: true,
                 },
+                &layout,
             );
             (Ok(tp), Some(kf))
         }

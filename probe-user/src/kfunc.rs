@@ -8,7 +8,7 @@ use aya::{
     Btf, Ebpf,
     programs::{FEntry, FExit, KProbe, ProgramError},
 };
-use probe_common::names as prog;
+use probe_common::{ABSENT, KernelLayout, names as prog};
 
 /// Which kernel-function points to try.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,8 +140,33 @@ fn kprobe_pair(
     Ok(())
 }
 
-/// Attaches what `selection` asks for, as well as this kernel allows.
-pub fn attach(bpf: &mut Ebpf, selection: Selection) -> Report {
+/// Why a table/chain program would only produce empty events here: the struct offsets it
+/// needs are missing. nf_tables and x_tables are modules on distribution kernels, and module
+/// BTF only exists since Linux 5.11.
+fn chain_layout_missing(function: &str, layout: &KernelLayout) -> Option<String> {
+    let needed: &[u16] = match function {
+        "nft_do_chain" => &[
+            layout.nftpkt_skb,
+            layout.nftchain_table,
+            layout.nfttable_name,
+        ],
+        _ => &[
+            layout.ipt_arg_skb,
+            layout.ipt_arg_table,
+            layout.xttable_name,
+        ],
+    };
+    needed.contains(&ABSENT).then(|| {
+        format!(
+            "no BTF for {function}'s structures (module BTF, /sys/kernel/btf/<module>, needs \
+             Linux 5.11+)"
+        )
+    })
+}
+
+/// Attaches what `selection` asks for, as well as this kernel allows; `layout` is what the
+/// programs will read with.
+pub fn attach(bpf: &mut Ebpf, selection: Selection, layout: &KernelLayout) -> Report {
     let btf = Btf::from_sys_fs().ok();
     let kprobes_missing =
         (!kprobes_supported()).then(|| "kprobes: this kernel has none".to_owned());
@@ -154,7 +179,10 @@ pub fn attach(bpf: &mut Ebpf, selection: Selection) -> Report {
                 "the kernel has no function {function} (module not loaded?)"
             ));
         }
-        kprobe_pair(bpf, function, entry, exit).map_err(|e| format!("kprobes: {}", short(&e)))
+        kprobe_pair(bpf, function, entry, exit).map_err(|e| {
+            log::debug!("kprobe on {function}: {e}");
+            format!("kprobes: {}", short(&e))
+        })
     };
 
     let hook_verdicts = if selection.netfilter {
@@ -200,9 +228,17 @@ pub fn attach(bpf: &mut Ebpf, selection: Selection) -> Report {
                 prog::IPT_TABLE_KRETPROBE,
             ),
         ] {
-            match try_kprobe(bpf, function, entry, exit) {
+            let attempt = match chain_layout_missing(function, layout) {
+                Some(why) => Err(why),
+                None => try_kprobe(bpf, function, entry, exit),
+            };
+            match attempt {
                 Ok(()) => attached.push(format!("kprobe/kretprobe {function}")),
-                Err(why) => reasons.push(why),
+                Err(why) => {
+                    // Each engine is optional (a host may use only one): say why, quietly.
+                    log::debug!("table/chain verdicts: no {function}: {why}");
+                    reasons.push(why)
+                }
             }
         }
         if attached.is_empty() {

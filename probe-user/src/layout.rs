@@ -133,6 +133,12 @@ pub fn fib(format: &Format) -> FibTpLayout {
         sport: f("sport"),
         dport: f("dport"),
         name: f("name"),
-        _pad: 0,
+        // An inline char[IFNAMSIZ] in newer kernels; older ones store a 4-byte __data_loc.
+        name_loc: u16::from(
+            format
+                .fields
+                .get("name")
+                .is_some_and(|&(_, size)| size == 4),
+        ),
     }
 }

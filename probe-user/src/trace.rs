@@ -158,6 +158,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             netfilter: opts.netfilter,
             routing_rules: opts.tracepoints.routes,
         },
+        &layout,
     );
     used.extend(kfuncs.attached());
     if let kfunc::Outcome::Unavailable(why) = &kfuncs.hook_verdicts {

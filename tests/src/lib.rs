@@ -5,6 +5,7 @@
 
 pub mod cmd;
 pub mod docker;
+pub mod doctor;
 pub mod host_lab;
 pub mod netns;
 pub mod probe;

@@ -223,7 +223,37 @@ fn every_packet_arrives(backend: &str) {
 
 #[test]
 fn every_packet_arrives_with_tcx() {
-    every_packet_arrives("tcx");
+    require_root();
+    if probe_lab::doctor::Doctor::run().unwrap().feature("tcx") {
+        every_packet_arrives("tcx");
+    } else {
+        tcx_refused_without_tcx();
+    }
+}
+
+/// On kernels before 6.6 (no tcx), asking for tcx on a named interface is refused with an
+/// error naming the interface and the mechanism, and probe leaves nothing attached.
+fn tcx_refused_without_tcx() {
+    let lab = TwoHosts::new().unwrap();
+    let out = std::process::Command::new(probe_lab::probe_binary())
+        .args(trace_args(
+            lab.a.name(),
+            &["--tc-backend", "tcx", "--count", "1"],
+        ))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot attach to {} ingress with tcx",
+            TwoHosts::IFACE
+        )),
+        "{stderr}"
+    );
+    assert!(filters(&lab.a, "ingress").is_empty());
+    assert!(!qdiscs(&lab.a).contains("clsact"), "{}", qdiscs(&lab.a));
 }
 
 #[test]

@@ -37,11 +37,20 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Build, then run probe as root with the given arguments.
-    #[command(after_help = "Example:\n  cargo xtask run -- trace --iface docker0 --json")]
+    /// Build, then run probe as root with the given arguments (or inside a Debian kernel
+    /// under qemu with --vm).
+    #[command(after_help = "Examples:\n  \
+        cargo xtask run -- trace --iface docker0 --json\n  \
+        cargo xtask run --vm --kernel 6.12 -- doctor")]
     Run {
         #[arg(long)]
         release: bool,
+        /// Run probe inside a stock Debian kernel under qemu instead of on this machine.
+        #[arg(long, conflicts_with = "release")]
+        vm: bool,
+        /// Kernel line for --vm: 6.1, 6.12 or 5.10 (default 6.1).
+        #[arg(long, requires = "vm", value_name = "LINE")]
+        kernel: Option<String>,
         /// Arguments for probe.
         #[arg(last = true, required = true)]
         args: Vec<String>,
@@ -55,6 +64,12 @@ enum Task {
     },
     /// Set up, build, and run every test (as root: they create namespaces and load programs).
     Test {
+        /// Skip the kernel matrix (the guest tests on Debian kernels under qemu).
+        #[arg(long)]
+        no_vm: bool,
+        /// Run the matrix on this kernel line only (repeatable; default 6.1, 6.12 and 5.10).
+        #[arg(long = "kernel", value_name = "LINE")]
+        kernels: Vec<String>,
         /// Extra arguments for `cargo test`, e.g. a test name filter.
         #[arg(last = true)]
         args: Vec<String>,
@@ -81,7 +96,7 @@ enum Task {
         cargo xtask vm --kernel 6.1 -- probe trace --no-tc --count 5\n  \
         cargo xtask vm --test kernel_functions")]
     Vm {
-        /// Kernel line, e.g. 6.1 (default: the newest in this machine's apt sources).
+        /// Kernel line: 6.1, 6.12 or 5.10 (default 6.1); the newest Debian kernel of the line.
         #[arg(long)]
         kernel: Option<String>,
         /// Run these integration tests (tests/tests/NAME.rs) in the guest instead of a command.
@@ -103,9 +118,24 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Setup => setup::run().map(|_| ()),
         Task::Build { release } => tasks::build(release).map(|_| ()),
-        Task::Run { release, args } => tasks::run(release, &args),
+        Task::Run {
+            vm: true,
+            kernel,
+            args,
+            ..
+        } => vm::run(
+            kernel.as_deref(),
+            &std::iter::once("probe".to_owned())
+                .chain(args)
+                .collect::<Vec<_>>(),
+        ),
+        Task::Run { release, args, .. } => tasks::run(release, &args),
         Task::Demo { no_build } => demo::run(no_build),
-        Task::Test { args } => tasks::test(&args),
+        Task::Test {
+            no_vm,
+            kernels,
+            args,
+        } => tasks::test(&args, (!no_vm).then_some(kernels)),
         Task::Lab { action } => lab::run(action),
         Task::Bench { no_build, quick } => bench::run(no_build, quick),
         Task::BenchRusage { command } => bench::rusage(&command),

@@ -40,6 +40,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("bpftrace", "bpftrace"),
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
+    // 6.12 and later kernels ship their modules as .ko.xz; the VM guests need them plain.
+    ("xz", "xz-utils"),
 ];
 
 /// What the build needs to know about the set-up machine.

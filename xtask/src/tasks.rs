@@ -1,12 +1,17 @@
 //! build, run and test: thin wrappers that set up first and hand the right environment on.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
 
 use anyhow::bail;
 
 use crate::{
     privilege::as_root,
     setup::{self, run_cmd, status},
+    vm,
 };
 
 pub fn workspace_root() -> PathBuf {
@@ -61,7 +66,9 @@ pub fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn test(extra: &[String]) -> anyhow::Result<()> {
+/// Host tests, then (unless `matrix` is None) the kernel matrix on the given lines (all when
+/// empty). The host's results of the guest tests go into the matrix's table.
+pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()> {
     let toolchain = setup::run()?;
     let bin = build_with(&toolchain, false)?;
     // Compile as the invoking user, so the target directory stays theirs; only running needs root.
@@ -72,26 +79,38 @@ pub fn test(extra: &[String]) -> anyhow::Result<()> {
     )?;
     status("running the tests (as root: they create namespaces and load eBPF programs)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = as_root(cargo)
+    let mut child = as_root(cargo)
         .current_dir(workspace_root())
         .arg("test")
         .args(extra)
         .env("PROBE_BIN", &bin)
         .env("PROBE_EBPF_TOOLCHAIN", &toolchain.rustup_toolchain)
-        .status()?;
+        .stdout(Stdio::piped())
+        .spawn()?;
+    // Passed through as it comes, and kept for the matrix table.
+    let mut host_output = String::new();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            host_output.push_str(&line);
+            host_output.push('\n');
+        }
+    }
+    let status = child.wait()?;
     if !status.success() {
         bail!("tests failed ({status})");
     }
-    // The kernel-function backends need kprobes/fentry, which the host may lack: the same tests
-    // run again in a stock Debian kernel under qemu, where they must find them.
-    setup::status("running the kernel-function tests on a stock Debian kernel (qemu)");
-    let exe = std::env::current_exe()?;
-    let vm = as_root(exe)
-        .args(["vm", "--test", "kernel_functions"])
-        .env("PROBE_BIN", &bin)
-        .status()?;
-    if !vm.success() {
-        bail!("kernel-function tests failed in the VM ({vm})");
-    }
-    Ok(())
+    let Some(lines) = matrix else {
+        return Ok(());
+    };
+    // The kernel-function backends need kprobes/fentry, which the host may lack, and the tc
+    // fallback needs a kernel without tcx: these tests run again on stock Debian kernels.
+    setup::status("running the kernel matrix: guest tests on stock Debian kernels (qemu)");
+    let lines = if lines.is_empty() {
+        vm::apt::MATRIX.iter().map(|l| (*l).to_owned()).collect()
+    } else {
+        lines
+    };
+    vm::matrix(&lines, &vm::parse_results(&host_output, "host"))
 }

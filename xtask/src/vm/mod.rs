@@ -1,0 +1,365 @@
+//! `cargo xtask vm`: commands and integration tests inside stock Debian kernels under qemu
+//! (software emulation), with probe and the tools it needs. This is how probe's
+//! kernel-function backends (kprobes, fentry), which the project's own machines lack, and the
+//! tc fallback of kernels without tcx are exercised.
+//!
+//! - [`apt`] finds the newest kernel of a line (6.1, 6.12, 5.10) in Debian's archives and
+//!   caches it under ~/.cache/probe/vm;
+//! - [`image`] builds the initramfs (modules, busybox, probe, tools, the job);
+//! - [`qemu`] boots it and reads the job's status from the serial console.
+
+pub mod apt;
+mod image;
+mod qemu;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+
+use crate::setup::status;
+
+/// What runs in every guest of the matrix: test binary (tests/tests/NAME.rs) and name filters
+/// (none: all its tests). The tc tests are those of the tc slice that depend on the kernel's
+/// tc mechanisms (tcx or the clsact fallback); the rest of tc.rs is kernel-independent.
+pub const GUEST_TESTS: &[(&str, &[&str])] = &[
+    ("doctor", &[]),
+    ("kernel_functions", &[]),
+    (
+        "tc",
+        &[
+            "udp_and_tcp_sightings_match_what_was_sent",
+            "every_packet_arrives_with_",
+            "clsact_qdisc_is_removed_only_when_probe_created_it",
+        ],
+    ),
+];
+/// Tells the tests they run on a stock Debian kernel, which has kprobes and fentry.
+const GUEST_ENV: (&str, &str) = ("PROBE_EXPECT_KERNEL_FUNCTIONS", "1");
+/// Printed in the guest before each test binary runs, to attribute its results.
+const BINARY_MARKER: &str = "PROBE-VM-TESTS";
+
+/// One test's result: binary, test name, "ok" / "FAILED" / "ignored".
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestResult {
+    pub binary: String,
+    pub name: String,
+    pub result: String,
+}
+
+/// Reads libtest's `test NAME ... RESULT` lines, attributed to the binary announced last.
+pub fn parse_results(output: &str, default_binary: &str) -> Vec<TestResult> {
+    let mut binary = default_binary.to_owned();
+    let mut results = Vec::new();
+    for line in output.lines() {
+        if let Some(name) = line.trim().strip_prefix(BINARY_MARKER) {
+            binary = name.trim().to_owned();
+        } else if let Some(rest) = line.strip_prefix("test ")
+            && let Some((name, result)) = rest.rsplit_once(" ... ")
+        {
+            results.push(TestResult {
+                binary: binary.clone(),
+                name: name.trim().to_owned(),
+                result: result.trim().to_owned(),
+            });
+        }
+    }
+    results
+}
+
+/// Builds integration test binaries and returns their paths, in the order of `names`.
+fn test_binaries(names: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(crate::tasks::workspace_root())
+        .args([
+            "test",
+            "--package",
+            "probe-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .args(names.iter().flat_map(|n| ["--test", n]))
+        .stderr(Stdio::inherit())
+        .output()?;
+    ensure!(out.status.success(), "building the tests failed");
+    let mut found = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let (Some(exe), Some(name)) = (v["executable"].as_str(), v["target"]["name"].as_str()) {
+            found.insert(name.to_owned(), PathBuf::from(exe));
+        }
+    }
+    names
+        .iter()
+        .map(|n| {
+            found
+                .remove(*n)
+                .with_context(|| format!("test binary {n} was not built"))
+        })
+        .collect()
+}
+
+/// The guest's job: each binary with its filters, one test at a time (the guest has one CPU),
+/// every binary even after a failure, failing at the end if any failed.
+fn test_script(tests: &[(&str, &[&str])], bins: &[PathBuf]) -> Vec<String> {
+    let mut script = String::from("failed=0\n");
+    for ((name, filters), bin) in tests.iter().zip(bins) {
+        let file = bin.file_name().map(|f| f.to_string_lossy().into_owned());
+        script.push_str(&format!(
+            "echo '{BINARY_MARKER} {name}'\n{} --test-threads=1 {} || failed=1\n",
+            file.unwrap_or_default(),
+            filters.join(" ")
+        ));
+    }
+    script.push_str("exit $failed\n");
+    vec!["sh".to_owned(), "-c".to_owned(), script]
+}
+
+/// One kernel's run of the guest tests.
+pub struct KernelRun {
+    pub line: String,
+    pub outcome: Result<Ran, String>,
+}
+
+pub struct Ran {
+    pub release: String,
+    pub code: i32,
+    pub results: Vec<TestResult>,
+    pub output: String,
+    /// Download/preparation excluded: boot, tests and power-off.
+    pub vm_time: Duration,
+}
+
+/// Finds the kernel of `line` and runs `tests` in it. A kernel that cannot be found is an
+/// `Err` with the reason (reported as unavailable); a guest that panics or hangs is an error.
+fn run_line(line: &str, tests: &[(&str, &[&str])], bins: &[PathBuf]) -> anyhow::Result<KernelRun> {
+    let kernel = match apt::kernel(line) {
+        Ok(k) => k,
+        Err(e) => {
+            status(&format!("kernel line {line} is unavailable: {e:#}"));
+            return Ok(KernelRun {
+                line: line.to_owned(),
+                outcome: Err(format!("{e:#}")),
+            });
+        }
+    };
+    status(&format!(
+        "running the guest tests on Debian kernel {} under qemu",
+        kernel.release
+    ));
+    let env = [(GUEST_ENV.0.to_owned(), GUEST_ENV.1.to_owned())];
+    let out = qemu::boot(&kernel, &test_script(tests, bins), &env, bins)
+        .with_context(|| format!("on {}", kernel.release))?;
+    status(&format!(
+        "{}: exit {} after {:.0?}",
+        kernel.release, out.code, out.elapsed
+    ));
+    Ok(KernelRun {
+        line: line.to_owned(),
+        outcome: Ok(Ran {
+            release: kernel.release,
+            code: out.code,
+            results: parse_results(&out.output, tests[0].0),
+            output: out.output,
+            vm_time: out.elapsed,
+        }),
+    })
+}
+
+/// `cargo xtask vm --test NAME...`: those test binaries, all their tests, on one kernel.
+pub fn run_tests(line: Option<&str>, names: &[String]) -> anyhow::Result<()> {
+    crate::tasks::build(false)?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let bins = test_binaries(&names)?;
+    let tests: Vec<(&str, &[&str])> = names.iter().map(|n| (*n, &[][..])).collect();
+    let line = line.unwrap_or(apt::DEFAULT_LINE);
+    let run = run_line(line, &tests, &bins)?;
+    let ran = match &run.outcome {
+        Ok(ran) => ran,
+        Err(why) => bail!("no kernel of line {line}: {why}"),
+    };
+    println!("{}", ran.output);
+    print_table(&[], std::slice::from_ref(&run));
+    ensure!(
+        ran.code == 0,
+        "tests failed on {} (exit {})",
+        ran.release,
+        ran.code
+    );
+    Ok(())
+}
+
+/// The matrix of `cargo xtask test`: the guest tests on every kernel line, then one table with
+/// the host's results of the same tests. Fails if any kernel failed, showing its console.
+pub fn matrix(lines: &[String], host: &[TestResult]) -> anyhow::Result<()> {
+    let bins = test_binaries(&GUEST_TESTS.iter().map(|t| t.0).collect::<Vec<_>>())?;
+    let started = Instant::now();
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for line in lines {
+        match run_line(line, GUEST_TESTS, &bins) {
+            Ok(run) => runs.push(run),
+            // A panic, an oops or a hang: the console is in the error.
+            Err(e) => {
+                eprintln!("xtask: {line}: {e:#}");
+                failures.push(format!("{line}: the VM failed"));
+                runs.push(KernelRun {
+                    line: line.clone(),
+                    outcome: Err("the VM failed (console above)".into()),
+                });
+            }
+        }
+    }
+    for run in &runs {
+        if let Ok(ran) = &run.outcome
+            && ran.code != 0
+        {
+            eprintln!(
+                "\nxtask: console of {} (tests failed):\n{}",
+                ran.release, ran.output
+            );
+            failures.push(format!("{}: tests failed", ran.release));
+        }
+    }
+    print_table(host, &runs);
+    println!("VM matrix: {:.0?} in all", started.elapsed());
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// kernel × test → result: one row per test, one column per kernel (the host first).
+fn print_table(host: &[TestResult], runs: &[KernelRun]) {
+    let mut columns: Vec<String> = Vec::new();
+    if !host.is_empty() {
+        columns.push(format!("host {}", host_release()));
+    }
+    for run in runs {
+        columns.push(match &run.outcome {
+            Ok(ran) => format!("{} (qemu)", ran.release),
+            Err(_) => format!("{} (unavailable)", run.line),
+        });
+    }
+    // Rows: every test any kernel ran, in the order first seen.
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for run in runs {
+        if let Ok(ran) = &run.outcome {
+            for r in &ran.results {
+                let key = (r.binary.clone(), r.name.clone());
+                if !rows.contains(&key) {
+                    rows.push(key);
+                }
+            }
+        }
+    }
+    let width = rows
+        .iter()
+        .map(|(b, n)| b.len() + n.len() + 2)
+        .max()
+        .unwrap_or(10)
+        .max(10);
+    let col = columns.iter().map(|c| c.len()).max().unwrap_or(8).max(8) + 2;
+    let mut out = format!("\n{:<width$}", "test");
+    for c in &columns {
+        out.push_str(&format!("  {c:<col$}"));
+    }
+    out.push('\n');
+    for (binary, name) in &rows {
+        out.push_str(&format!("{:<width$}", format!("{binary}::{name}")));
+        if !host.is_empty() {
+            let r = host
+                .iter()
+                .find(|r| &r.name == name)
+                .map_or("not run", |r| r.result.as_str());
+            out.push_str(&format!("  {r:<col$}"));
+        }
+        for run in runs {
+            let r = match &run.outcome {
+                Ok(ran) => ran
+                    .results
+                    .iter()
+                    .find(|r| &r.binary == binary && &r.name == name)
+                    .map_or("not run", |r| r.result.as_str()),
+                Err(_) => "unavailable",
+            };
+            out.push_str(&format!("  {r:<col$}"));
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("{:<width$}", "VM time (boot + tests)"));
+    if !host.is_empty() {
+        out.push_str(&format!("  {:<col$}", "-"));
+    }
+    for run in runs {
+        let t = match &run.outcome {
+            Ok(ran) => format!("{:.0?}", ran.vm_time),
+            Err(_) => "-".to_owned(),
+        };
+        out.push_str(&format!("  {t:<col$}"));
+    }
+    out.push('\n');
+    for run in runs {
+        if let Err(why) = &run.outcome {
+            out.push_str(&format!("kernel line {} unavailable: {why}\n", run.line));
+        }
+    }
+    println!("{out}");
+}
+
+fn host_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// `cargo xtask vm [--kernel LINE] -- COMMAND`: the command's output and exit status.
+pub fn run(line: Option<&str>, command: &[String]) -> anyhow::Result<()> {
+    crate::tasks::build(false)?;
+    let kernel = apt::kernel(line.unwrap_or(apt::DEFAULT_LINE))?;
+    status(&format!(
+        "booting Debian kernel {} under qemu (software emulation)",
+        kernel.release
+    ));
+    let out = qemu::boot(&kernel, command, &[], &[])?;
+    println!("{}", out.output);
+    if out.code != 0 {
+        std::process::exit(out.code);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_are_attributed_to_the_binary_announced_before_them() {
+        let output = "PROBE-VM-TESTS doctor\n\nrunning 1 test\ntest backends ... ok\n\
+                      [   12.3] some kernel line\nPROBE-VM-TESTS tc\n\
+                      test every_packet_arrives_with_tcx ... FAILED\n\
+                      test result: FAILED. 0 passed; 1 failed\n";
+        let got = parse_results(output, "none");
+        assert_eq!(
+            got,
+            vec![
+                TestResult {
+                    binary: "doctor".into(),
+                    name: "backends".into(),
+                    result: "ok".into()
+                },
+                TestResult {
+                    binary: "tc".into(),
+                    name: "every_packet_arrives_with_tcx".into(),
+                    result: "FAILED".into()
+                },
+            ]
+        );
+    }
+}
