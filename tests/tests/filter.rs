@@ -36,6 +36,7 @@ fn packets_the_filter_turns_away_write_no_event() {
         TwoHosts::IFACE,
         "--no-routes",
         "--no-drops",
+        "--no-netfilter",
         "--events",
         "--json",
         "--filter",

@@ -29,6 +29,9 @@ use crate::setup::status;
 pub const GUEST_TESTS: &[(&str, &[&str])] = &[
     ("doctor", &[]),
     ("kernel_functions", &[]),
+    // The kernel-side filter and latency programs, through each kernel's verifier.
+    ("filter", &[]),
+    ("latency", &[]),
     (
         "tc",
         &[
