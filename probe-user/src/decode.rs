@@ -647,20 +647,25 @@ mod tests {
         assert_eq!(r.dst, "172.18.0.2".parse::<IpAddr>().unwrap());
     }
 
+    /// `len` bytes from a xorshift generator: deterministic, varied.
+    fn random_bytes(seed: &mut u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                *seed as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic() {
         // A cheap deterministic fuzz: every length up to two events, with varied contents.
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
         for len in 0..2 * size_of::<TcEvent>() {
             for _ in 0..64 {
-                let buf: Vec<u8> = (0..len)
-                    .map(|_| {
-                        seed ^= seed << 13;
-                        seed ^= seed >> 7;
-                        seed ^= seed << 17;
-                        seed as u8
-                    })
-                    .collect();
+                let buf = random_bytes(&mut seed, len);
                 let _ = decode(&buf);
             }
         }
@@ -683,14 +688,7 @@ mod tests {
         for (k, size) in kinds {
             for extra in [0, 8] {
                 for _ in 0..2000 {
-                    let mut buf: Vec<u8> = (0..size + extra)
-                        .map(|_| {
-                            seed ^= seed << 13;
-                            seed ^= seed >> 7;
-                            seed ^= seed << 17;
-                            seed as u8
-                        })
-                        .collect();
+                    let mut buf = random_bytes(&mut seed, size + extra);
                     buf[8..10].copy_from_slice(&k.to_ne_bytes());
                     let _ = decode(&buf);
                 }

@@ -83,18 +83,7 @@ impl HostLab {
         let outside = Netns::named(&format!("{prefix}outside"))?;
         sysctl(&outside, "net.ipv6.conf.all.disable_ipv6", "1")?;
         let host = &bridge.host;
-        host.ip(&[
-            "link",
-            "add",
-            Self::UPLINK,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            Self::UPLINK,
-            "netns",
-            outside.name(),
-        ])?;
+        host.veth_to(Self::UPLINK, &outside, Self::UPLINK)?;
         host.ip(&[
             "addr",
             "add",

@@ -68,6 +68,23 @@ impl Netns {
         cmd::ip(&self.name, args)
     }
 
+    /// A veth pair: `name` here, `peer_name` in `peer`.
+    pub fn veth_to(&self, name: &str, peer: &Netns, peer_name: &str) -> anyhow::Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name(),
+        ])
+        .map(drop)
+    }
+
     /// Runs a tool that acts on the current namespace (tc, iptables, nft) inside this one.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
         cmd::in_ns(&self.name, program, args)

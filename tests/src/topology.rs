@@ -41,18 +41,7 @@ impl TwoHosts {
         quiet_ipv6(&a)?;
         quiet_ipv6(&b)?;
         let (a_addr, b_addr) = (Ipv4Addr::new(10, 201, 0, 1), Ipv4Addr::new(10, 201, 0, 2));
-        a.ip(&[
-            "link",
-            "add",
-            Self::IFACE,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            Self::IFACE,
-            "netns",
-            b.name(),
-        ])?;
+        a.veth_to(Self::IFACE, &b, Self::IFACE)?;
         for (ns, addr) in [(&a, a_addr), (&b, b_addr)] {
             ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", Self::IFACE])?;
             ns.ip(&["link", "set", Self::IFACE, "up"])?;
@@ -90,18 +79,7 @@ impl Routed {
         }
         for (peer, router_if, net) in [(&client, Self::TO_CLIENT, 1), (&server, Self::TO_SERVER, 2)]
         {
-            router.ip(&[
-                "link",
-                "add",
-                router_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                peer.name(),
-            ])?;
+            router.veth_to(router_if, peer, "eth0")?;
             router.ip(&[
                 "addr",
                 "add",
@@ -165,18 +143,7 @@ impl BridgeLab {
             quiet_ipv6(&ns)?;
             let addr = Ipv4Addr::new(172, 17, 0, 2 + i as u8);
             let host_if = format!("veth-{name}");
-            lab.host.ip(&[
-                "link",
-                "add",
-                &host_if,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
+            lab.host.veth_to(&host_if, &ns, "eth0")?;
             lab.host
                 .ip(&["link", "set", &host_if, "master", Self::BRIDGE, "up"])?;
             ns.ip(&["addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;

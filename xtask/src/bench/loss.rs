@@ -41,18 +41,7 @@ impl RoutedOut {
         host.ip(&["link", "add", "br-out", "type", "bridge"])?;
         host.ip(&["addr", "add", "10.99.0.1/24", "dev", "br-out"])?;
         host.ip(&["link", "set", "br-out", "up"])?;
-        host.ip(&[
-            "link",
-            "add",
-            "veth-out",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            out.name(),
-        ])?;
+        host.veth_to("veth-out", &out, "eth0")?;
         host.ip(&["link", "set", "veth-out", "master", "br-out", "up"])?;
         out.ip(&["addr", "add", &format!("{OUT_ADDR}/24"), "dev", "eth0"])?;
         out.ip(&["link", "set", "eth0", "up"])?;
