@@ -12,7 +12,7 @@ use crate::{
     filter::{Filter, Follower},
     record::RecordReader,
     render::{Clock, Format, IfNames, Renderer},
-    timeline::{Correlator, Limits, render_json, render_text},
+    timeline::{Correlator, Limits, render_finished},
 };
 
 /// Counts of what was replayed.
@@ -55,11 +55,8 @@ pub fn run(
                 continue;
             }
             counts.timelines += 1;
-            counts.outcomes.add(&j, &topology);
-            let text = match format {
-                Format::Json => render_json(&j, &topology) + "\n",
-                Format::Text => render_text(&j, &topology, color),
-            };
+            let json = format == Format::Json;
+            let text = render_finished(&j, &topology, json, color, &mut counts.outcomes);
             out.write_all(text.as_bytes())?;
         }
         Ok(())

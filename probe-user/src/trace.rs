@@ -26,7 +26,7 @@ use crate::{
     rtnl,
     signals::HeldSignals,
     tc::{BackendChoice, TcAttacher},
-    timeline::{Correlator, Journey, Limits, Topology, render_json, render_text},
+    timeline::{Correlator, Journey, Limits, Topology, render_finished},
     tracefs::Tracefs,
     tracepoints,
     watch::TcWatch,
@@ -402,12 +402,7 @@ impl View {
                 continue;
             }
             summary.timelines += 1;
-            summary.outcomes.add(&j, &t.topology);
-            let text = if t.json {
-                render_json(&j, &t.topology) + "\n"
-            } else {
-                render_text(&j, &t.topology, t.color)
-            };
+            let text = render_finished(&j, &t.topology, t.json, t.color, &mut summary.outcomes);
             if let Err(e) = out.write_all(text.as_bytes()) {
                 return output_gone(e);
             }

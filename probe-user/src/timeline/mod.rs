@@ -27,6 +27,24 @@ pub use diagnose::Topology;
 pub use render::{render_json, render_text};
 pub use tally::Tally;
 
+/// A finished journey as printed: a text block, or one JSON line with its newline. Counts its
+/// outcome in `tally`, from the same diagnosis the output shows.
+pub fn render_finished(
+    j: &Journey,
+    topo: &Topology,
+    json: bool,
+    color: bool,
+    tally: &mut Tally,
+) -> String {
+    let diagnosis = diagnose::diagnose(j, topo);
+    tally.add(j, diagnosis.0);
+    if json {
+        render::json(j, topo, diagnosis) + "\n"
+    } else {
+        render::text(j, topo, color, diagnosis)
+    }
+}
+
 use crate::event::{Event, EventBody, L4Header, Packet, Transport};
 
 /// Source and destination of a packet at one point of its journey.

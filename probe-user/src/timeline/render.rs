@@ -179,7 +179,16 @@ fn push_padded(out: &mut String, text: &str, width: usize) {
 
 /// A human-readable block for one journey.
 pub fn render_text(j: &Journey, topo: &Topology, color: bool) -> String {
-    let (outcome, diagnosis) = diagnose(j, topo);
+    text(j, topo, color, diagnose(j, topo))
+}
+
+/// [`render_text`] with the journey's diagnosis already made.
+pub(super) fn text(
+    j: &Journey,
+    topo: &Topology,
+    color: bool,
+    (outcome, diagnosis): (Outcome, String),
+) -> String {
     let start = j.hops.first().map_or(0, |h| h.ts_ns);
     let head = j
         .first
@@ -264,7 +273,15 @@ struct JsonJourney<'a> {
 
 /// One JSON Lines record for one journey.
 pub fn render_json(j: &Journey, topo: &Topology) -> String {
-    let (outcome, diagnosis) = diagnose(j, topo);
+    json(j, topo, diagnose(j, topo))
+}
+
+/// [`render_json`] with the journey's diagnosis already made.
+pub(super) fn json(
+    j: &Journey,
+    topo: &Topology,
+    (outcome, diagnosis): (Outcome, String),
+) -> String {
     let start = j.hops.first().map_or(0, |h| h.ts_ns);
     let mut prev = start;
     let hops = j

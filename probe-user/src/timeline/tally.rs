@@ -3,10 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{
-    Journey,
-    diagnose::{Outcome, Topology, diagnose},
-};
+use super::{Journey, diagnose::Outcome};
 use crate::event::EventBody;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -21,8 +18,7 @@ pub struct Tally {
 }
 
 impl Tally {
-    pub fn add(&mut self, j: &Journey, topo: &Topology) {
-        let (outcome, _) = diagnose(j, topo);
+    pub fn add(&mut self, j: &Journey, outcome: Outcome) {
         match outcome {
             Outcome::Delivered => self.delivered += 1,
             Outcome::Left => self.left += 1,
