@@ -250,15 +250,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Latency(args) => {
-            let filter = args
-                .filter
-                .as_deref()
-                .map(probe::filter::Filter::parse)
-                .transpose()?;
-            probe::privileges::check()?;
-            if let Some(ns) = &args.netns {
-                netns::enter(ns)?;
-            }
+            let filter = prepare(args.filter.as_deref(), args.netns.as_deref())?;
             let totals = probe::latency::run(&probe::latency::LatencyOptions {
                 ifaces: args.ifaces,
                 filter,
@@ -276,17 +268,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Trace(args) => {
-            // A typo in the filter is reported before anything else, without needing root.
-            let filter = args
-                .filter
-                .as_deref()
-                .map(probe::filter::Filter::parse)
-                .transpose()?;
-            probe::privileges::check()?;
-            if let Some(ns) = &args.netns {
-                // Before the event loop starts any thread: threads inherit the namespace.
-                netns::enter(ns)?;
-            }
+            let filter = prepare(args.filter.as_deref(), args.netns.as_deref())?;
             let ringbuf_bytes = args.ringbuf_kib.checked_mul(1024).ok_or_else(|| {
                 anyhow::anyhow!("--ringbuf-kib {} is too large", args.ringbuf_kib)
             })?;
@@ -363,6 +345,21 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `trace` and `latency` do before loading anything: parse the filter (a typo is
+/// reported first, without needing root), check privileges, and enter the namespace (before
+/// the event loop starts any thread: threads inherit the namespace).
+fn prepare(
+    filter: Option<&str>,
+    ns: Option<&str>,
+) -> anyhow::Result<Option<probe::filter::Filter>> {
+    let filter = filter.map(probe::filter::Filter::parse).transpose()?;
+    probe::privileges::check()?;
+    if let Some(ns) = ns {
+        netns::enter(ns)?;
+    }
+    Ok(filter)
 }
 
 /// Diagnostics go to stderr as `probe: ...` lines; RUST_LOG still overrides the level.

@@ -8,7 +8,7 @@
 
 use std::{
     fs::File,
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::Ipv4Addr,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU32, Ordering},
@@ -315,26 +315,14 @@ impl Container {
 
     /// Connects from this container to `dst:port` and reads the answer; the local port.
     pub fn tcp_exchange(&self, dst: Ipv4Addr, port: u16, timeout: Duration) -> anyhow::Result<u16> {
-        self.run_in(move || -> std::io::Result<u16> {
-            use std::io::{Read as _, Write as _};
-            let mut s = TcpStream::connect_timeout(&SocketAddr::from((dst, port)), timeout)?;
-            s.set_read_timeout(Some(timeout))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut answer = [0u8; 3];
-            s.read_exact(&mut answer)?;
-            s.local_addr().map(|a| a.port())
-        })?
-        .map_err(Into::into)
+        self.run_in(move || crate::traffic::tcp_request(dst, port, timeout))?
+            .map_err(Into::into)
     }
 
     /// Sends one datagram from this container; the source port.
     pub fn udp_send(&self, dst: Ipv4Addr, port: u16) -> anyhow::Result<u16> {
-        self.run_in(move || -> std::io::Result<u16> {
-            let s = UdpSocket::bind(("0.0.0.0", 0))?;
-            s.send_to(b"probe story", (dst, port))?;
-            s.local_addr().map(|a| a.port())
-        })?
-        .map_err(Into::into)
+        self.run_in(move || crate::traffic::udp_datagram(dst, port))?
+            .map_err(Into::into)
     }
 }
 

@@ -56,15 +56,19 @@ pub fn tcp_exchange(
     port: u16,
     timeout: Duration,
 ) -> anyhow::Result<u16> {
-    ns.run(move || -> std::io::Result<u16> {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((dst, port)), timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut answer = [0u8; 3];
-        s.read_exact(&mut answer)?;
-        s.local_addr().map(|a| a.port())
-    })?
-    .map_err(Into::into)
+    ns.run(move || tcp_request(dst, port, timeout))?
+        .map_err(Into::into)
+}
+
+/// Connects from the calling thread's namespace to `dst:port`, sends a request and reads the
+/// answer; the local port. Labs run it inside their namespaces.
+pub fn tcp_request(dst: Ipv4Addr, port: u16, timeout: Duration) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from((dst, port)), timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut answer = [0u8; 3];
+    s.read_exact(&mut answer)?;
+    s.local_addr().map(|a| a.port())
 }
 
 /// A UDP socket in `ns` bound to `addr:port`, ready to receive.
@@ -76,10 +80,12 @@ pub fn udp_listen(ns: &Netns, addr: Ipv4Addr, port: u16) -> anyhow::Result<UdpSo
 
 /// Sends one datagram from `ns`; returns the source port used.
 pub fn udp_send(ns: &Netns, dst: Ipv4Addr, port: u16) -> anyhow::Result<u16> {
-    ns.run(move || -> std::io::Result<u16> {
-        let s = UdpSocket::bind(("0.0.0.0", 0))?;
-        s.send_to(b"probe story", (dst, port))?;
-        s.local_addr().map(|a| a.port())
-    })?
-    .map_err(Into::into)
+    ns.run(move || udp_datagram(dst, port))?.map_err(Into::into)
+}
+
+/// Sends one datagram from the calling thread's namespace; the source port.
+pub fn udp_datagram(dst: Ipv4Addr, port: u16) -> std::io::Result<u16> {
+    let s = UdpSocket::bind(("0.0.0.0", 0))?;
+    s.send_to(b"probe story", (dst, port))?;
+    s.local_addr().map(|a| a.port())
 }
