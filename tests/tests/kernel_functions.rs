@@ -50,19 +50,20 @@ fn send_udp(ns: &probe_lab::Netns, dst: std::net::Ipv4Addr, port: u16) {
     .unwrap();
 }
 
-#[test]
-fn forward_hook_verdicts_accept_and_drop() {
-    require_root();
-    let available = kernel_functions_available();
+/// On a router whose FORWARD chain (`tool`: iptables or iptables-legacy) drops UDP to `port`,
+/// a datagram to `port` and one to `port + 1`, traced on the router; the lab, the events and
+/// probe's stderr.
+fn forward_verdicts(tool: &str, port: u16) -> (Routed, Vec<Value>, String) {
     let lab = Routed::new().unwrap();
+    let dport = port.to_string();
     lab.router
         .exec(
-            "iptables",
+            tool,
             &[
-                "-A", "FORWARD", "-p", "udp", "--dport", "7001", "-j", "DROP",
+                "-A", "FORWARD", "-p", "udp", "--dport", &dport, "-j", "DROP",
             ],
         )
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{tool} and the kernel's tables are needed: {e:#}"));
     let run = ProbeRun::start(&[
         "trace",
         "--netns",
@@ -73,10 +74,17 @@ fn forward_hook_verdicts_accept_and_drop() {
         "--events",
     ])
     .unwrap();
-    send_udp(&lab.client, Routed::SERVER, 7001);
-    send_udp(&lab.client, Routed::SERVER, 7002);
+    send_udp(&lab.client, Routed::SERVER, port);
+    send_udp(&lab.client, Routed::SERVER, port + 1);
     let (stdout, stderr) = run.stop().unwrap();
-    let events = json_lines(&stdout).unwrap();
+    (lab, json_lines(&stdout).unwrap(), stderr)
+}
+
+#[test]
+fn forward_hook_verdicts_accept_and_drop() {
+    require_root();
+    let available = kernel_functions_available();
+    let (lab, events, stderr) = forward_verdicts("iptables", 7001);
 
     let hooks = |port: u16| -> Vec<&Value> {
         events
@@ -144,29 +152,7 @@ fn forward_hook_verdicts_accept_and_drop() {
 fn legacy_iptables_table_verdicts() {
     require_root();
     let available = kernel_functions_available();
-    let lab = Routed::new().unwrap();
-    lab.router
-        .exec(
-            "iptables-legacy",
-            &[
-                "-A", "FORWARD", "-p", "udp", "--dport", "7011", "-j", "DROP",
-            ],
-        )
-        .expect("iptables-legacy (package iptables) and the kernel's ip_tables are needed");
-    let run = ProbeRun::start(&[
-        "trace",
-        "--netns",
-        lab.router.name(),
-        "--no-tc",
-        "--no-routes",
-        "--json",
-        "--events",
-    ])
-    .unwrap();
-    send_udp(&lab.client, Routed::SERVER, 7011);
-    send_udp(&lab.client, Routed::SERVER, 7012);
-    let (stdout, _) = run.stop().unwrap();
-    let events = json_lines(&stdout).unwrap();
+    let (_lab, events, _) = forward_verdicts("iptables-legacy", 7011);
     let legacy: Vec<&Value> = events
         .iter()
         .filter(|e| e["kind"] == "chain" && e["engine"] == "iptables" && e["hook"] == "FORWARD")
