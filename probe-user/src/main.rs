@@ -177,7 +177,7 @@ struct LatencyArgs {
 
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.01 && v <= 86400.0 => Ok(v),
+        Ok(v) if (0.01..=86400.0).contains(&v) => Ok(v),
         Ok(_) => Err("between 0.01 and 86400 seconds".to_owned()),
         Err(_) => Err(format!("'{s}' is not a number of seconds")),
     }
