@@ -366,11 +366,10 @@ impl View {
     /// Takes container names the Docker watcher has found since the last look.
     fn poll_docker(&mut self) {
         if let Some(c) = self.docker.poll() {
-            let c = c.clone();
             if let Some(t) = self.timelines.as_mut() {
                 t.topology.containers = c.clone();
             }
-            self.renderer.set_containers(c);
+            self.renderer.set_containers(c.clone());
         }
     }
 
