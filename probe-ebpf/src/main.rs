@@ -1,20 +1,11 @@
-//! probe's kernel programs. One module per attach point; shared maps and packet parsing beside them.
+//! probe's kernel programs. `points` holds one module per attach point (tc, drop, fib,
+//! fib_rules, nf, chain), each with its program entries; `shared` holds what they share: maps,
+//! configuration and kernel-layout globals, packet and skb parsing, the filter, latency mode.
 #![no_std]
 #![no_main]
 
-mod chain;
-mod config;
-mod drop;
-mod fib;
-mod fib_rules;
-mod filter;
-mod latency;
-mod layout;
-mod maps;
-mod nf;
-mod packet;
-mod skb;
-mod tc;
+mod points;
+mod shared;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,34 +1,13 @@
 //! probe: an eBPF datapath observer for container hosts.
 //!
-//! Data flows one way: kernel sighting → ring buffer → [`decode`] → [`event`] → [`render`].
-//! Loading and attaching live in [`ebpf`] and [`tc`]; [`trace`] ties them together.
+//! Data flows one way: kernel sighting → ring buffer → the pipeline (probe-pipeline: decode,
+//! filter, correlate, diagnose, record, render). This crate is the part that needs the kernel:
+//! [`kernel`] facts read once per start, the observation [`points`] that attach programs,
+//! [`host`] knowledge (interfaces, namespaces, Docker), the [`session`] every attaching
+//! command starts with, and the [`cmd`]s themselves.
 
-pub mod btf;
-pub mod decode;
-pub mod discover;
-pub mod docker;
-pub mod doctor;
-pub mod ebpf;
-pub mod event;
-pub mod filter;
-pub mod iface;
-pub mod kfunc;
-pub mod latency;
-pub mod layout;
-pub mod names;
-pub mod netns;
-pub mod nftrace;
-pub mod packet;
-pub mod poll;
-pub mod privileges;
-pub mod record;
-pub mod render;
-pub mod replay;
-pub mod rtnl;
-pub mod signals;
-pub mod tc;
-pub mod timeline;
-pub mod trace;
-pub mod tracefs;
-pub mod tracepoints;
-pub mod watch;
+pub mod cmd;
+pub mod host;
+pub mod kernel;
+pub mod points;
+pub mod session;

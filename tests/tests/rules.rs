@@ -152,3 +152,60 @@ fn trace_table_of_a_killed_probe_is_swept() {
     next.stop().unwrap();
     assert!(probe_tables(&lab).is_empty());
 }
+
+/// A base chain whose policy dropped the packet (no rule matched it): the diagnosis names the
+/// chain and says its policy decided, rather than an empty rule.
+#[test]
+fn a_chain_policy_drop_is_diagnosed_as_the_policy() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    lab.b
+        .exec(
+            "nft",
+            &["add table inet fw; \
+                 add chain inet fw input { type filter hook input priority 10; policy drop; }; \
+                 add rule inet fw input udp dport != 7004 accept"],
+        )
+        .unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--rules",
+        "--no-routes",
+        "--json",
+        "-f",
+        "udp port 7004",
+    ])
+    .unwrap();
+    // Connected, so the datagram carries an IP id that tells it apart from any other.
+    let dst = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.connect((dst, 7004)).unwrap();
+            sock.send(b"policy").unwrap();
+        })
+        .unwrap();
+    let (stdout, _) = run.stop().unwrap();
+    let timelines = json_lines(&stdout).unwrap();
+    let dropped = timelines
+        .iter()
+        .find(|t| t["first"]["dport"] == 7004 && t["outcome"] == "dropped")
+        .unwrap_or_else(|| panic!("no dropped timeline for 7004 in {timelines:#?}"));
+    let diagnosis = dropped["diagnosis"].as_str().unwrap();
+    assert!(
+        diagnosis
+            .starts_with("dropped by inet fw/input (input) policy drop (reason NETFILTER_DROP)"),
+        "{diagnosis}"
+    );
+    // The verdict itself is one of the packet's hops.
+    assert!(
+        dropped["hops"].as_array().unwrap().iter().any(|h| {
+            h["event"]["kind"] == "rule"
+                && h["event"]["decided_by"] == "policy"
+                && h["event"]["verdict"] == "drop"
+        }),
+        "{dropped:#}"
+    );
+}

@@ -1,0 +1,140 @@
+//! Routing decisions: tracepoints `fib:fib_table_lookup` (IPv4, kernel function
+//! `fib_table_lookup`) and `fib6:fib6_table_lookup` (IPv6, `fib6_table_lookup`). Each fires once
+//! per table consulted, with the result: table, output device, gateway or error. Field offsets
+//! come from the tracepoints' format files at load time.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use probe_common::{ABSENT, EventHeader, FibEvent, FibTpLayout, counter, family, fib_source, kind};
+
+use crate::shared::{filter, layout, maps};
+
+#[tracepoint]
+pub fn fib_table_lookup(ctx: TracePointContext) -> u32 {
+    let l = layout::get(|l| &l.fib4);
+    let _ = try_fib(&ctx, &l, family::IPV4, fib_source::TP_FIB4);
+    0
+}
+
+#[tracepoint]
+pub fn fib6_table_lookup(ctx: TracePointContext) -> u32 {
+    let l = layout::get(|l| &l.fib6);
+    let _ = try_fib(&ctx, &l, family::IPV6, fib_source::TP_FIB6);
+    0
+}
+
+#[inline(always)]
+fn read<T: Copy + Default>(ctx: &TracePointContext, offset: u16) -> T {
+    if offset == ABSENT {
+        return T::default();
+    }
+    // SAFETY: the offset comes from this tracepoint's format file; the read is checked.
+    unsafe { ctx.read_at::<T>(offset as usize) }.unwrap_or_default()
+}
+
+/// Copies a record field of `dst.len()` bytes straight into the event (zeros when absent).
+#[inline(always)]
+fn read_into(ctx: &TracePointContext, offset: u16, dst: &mut [u8]) {
+    if offset == ABSENT {
+        dst.fill(0);
+        return;
+    }
+    // SAFETY: the offset comes from this tracepoint's format file; the read is checked.
+    let src = unsafe { ctx.as_ptr().cast::<u8>().add(offset as usize) };
+    if unsafe { bpf_probe_read_kernel_buf(src, dst) }.is_err() {
+        dst.fill(0);
+    }
+}
+
+#[inline(always)]
+fn is_zero(a: &[u8; 16]) -> bool {
+    u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]) == 0
+        && u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]) == 0
+}
+
+#[inline(always)]
+fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Result<(), i32> {
+    // The event is filled in place in the ring buffer: it is too large for the BPF stack
+    // next to the record reads.
+    let Some(mut entry) = maps::EVENTS.reserve::<FibEvent>(0) else {
+        maps::bump(counter::RINGBUF_FULL);
+        return Err(-1);
+    };
+    // SAFETY: the entry is reserved memory of exactly size_of::<FibEvent>(); every field is
+    // written below before submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    // SAFETY: helpers without preconditions.
+    let (ts_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    ev.header = EventHeader {
+        ts_ns,
+        kind: kind::FIB,
+        flags: 0,
+        cpu,
+    };
+    let addr_len = if fam == family::IPV4 { 4 } else { 16 };
+    ev.src = [0; 16];
+    ev.dst = [0; 16];
+    ev.gw = [0; 16];
+    read_into(ctx, l.src, &mut ev.src[..addr_len]);
+    read_into(ctx, l.dst, &mut ev.dst[..addr_len]);
+    // The kernel fills the gateway fields only when the next hop has a gateway, and then
+    // zeroes the other family's field; otherwise both hold leftovers. So a gateway counts only
+    // when exactly one of the two is non-zero.
+    read_into(ctx, l.gw6, &mut ev.gw);
+    let gw6_set = !is_zero(&ev.gw);
+    let mut gw4 = [0u8; 4];
+    if fam == family::IPV4 {
+        read_into(ctx, l.gw4, &mut gw4);
+    }
+    let gw4_set = gw4 != [0; 4];
+    ev.gw_family = match (gw4_set, gw6_set) {
+        (true, false) => {
+            ev.gw = [0; 16];
+            ev.gw[..4].copy_from_slice(&gw4);
+            family::IPV4
+        }
+        (false, true) => family::IPV6,
+        _ => {
+            ev.gw = [0; 16];
+            family::OTHER
+        }
+    };
+    let name = if l.name_loc != 0 && l.name != ABSENT {
+        // __data_loc: the string sits later in the record, at the low 16 bits' offset.
+        (read::<u32>(ctx, l.name) & 0xFFFF) as u16
+    } else {
+        l.name
+    };
+    read_into(ctx, name, &mut ev.dev_name);
+    ev.table = read::<u32>(ctx, l.tb_id);
+    ev.err = read::<i32>(ctx, l.err);
+    ev.oif = read::<i32>(ctx, l.oif);
+    ev.iif = read::<i32>(ctx, l.iif);
+    ev.sport = read::<u16>(ctx, l.sport);
+    ev.dport = read::<u16>(ctx, l.dport);
+    ev.family = fam;
+    ev.proto = read::<u8>(ctx, l.proto);
+    ev.tos = read::<u8>(ctx, l.tos);
+    ev.scope = read::<u8>(ctx, l.scope);
+    ev.flags = read::<u8>(ctx, l.flags);
+    ev.source = source;
+    ev._pad = [0; 5];
+    let admitted = filter::admit_tuple(&filter::Fields {
+        saddr: &ev.src,
+        daddr: &ev.dst,
+        sport: ev.sport,
+        dport: ev.dport,
+        l4_proto: ev.proto,
+        family: fam,
+    });
+    if !admitted {
+        entry.discard(0);
+        return Ok(());
+    }
+    entry.submit(0);
+    Ok(())
+}

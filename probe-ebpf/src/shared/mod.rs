@@ -1,0 +1,11 @@
+//! What the attach points share: the maps every program writes, the globals userspace fills
+//! in at load time (configuration, kernel layout), packet parsing (from a tc context or an skb
+//! in kernel memory), the filter, and latency mode's in-kernel histograms.
+
+pub mod config;
+pub mod filter;
+pub mod latency;
+pub mod layout;
+pub mod maps;
+pub mod packet;
+pub mod skb;

@@ -1,0 +1,284 @@
+//! The formatted facts of one sighting, shared by every renderer: where it happened (in the
+//! namespace's own terms, with Docker's names), which container it concerns, and what
+//! happened there. Text and JSON timelines, and event lines, all take their words from here.
+
+use std::fmt::Write as _;
+
+use crate::{
+    addr::Endpoint,
+    event::{
+        DropSighting, Event, EventBody, FibLookup, IpHeader, L4Header, Packet, RuleVerdict,
+        Transport,
+    },
+    topology::Topology,
+};
+
+/// Where a hop happened, appended to `out` (the common cases without allocating).
+pub fn write_place(out: &mut String, e: &Event, topo: &Topology) {
+    match &e.body {
+        EventBody::Tc(t) => {
+            topo.write_label(out, t.ifindex);
+            out.push(' ');
+            out.push_str(t.direction.as_str());
+        }
+        EventBody::Drop(d) => write_drop_place(out, d, topo),
+        EventBody::Fib(f) => {
+            out.push_str("route table ");
+            write_table(out, f.table, f.table_name.as_deref());
+        }
+        EventBody::FibRule(r) => {
+            let _ = write!(out, "ip rule pref {}", r.pref);
+        }
+        EventBody::Rule(r) => {
+            let _ = write!(out, "{} {}/{}", r.family.nft_name(), r.table, r.chain);
+            if let Some(h) = r.hook {
+                let _ = write!(out, " ({})", h.nft_name());
+            }
+        }
+        EventBody::Netfilter(n) => {
+            let _ = write!(out, "netfilter {}", n.hook.kernel_name());
+        }
+        EventBody::Chain(c) => {
+            let _ = write!(
+                out,
+                "{} {}/{} ({})",
+                c.engine.as_str(),
+                c.table,
+                c.chain,
+                c.hook.kernel_name()
+            );
+        }
+    }
+}
+
+/// Where a hop happened, in the namespace's own terms.
+pub fn place(e: &Event, topo: &Topology) -> String {
+    let mut s = String::new();
+    write_place(&mut s, e, topo);
+    s
+}
+
+fn write_drop_place(out: &mut String, d: &DropSighting, topo: &Topology) {
+    let netns = u64::from(d.netns);
+    match topo.containers.by_netns(netns) {
+        // Dropped inside a container's own namespace: its interface index means nothing here.
+        Some(c) if topo.container_of(d.ifindex) != Some(c) => {
+            let _ = write!(out, "drop in container {c}");
+        }
+        _ if topo.container_of(d.ifindex).is_some() => {
+            out.push_str("drop on ");
+            topo.write_label(out, d.ifindex);
+        }
+        // Dropped in another namespace (--all-netns): name it, not its interface index.
+        _ => match topo.foreign_netns(netns) {
+            Some(name) => {
+                let _ = write!(out, "drop in netns {name}");
+            }
+            None => {
+                out.push_str("drop on ");
+                topo.write_name(out, d.ifindex);
+            }
+        },
+    }
+}
+
+fn write_table(out: &mut String, id: u32, name: Option<&str>) {
+    match name {
+        Some(n) => out.push_str(n),
+        None => {
+            let _ = write!(out, "{id}");
+        }
+    }
+}
+
+/// The container a hop's interface (or namespace) belongs to, if Docker named one.
+pub fn container<'a>(e: &Event, topo: &'a Topology) -> Option<&'a str> {
+    match &e.body {
+        EventBody::Tc(t) => topo.container_of(t.ifindex),
+        EventBody::Drop(d) => topo
+            .containers
+            .by_netns(u64::from(d.netns))
+            .or_else(|| topo.container_of(d.ifindex)),
+        _ => None,
+    }
+}
+
+/// What happened at a hop.
+pub fn what(e: &Event) -> String {
+    match &e.body {
+        EventBody::Tc(t) => packet_text(&t.packet),
+        EventBody::Drop(d) => format!(
+            "DROP reason {}{}",
+            d.reason
+                .clone()
+                .unwrap_or_else(|| d.reason_code.to_string()),
+            d.location_sym
+                .as_ref()
+                .map(|l| format!(" in {l}"))
+                .unwrap_or_default()
+        ),
+        EventBody::Fib(f) => format!("{} -> {}", fib_flow(f), fib_result(f)),
+        EventBody::FibRule(r) => format!(
+            "{} table {}",
+            r.action.as_str(),
+            r.table_name.clone().unwrap_or_else(|| r.table.to_string())
+        ),
+        EventBody::Rule(r) => r.decision(),
+        EventBody::Netfilter(n) => format!(
+            "{}{} ({}µs in the hook)",
+            n.verdict.as_str().to_uppercase(),
+            n.errno.map(|e| format!(" errno {e}")).unwrap_or_default(),
+            n.duration_ns / 1000
+        ),
+        EventBody::Chain(c) => format!("-> {}", c.verdict.as_str().to_uppercase()),
+    }
+}
+
+/// `tcp a:1 > b:2 [S] seq 1 len 60 reason NETFILTER_DROP at nf_hook_slow+0x9a`
+pub fn drop_text(d: &DropSighting) -> String {
+    let reason = match &d.reason {
+        Some(r) => r.clone(),
+        None if d.reason_code == 0 => "unreported".to_owned(),
+        None => format!("code {}", d.reason_code),
+    };
+    let mut s = format!("{} reason {reason}", packet_text(&d.packet));
+    if let Some(at) = &d.location_sym {
+        let _ = write!(s, " at {at}");
+    }
+    s
+}
+
+/// `ip filter FORWARD (forward) rule 12 [iifname ... drop] -> drop: udp a:1 > b:2`
+pub fn rule_text(r: &RuleVerdict) -> String {
+    let hook = r
+        .hook
+        .map(|h| format!(" ({})", h.nft_name()))
+        .unwrap_or_default();
+    let packet = r
+        .packet
+        .as_ref()
+        .map(|p| format!(": {}", packet_text(p)))
+        .unwrap_or_default();
+    format!(
+        "{} {} {}{hook} {}{packet}",
+        r.family.nft_name(),
+        r.table,
+        r.chain,
+        r.decision()
+    )
+}
+
+/// `table main: udp 10.0.0.1:5000 > 10.0.0.2:53 -> dev eth0 via 10.0.0.254` or `-> ENETUNREACH`
+pub fn fib_text(f: &FibLookup) -> String {
+    let mut table = String::new();
+    write_table(&mut table, f.table, f.table_name.as_deref());
+    format!("table {table}: {} -> {}", fib_flow(f), fib_result(f))
+}
+
+/// The flow a routing lookup was made for: `udp 10.0.0.1:5000 > 10.0.0.2:53`.
+fn fib_flow(f: &FibLookup) -> String {
+    match f.proto {
+        Transport::Tcp | Transport::Udp => format!(
+            "{} {} > {}",
+            f.proto,
+            Endpoint(f.src, f.sport),
+            Endpoint(f.dst, f.dport)
+        ),
+        Transport::Other(0) => format!("{} > {}", f.src, f.dst),
+        p => format!("{p} {} > {}", f.src, f.dst),
+    }
+}
+
+/// What a routing lookup found: `dev eth0 via 10.0.0.254`, or its error.
+fn fib_result(f: &FibLookup) -> String {
+    match (&f.error, &f.dev) {
+        (Some(e), _) => e.clone(),
+        (None, Some(dev)) => match f.gateway {
+            Some(gw) => format!("dev {dev} via {gw}"),
+            None => format!("dev {dev}"),
+        },
+        (None, None) => "no device".to_owned(),
+    }
+}
+
+/// tcpdump-like one-line summary of a packet.
+pub fn packet_text(p: &Packet) -> String {
+    let mut s = match &p.ip {
+        Some(ip) => ip_text(ip),
+        None => match p.ethertype {
+            0x0806 => "arp".to_owned(),
+            0x88cc => "lldp".to_owned(),
+            other => format!("ethertype 0x{other:04x}"),
+        },
+    };
+    let _ = write!(s, " len {}", p.len);
+    if p.truncated {
+        s.push_str(" (truncated)");
+    }
+    s
+}
+
+fn ip_text(ip: &IpHeader) -> String {
+    match &ip.l4 {
+        Some(L4Header::Tcp {
+            sport,
+            dport,
+            seq,
+            tcp_flags,
+        }) => format!(
+            "tcp {} > {} [{tcp_flags}] seq {seq}",
+            Endpoint(ip.src, *sport),
+            Endpoint(ip.dst, *dport)
+        ),
+        Some(L4Header::Udp { sport, dport }) => {
+            format!(
+                "udp {} > {}",
+                Endpoint(ip.src, *sport),
+                Endpoint(ip.dst, *dport)
+            )
+        }
+        Some(L4Header::Icmp {
+            icmp_type,
+            icmp_code,
+            icmp_id,
+            icmp_seq,
+        }) => {
+            let what = icmp_name(ip.proto, *icmp_type, *icmp_code);
+            let echo = matches!(
+                (ip.proto, icmp_type),
+                (Transport::Icmp, 0 | 8) | (Transport::Icmpv6, 128 | 129)
+            );
+            if echo {
+                format!(
+                    "{} {} > {} {what} id {icmp_id} seq {icmp_seq}",
+                    ip.proto, ip.src, ip.dst
+                )
+            } else {
+                format!("{} {} > {} {what}", ip.proto, ip.src, ip.dst)
+            }
+        }
+        None => {
+            let frag = if ip.fragment { " fragment" } else { "" };
+            format!("{} {} > {}{frag}", ip.proto, ip.src, ip.dst)
+        }
+    }
+}
+
+fn icmp_name(proto: Transport, t: u8, code: u8) -> String {
+    let name = match (proto, t) {
+        (Transport::Icmp, 0) | (Transport::Icmpv6, 129) => "echo-reply",
+        (Transport::Icmp, 8) | (Transport::Icmpv6, 128) => "echo-request",
+        (Transport::Icmp, 3) | (Transport::Icmpv6, 1) => "unreachable",
+        (Transport::Icmp, 11) | (Transport::Icmpv6, 3) => "time-exceeded",
+        (Transport::Icmpv6, 135) => "neighbor-solicit",
+        (Transport::Icmpv6, 136) => "neighbor-advert",
+        (Transport::Icmpv6, 133) => "router-solicit",
+        (Transport::Icmpv6, 134) => "router-advert",
+        _ => return format!("type {t} code {code}"),
+    };
+    if code == 0 {
+        name.to_owned()
+    } else {
+        format!("{name} code {code}")
+    }
+}

@@ -1,0 +1,187 @@
+//! Timelines for people (a block per packet, a row per hop, a diagnosis) and for programs
+//! (JSON Lines, schema `probe.timeline/1`, documented in docs/timeline-schema.md). Both are
+//! written from the same facts: the place, the container and what happened at each hop, the
+//! rewrites and the diagnosis.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::facts::{container, place, what, write_place};
+use crate::{
+    timeline::{Diagnosis, Hop, Journey, Outcome, Rewrite, Tally, Tuple, diagnose},
+    topology::Topology,
+};
+
+pub const SCHEMA: &str = "probe.timeline/1";
+
+/// How finished journeys are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Style {
+    pub json: bool,
+    /// ANSI colours on the diagnosis (text only).
+    pub color: bool,
+}
+
+/// A finished journey as printed: a text block, or one JSON line with its newline. Counts its
+/// outcome in `tally`, from the same diagnosis the output shows.
+pub fn render_finished(j: &Journey, topo: &Topology, style: Style, tally: &mut Tally) -> String {
+    let diagnosis = diagnose(j, topo);
+    tally.add(j, diagnosis.outcome);
+    if style.json {
+        json(j, topo, diagnosis) + "\n"
+    } else {
+        text(j, topo, style.color, diagnosis)
+    }
+}
+
+fn fmt_ns(out: &mut String, ns: u64) {
+    let _ = if ns >= 10_000_000 {
+        write!(out, "{:.1}ms", ns as f64 / 1e6)
+    } else {
+        write!(out, "{:.3}ms", ns as f64 / 1e6)
+    };
+}
+
+fn fmt_delta(out: &mut String, ns: u64) {
+    let _ = if ns >= 1_000_000 {
+        write!(out, "{:.1}ms", ns as f64 / 1e6)
+    } else {
+        write!(out, "{}µs", ns / 1000)
+    };
+}
+
+/// Appends `text` to `out`, then spaces up to `width` characters.
+fn push_padded(out: &mut String, text: &str, width: usize) {
+    out.push_str(text);
+    for _ in text.chars().count()..width {
+        out.push(' ');
+    }
+}
+
+/// A human-readable block for one journey.
+pub fn render_text(j: &Journey, topo: &Topology, color: bool) -> String {
+    text(j, topo, color, diagnose(j, topo))
+}
+
+fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> String {
+    let start = j.hops.first().map_or(0, |h| h.ts_ns);
+    let head = j
+        .first
+        .map(|t: Tuple| t.to_string())
+        .unwrap_or_else(|| "routing lookup".to_owned());
+    let mut s = String::with_capacity(128 * (j.hops.len() + 2));
+    let _ = writeln!(s, "packet {} (flow {}) {head}", j.id, j.flow);
+    let mut prev = start;
+    // One scratch string for the padded columns, reused across hops.
+    let mut cell = String::with_capacity(64);
+    for (i, h) in j.hops.iter().enumerate() {
+        s.push_str(if h.inferred { "  ~+" } else { "   +" });
+        cell.clear();
+        fmt_ns(&mut cell, h.ts_ns.saturating_sub(start));
+        push_padded(&mut s, &cell, 9);
+        s.push_str(" Δ");
+        cell.clear();
+        fmt_delta(&mut cell, h.ts_ns.saturating_sub(prev));
+        push_padded(&mut s, &cell, 8);
+        s.push(' ');
+        cell.clear();
+        write_place(&mut cell, &h.event, topo);
+        push_padded(&mut s, &cell, 30);
+        s.push(' ');
+        s.push_str(&what(&h.event));
+        if let Some(r) = j.rewrites.iter().find(|r| r.at_hop == i) {
+            let _ = write!(s, "   ({})", r.note());
+        }
+        s.push('\n');
+        prev = h.ts_ns;
+    }
+    let (on, off) = if color {
+        let c = match diagnosis.outcome {
+            Outcome::Dropped | Outcome::Unroutable => "\x1b[1;31m",
+            Outcome::Delivered => "\x1b[1;32m",
+            Outcome::Left | Outcome::Incomplete => "\x1b[1;33m",
+        };
+        (c, "\x1b[0m")
+    } else {
+        ("", "")
+    };
+    let evicted = if j.evicted {
+        " (cut short: too many packets in flight)"
+    } else {
+        ""
+    };
+    let _ = writeln!(s, "  => {on}{}{off}{evicted}", diagnosis.text);
+    s
+}
+
+#[derive(Serialize)]
+struct JsonHop<'a> {
+    /// Nanoseconds since the journey's first sighting, and since the previous hop.
+    t_ns: u64,
+    dt_ns: u64,
+    #[serde(rename = "where")]
+    place: String,
+    what: String,
+    /// The Docker container whose interface or namespace this hop is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container: Option<&'a str>,
+    #[serde(flatten)]
+    hop: &'a Hop,
+}
+
+#[derive(Serialize)]
+struct JsonJourney<'a> {
+    schema: &'static str,
+    id: u64,
+    flow: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first: Option<Tuple>,
+    outcome: Outcome,
+    diagnosis: String,
+    rewrites: &'a [Rewrite],
+    hops: Vec<JsonHop<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    evicted: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    events_lost: bool,
+}
+
+/// One JSON Lines record for one journey.
+pub fn render_json(j: &Journey, topo: &Topology) -> String {
+    json(j, topo, diagnose(j, topo))
+}
+
+fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis) -> String {
+    let start = j.hops.first().map_or(0, |h| h.ts_ns);
+    let mut prev = start;
+    let hops = j
+        .hops
+        .iter()
+        .map(|h| {
+            let hop = JsonHop {
+                t_ns: h.ts_ns.saturating_sub(start),
+                dt_ns: h.ts_ns.saturating_sub(prev),
+                place: place(&h.event, topo),
+                what: what(&h.event),
+                container: container(&h.event, topo),
+                hop: h,
+            };
+            prev = h.ts_ns;
+            hop
+        })
+        .collect();
+    serde_json::to_string(&JsonJourney {
+        schema: SCHEMA,
+        id: j.id,
+        flow: j.flow,
+        first: j.first,
+        outcome: diagnosis.outcome,
+        diagnosis: diagnosis.text,
+        rewrites: &j.rewrites,
+        hops,
+        evicted: j.evicted,
+        events_lost: j.events_lost,
+    })
+    .unwrap_or_else(|e| format!("{{\"schema\":\"{SCHEMA}\",\"error\":\"{e}\"}}"))
+}

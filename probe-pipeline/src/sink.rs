@@ -1,0 +1,364 @@
+//! Where decoded events go, for `probe trace` and `probe replay` alike: the namespace's own
+//! drops, names put on numbers, the recording, the filter, the correlator and the renderer,
+//! then the counts the summary reports. One path, so a replay prints what the trace printed.
+
+use std::io::{self, Write};
+
+use thiserror::Error;
+
+use crate::{
+    event::{Event, EventBody},
+    filter::{Filter, Follower},
+    names::Names,
+    record::RecordWriter,
+    render::{
+        Clock, Format, Renderer,
+        timeline::{Style, render_finished},
+    },
+    timeline::{Correlator, Journey, Limits, Tally},
+    topology::Topology,
+};
+
+#[derive(Debug, Error)]
+pub enum SinkError {
+    #[error("cannot write to standard output: {0}")]
+    Output(io::Error),
+    #[error("cannot write the recording: {0}")]
+    Recording(io::Error),
+}
+
+/// What the sink was asked to do.
+pub struct SinkOptions {
+    pub format: Format,
+    /// One line per event instead of a timeline per packet.
+    pub events: bool,
+    /// ANSI colours in text timelines.
+    pub color: bool,
+    /// Only packets matching this (and what follows from them).
+    pub filter: Option<Filter>,
+    /// Stop after this many timelines (or events, with `events`).
+    pub limit: Option<u64>,
+    /// Show drops only from this network namespace (inode); None: from all.
+    pub netns: Option<u32>,
+    pub clock: Clock,
+}
+
+/// What went through the sink.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Events received and shown (in timelines or as lines).
+    pub events: u64,
+    /// Timelines printed.
+    pub timelines: u64,
+    /// Timelines printed, by how they ended.
+    pub outcomes: Tally,
+}
+
+enum Mode {
+    Events {
+        renderer: Renderer,
+        follower: Option<Follower>,
+    },
+    Timelines {
+        correlator: Correlator,
+        style: Style,
+        /// Timelines are filtered whole: any sighting of the packet may match.
+        filter: Option<Filter>,
+    },
+}
+
+pub struct Sink<W: Write> {
+    out: W,
+    topology: Topology,
+    /// Names for the numbers events carry; None when the events come named (a recording).
+    names: Option<Names>,
+    recorder: Option<RecordWriter<Box<dyn Write>>>,
+    mode: Mode,
+    netns: Option<u32>,
+    limit: u64,
+    /// The output is gone (a closed pipe): nothing more is written.
+    gone: bool,
+    stats: Stats,
+}
+
+impl<W: Write> Sink<W> {
+    pub fn new(out: W, opts: SinkOptions, topology: Topology, names: Option<Names>) -> Self {
+        let mode = if opts.events {
+            Mode::Events {
+                renderer: Renderer::new(opts.format, opts.clock),
+                follower: opts.filter.map(Follower::new),
+            }
+        } else {
+            Mode::Timelines {
+                correlator: Correlator::new(Limits::default()),
+                style: Style {
+                    json: opts.format == Format::Json,
+                    color: opts.color && opts.format == Format::Text,
+                },
+                filter: opts.filter,
+            }
+        };
+        Sink {
+            out,
+            topology,
+            names,
+            recorder: None,
+            mode,
+            netns: opts.netns,
+            limit: opts.limit.unwrap_or(u64::MAX),
+            gone: false,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Also writes every event shown into a recording.
+    pub fn record_to(&mut self, recorder: RecordWriter<Box<dyn Write>>) {
+        self.recorder = Some(recorder);
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The host changed (interfaces came or went, containers started).
+    pub fn topology_mut(&mut self) -> &mut Topology {
+        &mut self.topology
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Timelines or events shown, whichever `limit` counts.
+    fn shown(&self) -> u64 {
+        match self.mode {
+            Mode::Events { .. } => self.stats.events,
+            Mode::Timelines { .. } => self.stats.timelines,
+        }
+    }
+
+    /// Enough was shown, or nobody reads any more: the caller should stop.
+    pub fn done(&self) -> bool {
+        self.gone || self.shown() >= self.limit
+    }
+
+    /// One event, with the bytes the kernel wrote when it came from the ring buffer (what a
+    /// recording stores). Returns whether the sink is done.
+    pub fn push(&mut self, mut event: Event, raw: Option<&[u8]>) -> Result<bool, SinkError> {
+        if self.done() || !self.wants(&event.body) {
+            return Ok(self.done());
+        }
+        if let Some(names) = &self.names {
+            names.enrich(&mut event);
+        }
+        self.stats.events += 1;
+        if let Some(w) = self.recorder.as_mut() {
+            // Names first, so a replay knows them when it reaches the event.
+            w.extra(&event)
+                .and_then(|()| raw.map_or(Ok(()), |bytes| w.raw(bytes)))
+                .map_err(SinkError::Recording)?;
+        }
+        match &mut self.mode {
+            Mode::Timelines { correlator, .. } => {
+                correlator.push(event);
+                let done = correlator.take_finished();
+                self.write_journeys(done)?;
+            }
+            Mode::Events { renderer, follower } => {
+                if follower.as_mut().is_none_or(|f| f.admits(&event)) {
+                    let result = renderer.write(&mut self.out, &event, &self.topology);
+                    written(&mut self.gone, result)?;
+                }
+            }
+        }
+        Ok(self.done())
+    }
+
+    fn wants(&self, body: &EventBody) -> bool {
+        match (body, self.netns) {
+            // Drops without a device (netns 0) cannot be placed: keep them.
+            (EventBody::Drop(d), Some(ns)) => d.netns == 0 || d.netns == ns,
+            _ => true,
+        }
+    }
+
+    /// Ends the journeys quiet since before `now_ns - linger` and writes them.
+    pub fn expire(&mut self, now_ns: u64) -> Result<bool, SinkError> {
+        if let Mode::Timelines { correlator, .. } = &mut self.mode {
+            correlator.expire(now_ns);
+            let done = correlator.take_finished();
+            self.write_journeys(done)?;
+        }
+        Ok(self.done())
+    }
+
+    /// Events were lost: the packets in flight may miss sightings.
+    pub fn mark_loss(&mut self) {
+        if let Mode::Timelines { correlator, .. } = &mut self.mode {
+            correlator.mark_loss();
+        }
+    }
+
+    fn write_journeys(&mut self, journeys: Vec<Journey>) -> Result<(), SinkError> {
+        let Mode::Timelines { style, filter, .. } = &self.mode else {
+            return Ok(());
+        };
+        for j in journeys {
+            if self.gone || self.stats.timelines >= self.limit {
+                break;
+            }
+            if filter.as_ref().is_some_and(|f| !j.matches(f)) {
+                continue;
+            }
+            self.stats.timelines += 1;
+            let text = render_finished(&j, &self.topology, *style, &mut self.stats.outcomes);
+            let result = self.out.write_all(text.as_bytes());
+            written(&mut self.gone, result)?;
+        }
+        Ok(())
+    }
+
+    /// Pushes what was written out to the reader. Returns whether the sink is done.
+    pub fn flush(&mut self) -> Result<bool, SinkError> {
+        if !self.gone {
+            let result = self.out.flush();
+            written(&mut self.gone, result)?;
+        }
+        Ok(self.done())
+    }
+
+    /// Ends everything still in flight (shown as it stands), flushes the output and the
+    /// recording, and returns the counts.
+    pub fn finish(mut self) -> Result<Stats, SinkError> {
+        if let Some(w) = self.recorder.as_mut() {
+            w.flush().map_err(SinkError::Recording)?;
+        }
+        if let Mode::Timelines { correlator, .. } = &mut self.mode {
+            let rest = correlator.flush();
+            self.write_journeys(rest)?;
+        }
+        self.flush()?;
+        Ok(self.stats)
+    }
+}
+
+/// A closed pipe (`probe trace | head`) ends the output quietly; other errors are errors.
+fn written(gone: &mut bool, result: io::Result<()>) -> Result<(), SinkError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            *gone = true;
+            Ok(())
+        }
+        Err(e) => Err(SinkError::Output(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Metadata, RecordReader};
+
+    /// A tc sighting on interface 4, as the kernel writes it.
+    fn raw_sighting() -> Vec<u8> {
+        let mut tc = probe_common::TcEvent {
+            header: probe_common::EventHeader {
+                ts_ns: 1_000,
+                kind: probe_common::kind::TC,
+                flags: 0,
+                cpu: 0,
+            },
+            ifindex: 4,
+            direction: probe_common::direction::EGRESS,
+            ..Default::default()
+        };
+        tc.packet.family = probe_common::family::IPV4;
+        tc.packet.l3_proto = 0x0800;
+        tc.packet.l4_proto = 17;
+        tc.packet.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        tc.packet.daddr[..4].copy_from_slice(&[172, 17, 0, 2]);
+        tc.packet.sport = 4000;
+        tc.packet.dport = 53;
+        tc.packet.ip_id = 9;
+        crate::bytes_of(&tc)
+    }
+
+    /// What `probe replay` does with a recording, through the same sink as a trace.
+    fn replay(file: &[u8], events: bool) -> Vec<serde_json::Value> {
+        let mut reader = RecordReader::new(file).unwrap();
+        let opts = SinkOptions {
+            format: Format::Json,
+            events,
+            color: false,
+            filter: None,
+            limit: None,
+            netns: None,
+            clock: Clock::default(),
+        };
+        let mut out = Vec::new();
+        let mut sink = Sink::new(&mut out, opts, reader.meta.topology.clone(), None);
+        while let Some(e) = reader.next_event().unwrap() {
+            sink.push(e, None).unwrap();
+        }
+        sink.finish().unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn replayed_events_carry_the_recorded_container_names() {
+        let mut topology = Topology::default();
+        topology.links.insert(4, ("veth-web".into(), "veth".into()));
+        topology.containers.interfaces.insert(4, "web".into());
+        let meta = Metadata {
+            topology,
+            ..Metadata::default()
+        };
+        let mut file = Vec::new();
+        let mut w = RecordWriter::new(&mut file, &meta).unwrap();
+        w.raw(&raw_sighting()).unwrap();
+        drop(w);
+        let lines = replay(&file, true);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["ifname"], "veth-web");
+        assert_eq!(lines[0]["container"], "web");
+        let timelines = replay(&file, false);
+        assert_eq!(timelines[0]["hops"][0]["container"], "web");
+        assert_eq!(
+            timelines[0]["hops"][0]["where"],
+            "veth-web (container web) egress"
+        );
+    }
+
+    #[test]
+    fn a_closed_output_ends_the_sink_quietly() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let opts = SinkOptions {
+            format: Format::Text,
+            events: true,
+            color: false,
+            filter: None,
+            limit: None,
+            netns: None,
+            clock: Clock::default(),
+        };
+        let mut sink = Sink::new(Closed, opts, Topology::default(), None);
+        let event = crate::decode::decode(&raw_sighting()).unwrap();
+        assert!(
+            sink.push(event, None).unwrap(),
+            "done once the pipe is closed"
+        );
+        assert_eq!(sink.finish().unwrap().events, 1);
+    }
+}

@@ -1,0 +1,507 @@
+//! The correlator: events in arrival order in, finished journeys out.
+
+use std::{collections::VecDeque, net::IpAddr};
+
+use probe_common::PacketKey;
+
+use super::{Hop, Journey, Rewrite, Tuple, hash::FastMap, is_exit};
+use crate::{
+    event::{Event, EventBody, L4Header, Packet},
+    identity,
+};
+
+/// What NAT leaves alone ([`PacketKey`]), and the TCP flags: enough to recognise a packet after
+/// a rewrite, and to keep apart a connection's segments that share a sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Signature {
+    key: PacketKey,
+    tcp_flags: u8,
+}
+
+impl Signature {
+    fn of(p: &Packet) -> Option<Self> {
+        let tcp_flags = match p.ip.as_ref()?.l4 {
+            Some(L4Header::Tcp { tcp_flags, .. }) => tcp_flags.0,
+            _ => 0,
+        };
+        Some(Signature {
+            key: identity::key(p)?,
+            tcp_flags,
+        })
+    }
+}
+
+/// How many of the most recent journeys a routing lookup is compared with.
+const SCAN_WINDOW: usize = 512;
+/// How many live journeys with one signature are remembered (the most recent): packets that
+/// carry no identity (UDP with IP id 0) share one signature, and only the latest can be next.
+const SIG_CANDIDATES: usize = 4;
+
+/// Ids of the live journeys with one signature, oldest first, stored inline (no allocation per
+/// journey).
+#[derive(Default, Clone, Copy)]
+struct SigIds {
+    len: u8,
+    ids: [u64; SIG_CANDIDATES],
+}
+
+impl SigIds {
+    fn as_slice(&self) -> &[u64] {
+        &self.ids[..self.len as usize]
+    }
+
+    fn push(&mut self, id: u64) {
+        if self.len as usize == SIG_CANDIDATES {
+            self.ids.copy_within(1.., 0);
+            self.len -= 1;
+        }
+        self.ids[self.len as usize] = id;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(i) = self.as_slice().iter().position(|&x| x == id) {
+            self.ids.copy_within(i + 1..self.len as usize, i);
+            self.len -= 1;
+        }
+    }
+}
+
+/// Tuning of the correlator.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// A journey quiet for this long is over.
+    pub linger_ns: u64,
+    /// Most journeys alive at once.
+    pub max_live: usize,
+    /// How long a routing lookup waits for the packet it decided about.
+    pub lookup_window_ns: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            linger_ns: 300_000_000,
+            max_live: 4096,
+            lookup_window_ns: 20_000_000,
+        }
+    }
+}
+
+/// Joins events into journeys. Feed events in arrival order; collect finished journeys.
+pub struct Correlator {
+    limits: Limits,
+    live: VecDeque<Journey>,
+    /// The ids of `live`, in the same order: searched without touching the journeys.
+    live_ids: VecDeque<u64>,
+    next_id: u64,
+    next_flow: u64,
+    /// Flow ids by tuple (both directions, before and after rewrites).
+    flows: FastMap<Tuple, u64>,
+    /// Journey id by skb address.
+    by_skb: FastMap<u64, u64>,
+    /// Ids of live journeys by signature, oldest first (at most [`SIG_CANDIDATES`]).
+    by_sig: FastMap<Signature, SigIds>,
+    /// Routing lookups not yet matched to a packet.
+    lookups: VecDeque<Event>,
+    finished: Vec<Journey>,
+    next_expire_ns: u64,
+}
+
+/// Event time between two looks for journeys that ended.
+const EXPIRE_EVERY_NS: u64 = 5_000_000;
+
+impl Correlator {
+    pub fn new(limits: Limits) -> Self {
+        Correlator {
+            limits,
+            live: VecDeque::new(),
+            live_ids: VecDeque::new(),
+            next_id: 1,
+            next_flow: 1,
+            flows: FastMap::default(),
+            by_skb: FastMap::default(),
+            by_sig: FastMap::default(),
+            lookups: VecDeque::new(),
+            finished: Vec::new(),
+            next_expire_ns: 0,
+        }
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Adds one event.
+    pub fn push(&mut self, event: Event) {
+        let now = event.ts_ns;
+        match &event.body {
+            EventBody::Fib(_) | EventBody::FibRule(_) => self.push_lookup(event),
+            EventBody::Chain(c) => {
+                let skb = c.skb;
+                match self.find_by_skb(skb) {
+                    Some(i) => self.attach(i, event, None, false),
+                    None => self.start(event, None, None),
+                }
+            }
+            _ => {
+                let packet = identity::packet_of(&event);
+                let skb = match &event.body {
+                    EventBody::Drop(d) => Some(d.skb),
+                    EventBody::Netfilter(n) => Some(n.skb),
+                    _ => None,
+                };
+                let tuple = packet.and_then(Tuple::of);
+                let sig = packet.and_then(Signature::of);
+                // Rule verdicts arrive late, possibly after the drop that ended the journey.
+                let late = matches!(event.body, EventBody::Rule(_));
+                let found = skb
+                    .and_then(|s| self.find_by_skb(s))
+                    .or_else(|| sig.and_then(|s| self.find_by_signature(s, tuple, now, late)));
+                // A socket purging its queue frees packets it already received: part of a
+                // journey if we saw it, not a journey of its own.
+                let purge = matches!(&event.body, EventBody::Drop(d) if d.reason.as_deref() == Some("QUEUE_PURGE"));
+                match found {
+                    Some(i) => self.attach(i, event, tuple, false),
+                    None if purge => return,
+                    None => self.start(event, tuple, sig),
+                }
+                if let Some(s) = skb.filter(|&s| s != 0) {
+                    let i = found.or(self.live.len().checked_sub(1));
+                    if let Some(j) = i.and_then(|i| self.live.get_mut(i)) {
+                        self.by_skb.insert(s, j.id);
+                        j.skbs.push(s);
+                    }
+                }
+            }
+        }
+        self.expire(now);
+    }
+
+    /// Where journey `id` is in the live set (kept in id order: journeys are appended as they
+    /// start and only ever removed).
+    fn index_of(&self, id: u64) -> Option<usize> {
+        self.live_ids.binary_search(&id).ok()
+    }
+
+    fn find_by_skb(&self, skb: u64) -> Option<usize> {
+        let id = *self.by_skb.get(&skb)?;
+        self.index_of(id).filter(|&i| !self.live[i].ended)
+    }
+
+    fn find_by_signature(
+        &self,
+        sig: Signature,
+        tuple: Option<Tuple>,
+        now: u64,
+        include_ended: bool,
+    ) -> Option<usize> {
+        let mut best = None;
+        // Candidates are indexed by signature, so each event costs O(1) whatever is in flight.
+        for &id in self.by_sig.get(&sig)?.as_slice().iter().rev() {
+            let Some(i) = self.index_of(id) else { continue };
+            let j = &self.live[i];
+            if (j.ended && !include_ended) || now.saturating_sub(j.last_ns) > self.limits.linger_ns
+            {
+                continue;
+            }
+            if j.current == tuple {
+                return Some(i);
+            }
+            best.get_or_insert(i);
+        }
+        best
+    }
+
+    fn start(&mut self, event: Event, tuple: Option<Tuple>, sig: Option<Signature>) {
+        if self.live.len() >= self.limits.max_live
+            && let Some(mut oldest) = self.live.pop_front()
+            && self.live_ids.pop_front().is_some()
+        {
+            oldest.evicted = true;
+            self.finish(oldest);
+        }
+        // A rule verdict arrives over netlink, out of step with the ring buffer: the request
+        // whose rewrite would link this packet to its flow may not have been read yet. Such a
+        // journey takes its flow from its first sighting that has a timestamp (or at the end).
+        let late = matches!(event.body, EventBody::Rule(_));
+        let flow = match tuple {
+            Some(t) if !late => self.flow_of(t),
+            _ => 0,
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut j = Journey {
+            id,
+            flow,
+            first: tuple,
+            hops: Vec::new(),
+            rewrites: Vec::new(),
+            evicted: false,
+            events_lost: false,
+            sig,
+            current: tuple,
+            last_ns: event.ts_ns,
+            ended: false,
+            skbs: Vec::new(),
+        };
+        // Routing lookups made for this packet just before it was seen.
+        if let Some(t) = tuple {
+            let window = self.limits.lookup_window_ns;
+            let mut i = 0;
+            while i < self.lookups.len() {
+                let l = &self.lookups[i];
+                if lookup_matches(l, &t) && event.ts_ns.saturating_sub(l.ts_ns) <= window {
+                    let l = self.lookups.remove(i).expect("index in range");
+                    j.hops.push(Hop {
+                        ts_ns: l.ts_ns,
+                        tuple: None,
+                        inferred: true,
+                        approx_time: false,
+                        event: l,
+                    });
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        if let Some(sig) = sig {
+            self.by_sig.entry(sig).or_default().push(id);
+        }
+        self.live.push_back(j);
+        self.live_ids.push_back(id);
+        let i = self.live.len() - 1;
+        self.attach(i, event, tuple, false);
+    }
+
+    fn flow_of(&mut self, t: Tuple) -> u64 {
+        if let Some(&f) = self.flows.get(&t).or_else(|| self.flows.get(&t.reversed())) {
+            return f;
+        }
+        let f = self.next_flow;
+        self.next_flow += 1;
+        if self.flows.len() > 65536 {
+            self.flows.clear();
+        }
+        self.flows.insert(t, f);
+        f
+    }
+
+    fn attach(&mut self, i: usize, mut event: Event, tuple: Option<Tuple>, inferred: bool) {
+        let approx_time = matches!(event.body, EventBody::Rule(_));
+        if let (false, Some(t), 0) = (approx_time, tuple, self.live[i].flow) {
+            self.live[i].flow = self.flow_of(t);
+        }
+        let j = &mut self.live[i];
+        if approx_time {
+            // nftables trace messages carry no timestamp, and arrive after the fact. Rules run
+            // between a packet's arrival and its exit, so place them after the last arrival-side
+            // hop (not after an egress or a drop); ties keep their order.
+            event.ts_ns = j
+                .hops
+                .iter()
+                .filter(|h| !is_exit(&h.event))
+                .map(|h| h.ts_ns)
+                .max()
+                .unwrap_or(j.last_ns);
+        }
+        // The tuple a rule saw belongs to its hook's moment, not to now: only sightings with
+        // their own timestamps tell a rewrite.
+        if let (false, Some(t), Some(cur)) = (approx_time, tuple, j.current)
+            && t != cur
+        {
+            j.rewrites.push(Rewrite {
+                before: cur,
+                after: t,
+                at_hop: j.hops.len(),
+            });
+            j.current = Some(t);
+            let flow = j.flow;
+            // Replies to the rewritten tuple belong to the same flow.
+            self.flows.insert(t, flow);
+        }
+        let j = &mut self.live[i];
+        if j.current.is_none() {
+            j.current = tuple;
+            j.first = j.first.or(tuple);
+        }
+        // A drop ends the journey, unless the packet had already left (then it is a socket
+        // freeing its copy later on, not a drop on the way).
+        if matches!(event.body, EventBody::Drop(_))
+            && !j
+                .hops
+                .iter()
+                .any(|h| is_exit(&h.event) && !matches!(h.event.body, EventBody::Drop(_)))
+        {
+            j.ended = true;
+        }
+        if !approx_time {
+            j.last_ns = j.last_ns.max(event.ts_ns);
+        }
+        j.hops.push(Hop {
+            ts_ns: event.ts_ns,
+            tuple,
+            inferred,
+            approx_time,
+            event,
+        });
+    }
+
+    fn push_lookup(&mut self, event: Event) {
+        // A lookup right after a packet's last sighting (forwarding, reply routing) belongs to
+        // that packet; otherwise it waits for the packet it was made for.
+        let now = event.ts_ns;
+        let window = self.limits.lookup_window_ns;
+        let target = lookup_dst(&event);
+        let skip = self.live.len().saturating_sub(SCAN_WINDOW);
+        let found = self.live.iter().skip(skip).rposition(|j| {
+            !j.ended
+                && now.saturating_sub(j.last_ns) <= window
+                && j.current
+                    .is_some_and(|t| Some((t.dst, t.dport)) == target || Some((t.dst, 0)) == target)
+        });
+        match found.map(|i| i + skip) {
+            Some(i) => self.attach(i, event, None, true),
+            None => {
+                self.lookups.push_back(event);
+                while self.lookups.len() > 1024 {
+                    let l = self.lookups.pop_front().expect("non-empty");
+                    self.standalone(l);
+                }
+            }
+        }
+    }
+
+    /// A lookup no packet followed: worth its own timeline only when it failed (nothing was
+    /// sent because there was no route).
+    fn standalone(&mut self, lookup: Event) {
+        let failed = match &lookup.body {
+            EventBody::Fib(f) => f.failed(),
+            _ => false,
+        };
+        if failed {
+            self.start(lookup, None, None);
+            if let Some(j) = self.live.back_mut() {
+                j.ended = true;
+                j.hops[0].inferred = false;
+            }
+        }
+    }
+
+    /// Events were lost: every journey in flight may miss sightings.
+    pub fn mark_loss(&mut self) {
+        for j in self.live.iter_mut() {
+            j.events_lost = true;
+        }
+    }
+
+    /// Ends journeys quiet since before `now - linger`. Cheap to call often: it looks at most
+    /// every few milliseconds of event time.
+    pub fn expire(&mut self, now: u64) {
+        if now < self.next_expire_ns {
+            return;
+        }
+        self.next_expire_ns = now + EXPIRE_EVERY_NS;
+        let linger = self.limits.linger_ns;
+        while let Some(l) = self.lookups.front() {
+            if now.saturating_sub(l.ts_ns) > self.limits.lookup_window_ns {
+                let l = self.lookups.pop_front().expect("non-empty");
+                self.standalone(l);
+            } else {
+                break;
+            }
+        }
+        let mut i = 0;
+        while i < self.live.len() {
+            if now.saturating_sub(self.live[i].last_ns) > linger {
+                let j = self.live.remove(i).expect("index in range");
+                self.live_ids.remove(i);
+                self.finish(j);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn finish(&mut self, mut j: Journey) {
+        if j.flow == 0
+            && let Some(t) = j.first
+        {
+            j.flow = self.flow_of(t);
+        }
+        for skb in &j.skbs {
+            if self.by_skb.get(skb) == Some(&j.id) {
+                self.by_skb.remove(skb);
+            }
+        }
+        if let Some(sig) = j.sig
+            && let Some(ids) = self.by_sig.get_mut(&sig)
+        {
+            ids.remove(j.id);
+            if ids.len == 0 {
+                self.by_sig.remove(&sig);
+            }
+        }
+        // Rule verdicts may have come before the sightings around them were read: now that the
+        // journey is complete, put them after its last arrival-side sighting.
+        let anchor = j
+            .hops
+            .iter()
+            .filter(|h| !h.approx_time && !h.inferred && !is_exit(&h.event))
+            .map(|h| h.ts_ns)
+            .max();
+        if let Some(anchor) = anchor {
+            for h in j.hops.iter_mut().filter(|h| h.approx_time) {
+                h.ts_ns = anchor + 1;
+                h.event.ts_ns = anchor + 1;
+            }
+        }
+        j.hops.sort_by_key(|h| h.ts_ns);
+        // Rewrites point at the first hop that saw the new tuple, in the final order.
+        for r in j.rewrites.iter_mut() {
+            if let Some(i) = j
+                .hops
+                .iter()
+                .position(|h| !h.approx_time && h.tuple == Some(r.after))
+            {
+                r.at_hop = i;
+            }
+        }
+        self.finished.push(j);
+    }
+
+    /// Journeys that ended since the last call, oldest first.
+    pub fn take_finished(&mut self) -> Vec<Journey> {
+        let mut out = std::mem::take(&mut self.finished);
+        out.sort_by_key(|j| j.hops.first().map_or(0, |h| h.ts_ns));
+        out
+    }
+
+    /// Ends everything (the trace stops).
+    pub fn flush(&mut self) -> Vec<Journey> {
+        while let Some(l) = self.lookups.pop_front() {
+            self.standalone(l);
+        }
+        self.live_ids.clear();
+        while let Some(j) = self.live.pop_front() {
+            self.finish(j);
+        }
+        self.take_finished()
+    }
+}
+
+fn lookup_dst(e: &Event) -> Option<(IpAddr, u16)> {
+    match &e.body {
+        EventBody::Fib(f) => Some((f.dst, f.dport)),
+        EventBody::FibRule(r) => Some((r.dst, 0)),
+        _ => None,
+    }
+}
+
+fn lookup_matches(lookup: &Event, t: &Tuple) -> bool {
+    match &lookup.body {
+        EventBody::Fib(f) => f.dst == t.dst && (f.dport == 0 || f.dport == t.dport),
+        EventBody::FibRule(r) => r.dst == t.dst,
+        _ => false,
+    }
+}

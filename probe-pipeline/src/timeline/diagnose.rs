@@ -1,0 +1,311 @@
+//! The last line of a timeline: what happened to the packet, in plain words. Each kind of end
+//! is one function that either recognises the journey or passes it on; they are tried in order
+//! of how decisive their evidence is (a drop, then a shadowed route, then where it left).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Journey, is_exit};
+use crate::{
+    event::{
+        ChainVerdict, DecidedBy, Direction, DropSighting, EventBody, FibLookup, FibRuleMatch, Hook,
+        HookVerdict, RuleVerdict, TcSighting, Verdict,
+    },
+    render::facts,
+    topology::Topology,
+};
+
+/// How the journey ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Dropped,
+    /// Went into a container's interface or a local socket.
+    Delivered,
+    /// Left the host (uplink or tunnel).
+    Left,
+    /// A routing lookup failed: nothing was sent.
+    Unroutable,
+    /// Last seen somewhere with no end in sight.
+    Incomplete,
+}
+
+/// A journey's end: its outcome and the sentence that explains it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnosis {
+    pub outcome: Outcome,
+    pub text: String,
+}
+
+impl Diagnosis {
+    fn new(outcome: Outcome, text: String) -> Self {
+        Self { outcome, text }
+    }
+}
+
+/// What the diagnoses share: the journey, the host, and the rewrites said once.
+struct Case<'a> {
+    j: &'a Journey,
+    topo: &'a Topology,
+    /// ` after DNAT a → b`, or empty.
+    after_nat: String,
+}
+
+pub fn diagnose(j: &Journey, topo: &Topology) -> Diagnosis {
+    let rewrites: Vec<String> = j.rewrites.iter().map(|r| r.note()).collect();
+    let after_nat = if rewrites.is_empty() {
+        String::new()
+    } else {
+        format!(" after {}", rewrites.join(", "))
+    };
+    let case = Case { j, topo, after_nat };
+    dropped(&case)
+        .or_else(|| shadowed_by_tunnel(&case))
+        .or_else(|| last_tc_exit(&case))
+        .or_else(|| local_delivery(&case))
+        .or_else(|| unroutable(&case))
+        .unwrap_or_else(|| incomplete(&case))
+}
+
+impl Case<'_> {
+    fn rev_find<'b, T>(&'b self, f: impl Fn(&'b EventBody) -> Option<T>) -> Option<T> {
+        self.j.hops.iter().rev().find_map(|h| f(&h.event.body))
+    }
+
+    /// The successful routing decision last made for the packet.
+    fn route(&self) -> Option<&FibLookup> {
+        self.rev_find(|b| match b {
+            EventBody::Fib(f) if f.err == 0 && f.dev.is_some() => Some(f),
+            _ => None,
+        })
+    }
+
+    /// ` (rule pref N)` when a policy rule other than the default chose the table.
+    fn by_rule(&self) -> String {
+        self.rev_find(|b| match b {
+            EventBody::FibRule(r) if r.pref != 0 => Some(r),
+            _ => None,
+        })
+        .map(|r: &FibRuleMatch| format!(" (rule pref {})", r.pref))
+        .unwrap_or_default()
+    }
+}
+
+fn table_of(f: &FibLookup) -> String {
+    f.table_name.clone().unwrap_or_else(|| f.table.to_string())
+}
+
+/// Dropped: name the rule or the chain's policy, else the hook/chain, else the kernel's reason
+/// and place. A packet freed after it left or was delivered (a socket purging its queue on
+/// close) was not dropped on the way: only drops before the first exit count.
+fn dropped(c: &Case<'_>) -> Option<Diagnosis> {
+    let j = c.j;
+    let exit = j
+        .hops
+        .iter()
+        .position(|h| is_exit(&h.event) && !matches!(h.event.body, EventBody::Drop(_)))
+        .unwrap_or(usize::MAX);
+    let drop = j.hops.iter().take(exit).find_map(|h| match &h.event.body {
+        EventBody::Drop(d) => Some(d),
+        _ => None,
+    })?;
+    let reason = drop
+        .reason
+        .clone()
+        .unwrap_or_else(|| format!("code {}", drop.reason_code));
+    let by_rule = c.rev_find(|b| match b {
+        EventBody::Rule(r) if r.verdict == Verdict::Drop => Some(rule_drop(r)),
+        _ => None,
+    });
+    let by_hook = c.rev_find(|b| match b {
+        EventBody::Chain(ch) if ch.verdict == Verdict::Drop => Some(chain_drop(ch)),
+        EventBody::Netfilter(n) if n.verdict == Verdict::Drop => Some(hook_drop(n)),
+        _ => None,
+    });
+    let parties = containers_involved(j, c.topo);
+    let after_nat = &c.after_nat;
+    let text = match (by_rule, by_hook) {
+        (Some(rule), _) => format!("dropped by {rule}{after_nat} (reason {reason}){parties}"),
+        (None, Some(hook)) => format!("dropped at {hook}{after_nat} (reason {reason}){parties}"),
+        (None, None) => format!(
+            "dropped{after_nat}: reason {reason}{}{parties}",
+            drop_location(drop)
+        ),
+    };
+    Some(Diagnosis::new(Outcome::Dropped, text))
+}
+
+/// `inet firewalld/filter_FORWARD (forward) rule 2 [... drop]`, or `... (forward) policy drop`
+/// when no rule matched and the base chain's policy decided.
+fn rule_drop(r: &RuleVerdict) -> String {
+    let hook = r.hook.map_or("?", Hook::nft_name);
+    let place = format!("{} {}/{} ({hook})", r.family.nft_name(), r.table, r.chain);
+    match r.decided_by {
+        DecidedBy::Policy => format!("{place} policy drop"),
+        DecidedBy::Rule => format!(
+            "{place} rule {}{}",
+            r.rule_handle.map(|h| h.to_string()).unwrap_or_default(),
+            r.rule
+                .as_ref()
+                .map(|t| format!(" [{t}]"))
+                .unwrap_or_default()
+        ),
+        other => format!("{place} {}", other.as_str()),
+    }
+}
+
+fn chain_drop(c: &ChainVerdict) -> String {
+    format!(
+        "{} {}/{} at {}",
+        c.engine.as_str(),
+        c.table,
+        c.chain,
+        c.hook.kernel_name()
+    )
+}
+
+fn hook_drop(n: &HookVerdict) -> String {
+    format!("netfilter {}", n.hook.kernel_name())
+}
+
+fn drop_location(d: &DropSighting) -> String {
+    d.location_sym
+        .as_ref()
+        .map(|l| format!(" in {l}"))
+        .unwrap_or_default()
+}
+
+/// Routed into a tunnel although a bridge here owns the destination: the VPN story.
+fn shadowed_by_tunnel(c: &Case<'_>) -> Option<Diagnosis> {
+    let f = c.route()?;
+    let dev = f.dev.as_deref().unwrap_or("");
+    let bridge = c.topo.bridge_for(f.dst).filter(|_| c.topo.is_tunnel(dev))?;
+    let container = c
+        .topo
+        .containers
+        .by_addr(f.dst)
+        .map(|n| format!(" (container {n})"))
+        .unwrap_or_default();
+    Some(Diagnosis::new(
+        Outcome::Left,
+        format!(
+            "routed to {dev} by table {}{} — {}{container} belongs to {bridge}'s subnet, which \
+             the VPN's route shadows",
+            table_of(f),
+            c.by_rule(),
+            f.dst,
+        ),
+    ))
+}
+
+/// Delivered or left: judged by the last tc sighting in the traced namespace (a sighting
+/// inside a container, past its veth, is the same delivery seen from the other end).
+fn last_tc_exit(c: &Case<'_>) -> Option<Diagnosis> {
+    let (topo, j, after_nat) = (c.topo, c.j, &c.after_nat);
+    let t: &TcSighting = c
+        .rev_find(|b| match b {
+            EventBody::Tc(t) if !topo.is_inside(t.ifindex) => Some(t),
+            _ => None,
+        })
+        .filter(|t| t.direction == Direction::Egress)?;
+    let name = topo.name(t.ifindex);
+    let to = match j.current {
+        Some(cur) if cur.dport != 0 => format!(" to {}:{}", cur.dst, cur.dport),
+        Some(cur) => format!(" to {}", cur.dst),
+        None => String::new(),
+    };
+    let (outcome, text) = if topo.uplinks.contains(&name) {
+        (
+            Outcome::Left,
+            format!("left the host through the uplink {name}{to}{after_nat}"),
+        )
+    } else if topo.kind(t.ifindex) == "veth" {
+        let container = topo
+            .container_of(t.ifindex)
+            .or_else(|| j.current.and_then(|cur| topo.containers.by_addr(cur.dst)))
+            .map(|n| format!(" (container {n})"))
+            .unwrap_or_default();
+        (
+            Outcome::Delivered,
+            format!("delivered{to}{container} through {name}{after_nat}"),
+        )
+    } else if topo.is_tunnel(&name) {
+        (
+            Outcome::Left,
+            format!("sent into the tunnel {name}{after_nat}"),
+        )
+    } else {
+        (Outcome::Left, format!("left through {name}{after_nat}"))
+    };
+    Some(Diagnosis::new(outcome, text))
+}
+
+fn local_delivery(c: &Case<'_>) -> Option<Diagnosis> {
+    c.rev_find(|b| match b {
+        EventBody::Netfilter(n) if n.hook == Hook::Input && n.verdict == Verdict::Accept => {
+            Some(())
+        }
+        _ => None,
+    })?;
+    Some(Diagnosis::new(
+        Outcome::Delivered,
+        format!("delivered to a local socket{}", c.after_nat),
+    ))
+}
+
+fn unroutable(c: &Case<'_>) -> Option<Diagnosis> {
+    let f = c.j.hops.iter().find_map(|h| match &h.event.body {
+        EventBody::Fib(f) if f.failed() => Some(f),
+        _ => None,
+    })?;
+    Some(Diagnosis::new(
+        Outcome::Unroutable,
+        format!(
+            "not routed: {} for {} (table {})",
+            f.error.as_deref().unwrap_or("error"),
+            f.dst,
+            table_of(f)
+        ),
+    ))
+}
+
+fn incomplete(c: &Case<'_>) -> Diagnosis {
+    let text = match c.route() {
+        Some(f) => format!(
+            "routed to {} by table {}{}, then not seen again{}",
+            f.dev.as_deref().unwrap_or("?"),
+            table_of(f),
+            c.by_rule(),
+            c.after_nat
+        ),
+        None => {
+            let last =
+                c.j.hops
+                    .last()
+                    .map(|h| facts::place(&h.event, c.topo))
+                    .unwrap_or_default();
+            format!("last seen at {last}{}", c.after_nat)
+        }
+    };
+    Diagnosis::new(Outcome::Incomplete, text)
+}
+
+/// `; container a → container b` for a journey between containers Docker named (either side
+/// alone when only one is a container), else nothing.
+fn containers_involved(j: &Journey, topo: &Topology) -> String {
+    let from = j
+        .hops
+        .iter()
+        .find_map(|h| match &h.event.body {
+            EventBody::Tc(t) if t.direction == Direction::Ingress => Some(t.ifindex),
+            _ => None,
+        })
+        .and_then(|i| topo.container_of(i))
+        .or_else(|| j.first.and_then(|t| topo.containers.by_addr(t.src)));
+    let to = j.current.and_then(|t| topo.containers.by_addr(t.dst));
+    match (from, to) {
+        (Some(a), Some(b)) => format!("; container {a} → container {b}"),
+        (Some(a), None) => format!("; from container {a}"),
+        (None, Some(b)) => format!("; to container {b}"),
+        (None, None) => String::new(),
+    }
+}

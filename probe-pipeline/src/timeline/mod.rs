@@ -1,0 +1,115 @@
+//! Hop timelines: sightings of one packet, from every observation point, joined into one
+//! journey with the time spent between hops, the address rewrites on the way, and an outcome.
+//!
+//! Identity. tc programs see packet bytes but no kernel pointer, so a packet is recognised by
+//! what NAT does not change: protocol, IPv4 id, TCP sequence number, ICMP id/sequence. A
+//! sighting with the same signature but a different tuple is the same packet after a rewrite
+//! (DNAT, SNAT, MASQUERADE), recorded as before → after. Sightings that carry the kernel's skb
+//! address (drops, hook and chain verdicts) are also joined by that address. Routing lookups
+//! carry neither: they are attached by destination and time, and marked as inferred.
+//!
+//! Memory is bounded: a journey ends when it has been quiet for `linger`, when it is dropped,
+//! or when the live set is full (the oldest is then flushed, marked incomplete).
+
+mod correlate;
+mod diagnose;
+mod hash;
+mod tally;
+
+use serde::Serialize;
+
+pub use correlate::{Correlator, Limits};
+pub use diagnose::{Diagnosis, Outcome, diagnose};
+pub use tally::Tally;
+
+use crate::event::{Direction, Event, EventBody};
+pub use crate::tuple::Tuple;
+
+/// One sighting within a journey.
+#[derive(Clone, Debug, Serialize)]
+pub struct Hop {
+    pub ts_ns: u64,
+    /// The packet's tuple as seen here (absent for routing lookups and chain verdicts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tuple: Option<Tuple>,
+    /// Joined by destination and time rather than by the packet itself.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inferred: bool,
+    /// The time is when probe received the sighting (nftables trace), not when it happened.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub approx_time: bool,
+    pub event: Event,
+}
+
+/// A tuple rewrite between two hops.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rewrite {
+    pub before: Tuple,
+    pub after: Tuple,
+    /// Index of the first hop that saw the rewritten tuple.
+    pub at_hop: usize,
+}
+
+/// A packet's way through the host.
+#[derive(Clone, Debug, Serialize)]
+pub struct Journey {
+    pub id: u64,
+    /// Packets of one connection (request and reply directions, across NAT) share a flow.
+    pub flow: u64,
+    /// The tuple at the first sighting.
+    pub first: Option<Tuple>,
+    pub hops: Vec<Hop>,
+    pub rewrites: Vec<Rewrite>,
+    /// Set when the live set was full and this journey was flushed early.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub evicted: bool,
+    /// The kernel lost events (ring buffer full) while this packet was in flight: some of its
+    /// sightings may be missing.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub events_lost: bool,
+    /// The tuple at the last sighting (after every rewrite so far).
+    #[serde(skip)]
+    pub current: Option<Tuple>,
+    #[serde(skip)]
+    sig: Option<correlate::Signature>,
+    #[serde(skip)]
+    last_ns: u64,
+    #[serde(skip)]
+    ended: bool,
+    /// skb addresses indexed for this journey (to unindex them when it ends).
+    #[serde(skip)]
+    skbs: Vec<u64>,
+}
+
+impl Journey {
+    /// Whether any sighting of the journey matches `filter` (before or after rewrites).
+    pub fn matches(&self, filter: &crate::filter::Filter) -> bool {
+        self.hops
+            .iter()
+            .any(|h| Tuple::of_event(&h.event).is_some_and(|t| filter.matches(&t)))
+    }
+}
+
+/// A sighting at the end of a packet's way through the host's stack.
+pub fn is_exit(e: &Event) -> bool {
+    match &e.body {
+        EventBody::Tc(t) => t.direction == Direction::Egress,
+        EventBody::Drop(_) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+impl Rewrite {
+    /// `DNAT 203.0.113.1:8080 → 172.17.0.2:80`, or `SNAT ...` when the source changed.
+    pub fn note(&self) -> String {
+        let (b, a) = (&self.before, &self.after);
+        if b.dst != a.dst || b.dport != a.dport {
+            format!("DNAT {}:{} → {}:{}", b.dst, b.dport, a.dst, a.dport)
+        } else {
+            format!("SNAT {}:{} → {}:{}", b.src, b.sport, a.src, a.sport)
+        }
+    }
+}

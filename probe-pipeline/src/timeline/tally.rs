@@ -1,0 +1,75 @@
+//! What a trace or a replay saw, in a line: timelines by outcome, and drops by reason and the
+//! kernel function that dropped them.
+
+use std::collections::BTreeMap;
+
+use super::{Journey, Outcome};
+use crate::event::EventBody;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub delivered: u64,
+    pub left: u64,
+    pub dropped: u64,
+    pub unroutable: u64,
+    pub incomplete: u64,
+    /// "REASON in function" → count.
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    pub fn add(&mut self, j: &Journey, outcome: Outcome) {
+        match outcome {
+            Outcome::Delivered => self.delivered += 1,
+            Outcome::Left => self.left += 1,
+            Outcome::Unroutable => self.unroutable += 1,
+            Outcome::Incomplete => self.incomplete += 1,
+            Outcome::Dropped => {
+                self.dropped += 1;
+                let place = j.hops.iter().rev().find_map(|h| match &h.event.body {
+                    EventBody::Drop(d) => {
+                        let reason = d.reason.as_deref().unwrap_or("reason unknown");
+                        let function = d
+                            .location_sym
+                            .as_deref()
+                            .map(|s| s.split('+').next().unwrap_or(s));
+                        Some(match function {
+                            Some(f) => format!("{reason} in {f}"),
+                            None => reason.to_owned(),
+                        })
+                    }
+                    _ => None,
+                });
+                *self
+                    .drops
+                    .entry(place.unwrap_or_else(|| "by a netfilter verdict".to_owned()))
+                    .or_default() += 1;
+            }
+        }
+    }
+
+    /// "7 delivered, 3 left the host, 2 dropped (2 NETFILTER_DROP in nf_hook_slow)", or None
+    /// when there was nothing.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.delivered, "delivered"),
+            (self.left, "left the host"),
+            (self.unroutable, "unroutable"),
+            (self.incomplete, "incomplete"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        if self.dropped > 0 {
+            let places: Vec<String> = self
+                .drops
+                .iter()
+                .map(|(place, n)| format!("{n} {place}"))
+                .collect();
+            parts.push(format!("{} dropped ({})", self.dropped, places.join(", ")));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}

@@ -1,0 +1,522 @@
+//! Correlation on hand-made event sequences: the shapes of the stories.
+
+use std::net::IpAddr;
+
+use super::*;
+use crate::{
+    event::{
+        DecidedBy, Direction, DropSighting, Family, FibLookup, Hook, IpHeader, L4Header, Mechanism,
+        Packet, RuleVerdict, TcSighting, TcpFlags, Transport, Verdict,
+    },
+    render::timeline::{render_json, render_text},
+    topology::Topology,
+};
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, seq: u32, flags: u8) -> Packet {
+    Packet {
+        ethertype: 0x0800,
+        len: 60,
+        ip: Some(IpHeader {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto: Transport::Tcp,
+            ip_id: 4242,
+            fragment: false,
+            l4: Some(L4Header::Tcp {
+                sport,
+                dport,
+                seq,
+                tcp_flags: TcpFlags(flags),
+            }),
+        }),
+        truncated: false,
+    }
+}
+
+fn tc(ts: u64, ifindex: u32, direction: Direction, packet: Packet) -> Event {
+    Event {
+        ts_ns: ts,
+        cpu: 0,
+        body: EventBody::Tc(TcSighting {
+            ifindex,
+            direction,
+            netns_cookie: 1,
+            mark: 0,
+            packet,
+        }),
+    }
+}
+
+fn topo() -> Topology {
+    let mut t = Topology::default();
+    for (i, n, k) in [
+        (2, "eth0", ""),
+        (3, "docker0", "bridge"),
+        (4, "veth-web", "veth"),
+        (5, "tun0", "tun"),
+    ] {
+        t.links.insert(i, (n.into(), k.into()));
+    }
+    t.bridge_subnets
+        .push(("172.17.0.0".parse().unwrap(), 16, "docker0".into()));
+    t.uplinks.push("eth0".into());
+    t
+}
+
+fn one(events: Vec<Event>) -> Journey {
+    let mut c = Correlator::new(Limits::default());
+    for e in events {
+        c.push(e);
+    }
+    let mut done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    done.remove(0)
+}
+
+#[test]
+fn dnat_is_one_journey_with_the_rewrite() {
+    let syn_in = tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, TcpFlags::SYN);
+    let syn_out = tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, TcpFlags::SYN);
+    let j = one(vec![
+        tc(1_000, 2, Direction::Ingress, syn_in),
+        tc(41_000, 4, Direction::Egress, syn_out),
+    ]);
+    assert_eq!(j.hops.len(), 2);
+    assert_eq!(j.rewrites.len(), 1);
+    let Diagnosis { outcome, text } = diagnose(&j, &topo());
+    assert_eq!(outcome, diagnose::Outcome::Delivered);
+    assert_eq!(
+        text,
+        "delivered to 172.17.0.2:80 through veth-web after DNAT 203.0.113.1:8080 → 172.17.0.2:80"
+    );
+    let block = render_text(&j, &topo(), false);
+    assert!(block.contains("Δ40µs"), "{block}");
+    let json: serde_json::Value = serde_json::from_str(&render_json(&j, &topo())).unwrap();
+    assert_eq!(json["schema"], "probe.timeline/1");
+    assert_eq!(json["outcome"], "delivered");
+    assert_eq!(json["hops"][1]["dt_ns"], 40_000);
+    assert_eq!(json["rewrites"][0]["after"]["dport"], 80);
+}
+
+/// An nftables verdict on `p` from `family table/chain` at FORWARD.
+fn rule_verdict(
+    family: Family,
+    table_chain: (&str, &str),
+    by: (DecidedBy, Option<u64>, Option<&str>),
+    verdict: Verdict,
+    p: Packet,
+) -> Event {
+    Event {
+        ts_ns: 0,
+        cpu: 0,
+        body: EventBody::Rule(Box::new(RuleVerdict {
+            trace_id: 1,
+            family,
+            table: table_chain.0.into(),
+            chain: table_chain.1.into(),
+            hook: Some(Hook::Forward),
+            decided_by: by.0,
+            rule_handle: by.1,
+            rule: by.2.map(str::to_owned),
+            verdict,
+            target: None,
+            iif: 3,
+            oif: 2,
+            mark: 0,
+            packet: Some(p),
+            headers: None,
+        })),
+    }
+}
+
+/// A drop of `p` by netfilter, on interface 3.
+fn netfilter_drop(ts: u64, netns: u32, p: Packet) -> Event {
+    Event {
+        ts_ns: ts,
+        cpu: 0,
+        body: EventBody::Drop(DropSighting {
+            skb: 77,
+            reason_code: 12,
+            reason: Some("NETFILTER_DROP".into()),
+            location: 1,
+            location_sym: Some("nft_do_chain+0x46f".into()),
+            ifindex: 3,
+            netns,
+            packet: p,
+        }),
+    }
+}
+
+fn forward_accept(ts: u64, packet: Packet) -> Event {
+    let mut e = rule_verdict(
+        Family::Ipv4,
+        ("filter", "FORWARD"),
+        (
+            DecidedBy::Rule,
+            Some(12),
+            Some("iifname \"docker0\" counter accept"),
+        ),
+        Verdict::Accept,
+        packet,
+    );
+    e.ts_ns = ts;
+    e.cpu = 1;
+    e
+}
+
+#[test]
+fn reply_whose_rule_verdict_is_read_first_still_joins_the_request_flow() {
+    // nftables trace messages come over netlink, out of step with the ring buffer: the reply's
+    // FORWARD verdict can be read before the sighting that shows the request's DNAT.
+    let reply = tcp("172.17.0.2", 80, "203.0.113.2", 40000, 99, 0x12);
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(
+        1_000,
+        2,
+        Direction::Ingress,
+        tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, 2),
+    ));
+    c.push(forward_accept(0, reply.clone()));
+    c.push(tc(
+        2_000,
+        4,
+        Direction::Egress,
+        tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, 2),
+    ));
+    c.push(tc(9_000, 4, Direction::Ingress, reply));
+    let done = c.flush();
+    assert_eq!(done.len(), 2, "{done:#?}");
+    assert_eq!(done[0].flow, done[1].flow, "request and reply are one flow");
+    assert_ne!(done[0].flow, 0);
+}
+
+#[test]
+fn reply_after_nat_joins_the_request_flow() {
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(
+        1_000,
+        2,
+        Direction::Ingress,
+        tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, 2),
+    ));
+    c.push(tc(
+        2_000,
+        4,
+        Direction::Egress,
+        tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, 2),
+    ));
+    c.push(tc(
+        9_000,
+        4,
+        Direction::Ingress,
+        tcp("172.17.0.2", 80, "203.0.113.2", 40000, 99, 0x12),
+    ));
+    let done = c.flush();
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[0].flow, done[1].flow, "request and reply are one flow");
+    assert_ne!(done[0].id, done[1].id);
+}
+
+#[test]
+fn drop_names_the_rule() {
+    let p = tcp("172.17.0.2", 5000, "172.17.0.3", 5432, 1, TcpFlags::SYN);
+    let rule = rule_verdict(
+        Family::Ipv4,
+        ("filter", "FORWARD"),
+        (
+            DecidedBy::Rule,
+            Some(20),
+            Some("iifname \"docker0\" oifname \"docker0\" counter drop"),
+        ),
+        Verdict::Drop,
+        p.clone(),
+    );
+    let drop = netfilter_drop(5_000, 1, p.clone());
+    let j = one(vec![tc(1_000, 4, Direction::Ingress, p), drop, rule]);
+    let Diagnosis { outcome, text } = diagnose(&j, &topo());
+    assert_eq!(outcome, diagnose::Outcome::Dropped);
+    assert!(
+        text.starts_with("dropped by ip filter/FORWARD (forward) rule 20"),
+        "{text}"
+    );
+    assert!(text.ends_with("(reason NETFILTER_DROP)"), "{text}");
+}
+
+#[test]
+fn drop_in_another_namespace_is_placed_by_its_name() {
+    let p = tcp("10.0.0.2", 5000, "10.0.0.3", 80, 1, TcpFlags::SYN);
+    let drop = |netns| Event {
+        ts_ns: 5_000,
+        cpu: 0,
+        body: EventBody::Drop(DropSighting {
+            skb: 77,
+            reason_code: 2,
+            reason: Some("NO_SOCKET".into()),
+            location: 1,
+            location_sym: None,
+            ifindex: 2,
+            netns,
+            packet: p.clone(),
+        }),
+    };
+    let mut topo = topo();
+    topo.own_netns = 4026531840;
+    topo.netns_names.insert(4026532999, "lab-b".into());
+    let place = |netns| crate::render::facts::place(&drop(netns), &topo);
+    assert_eq!(place(4026532999), "drop in netns lab-b");
+    assert_eq!(place(4026533000), "drop in netns 4026533000");
+    // In the traced namespace its interface names it.
+    assert_eq!(place(4026531840), "drop on eth0");
+}
+
+fn fib(ts: u64, dst: &str, dport: u16, table: u32, dev: Option<&str>, err: i32) -> Event {
+    Event {
+        ts_ns: ts,
+        cpu: 0,
+        body: EventBody::Fib(FibLookup {
+            table,
+            table_name: None,
+            err,
+            error: FibLookup::error_name(err).map(str::to_owned),
+            src: "0.0.0.0".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            gateway: None,
+            dev: dev.map(str::to_owned),
+            oif: 0,
+            iif: 0,
+            proto: Transport::Tcp,
+            sport: 0,
+            dport,
+            tos: 0,
+            scope: 0,
+            flags: 0,
+            source: Mechanism::FibTracepoint,
+        }),
+    }
+}
+
+#[test]
+fn vpn_shadowing_is_diagnosed_from_the_route() {
+    let syn = tcp("10.8.0.2", 5000, "172.17.0.2", 80, 1, TcpFlags::SYN);
+    let j = one(vec![
+        fib(1_000, "172.17.0.2", 80, 51820, Some("tun0"), 0),
+        tc(3_000, 5, Direction::Egress, syn),
+    ]);
+    assert!(j.hops[0].inferred);
+    let Diagnosis { text, .. } = diagnose(&j, &topo());
+    assert!(text.starts_with("routed to tun0 by table 51820"), "{text}");
+    assert!(text.contains("docker0's subnet"), "{text}");
+}
+
+#[test]
+fn unroutable_lookup_stands_alone_and_ordinary_misses_do_not() {
+    let mut c = Correlator::new(Limits::default());
+    c.push(fib(
+        1_000,
+        "10.9.9.9",
+        53,
+        254,
+        None,
+        -crate::event::errno::EAGAIN,
+    ));
+    c.push(fib(
+        2_000,
+        "10.9.9.9",
+        53,
+        254,
+        None,
+        -crate::event::errno::ENETUNREACH,
+    ));
+    let done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    let Diagnosis { outcome, text } = diagnose(&done[0], &topo());
+    assert_eq!(outcome, diagnose::Outcome::Unroutable);
+    assert!(text.contains("ENETUNREACH"), "{text}");
+}
+
+#[test]
+fn memory_is_bounded() {
+    let mut c = Correlator::new(Limits {
+        max_live: 8,
+        ..Limits::default()
+    });
+    for i in 0..100u32 {
+        let mut p = tcp("10.0.0.1", 1000, "10.0.0.2", 80, i, TcpFlags::ACK);
+        if let Some(ip) = p.ip.as_mut() {
+            ip.ip_id = i as u16;
+        }
+        c.push(tc(1_000 + i as u64, 4, Direction::Egress, p));
+        assert!(c.live() <= 8);
+    }
+    let evicted = c.take_finished();
+    assert_eq!(evicted.len(), 92);
+    assert!(evicted.iter().all(|j| j.evicted));
+    // Quiet journeys end by themselves.
+    c.expire(10_000_000_000);
+    assert_eq!(c.live(), 0);
+    let _: Vec<IpAddr> = Vec::new();
+}
+
+#[test]
+fn docker_names_the_containers_veth_and_what_is_seen_inside() {
+    let mut t = topo();
+    t.containers.interfaces.insert(4, "web".into());
+    // The container's own eth0 (index 9 in its namespace), seen because probe attached to it
+    // before Docker moved it into the container.
+    t.containers.inside.insert(9, ("web".into(), "eth0".into()));
+    let syn_in = tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, TcpFlags::SYN);
+    let syn_out = tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, TcpFlags::SYN);
+    let j = one(vec![
+        tc(1_000, 2, Direction::Ingress, syn_in),
+        tc(41_000, 4, Direction::Egress, syn_out.clone()),
+        tc(42_000, 9, Direction::Ingress, syn_out),
+    ]);
+    let Diagnosis { outcome, text } = diagnose(&j, &t);
+    assert_eq!(outcome, diagnose::Outcome::Delivered);
+    assert_eq!(
+        text,
+        "delivered to 172.17.0.2:80 (container web) through veth-web after DNAT \
+         203.0.113.1:8080 → 172.17.0.2:80"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render_json(&j, &t)).unwrap();
+    assert_eq!(json["hops"][0]["where"], "eth0 ingress");
+    assert!(json["hops"][0].get("container").is_none());
+    assert_eq!(json["hops"][1]["where"], "veth-web (container web) egress");
+    assert_eq!(json["hops"][1]["container"], "web");
+    assert_eq!(json["hops"][2]["where"], "eth0 in container web ingress");
+    assert_eq!(json["hops"][2]["container"], "web");
+    // Without Docker's names, the same journey reads as before.
+    let Diagnosis { text: plain, .. } = diagnose(&j, &topo());
+    assert!(
+        plain.starts_with("routed") || plain.starts_with("last seen"),
+        "{plain}"
+    );
+}
+
+#[test]
+fn drop_between_containers_names_both() {
+    let mut t = topo();
+    t.containers.interfaces.insert(4, "app".into());
+    t.containers
+        .addresses
+        .insert("172.17.0.3".parse().unwrap(), "db".into());
+    let syn = tcp("172.17.0.2", 40000, "172.17.0.3", 5432, 7, TcpFlags::SYN);
+    let j = one(vec![
+        tc(1_000, 4, Direction::Ingress, syn.clone()),
+        Event {
+            ts_ns: 2_000,
+            cpu: 0,
+            body: EventBody::Drop(DropSighting {
+                skb: 1,
+                reason_code: 6,
+                reason: Some("NETFILTER_DROP".into()),
+                location: 0,
+                location_sym: None,
+                ifindex: 3,
+                netns: 0,
+                packet: syn,
+            }),
+        },
+    ]);
+    let Diagnosis { outcome, text } = diagnose(&j, &t);
+    assert_eq!(outcome, diagnose::Outcome::Dropped);
+    assert!(
+        text.ends_with("reason NETFILTER_DROP; container app → container db"),
+        "{text}"
+    );
+}
+
+/// A firewalld-style packet walk: no rule matched, the base chain's policy dropped it.
+fn policy_drop_journey() -> Journey {
+    let p = tcp("172.17.0.2", 5000, "10.9.9.9", 443, 1, TcpFlags::SYN);
+    let policy = rule_verdict(
+        Family::Inet,
+        ("firewalld", "filter_FORWARD"),
+        (DecidedBy::Policy, None, None),
+        Verdict::Drop,
+        p.clone(),
+    );
+    let drop = netfilter_drop(5_000, 0, p.clone());
+    one(vec![tc(1_000, 4, Direction::Ingress, p), drop, policy])
+}
+
+#[test]
+fn a_policy_drop_names_the_chain_and_its_policy() {
+    let Diagnosis { outcome, text } = diagnose(&policy_drop_journey(), &topo());
+    assert_eq!(outcome, Outcome::Dropped);
+    assert_eq!(
+        text,
+        "dropped by inet firewalld/filter_FORWARD (forward) policy drop (reason NETFILTER_DROP)"
+    );
+}
+
+/// Every place, rewrite and outcome the JSON of a journey names is what its text says.
+fn assert_text_and_json_agree(j: &Journey, t: &Topology) {
+    let text = render_text(j, t, false);
+    let json: serde_json::Value = serde_json::from_str(&render_json(j, t)).unwrap();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let hops = json["hops"].as_array().unwrap();
+    assert_eq!(rows.len(), hops.len() + 1, "{text}");
+    for (row, hop) in rows.iter().zip(hops) {
+        let place = hop["where"].as_str().unwrap();
+        let what = hop["what"].as_str().unwrap();
+        assert!(
+            row.contains(&format!(" {place} ")),
+            "'{place}' not in '{row}'"
+        );
+        assert!(row.contains(what), "'{what}' not in '{row}'");
+    }
+    let diagnosis = json["diagnosis"].as_str().unwrap();
+    assert_eq!(rows.last().unwrap().trim(), format!("=> {diagnosis}"));
+    for r in json["rewrites"].as_array().unwrap() {
+        let at = r["at_hop"].as_u64().unwrap() as usize;
+        assert!(rows[at].contains("NAT "), "{text}");
+    }
+}
+
+#[test]
+fn text_and_json_name_the_same_places_rewrites_and_outcome() {
+    let mut docker = topo();
+    docker.containers.interfaces.insert(4, "web".into());
+    docker
+        .containers
+        .inside
+        .insert(9, ("web".into(), "eth0".into()));
+    docker.containers.netns.insert(4026532111, "db".into());
+    docker.own_netns = 4026531840;
+    let syn_in = tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, TcpFlags::SYN);
+    let syn_out = tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, TcpFlags::SYN);
+    let delivered = one(vec![
+        tc(1_000, 2, Direction::Ingress, syn_in),
+        forward_accept(2_000, syn_out.clone()),
+        tc(41_000, 4, Direction::Egress, syn_out.clone()),
+        tc(42_000, 9, Direction::Ingress, syn_out),
+    ]);
+    let p = tcp("172.17.0.2", 5000, "172.17.0.3", 5432, 2, TcpFlags::SYN);
+    let dropped_inside = one(vec![
+        tc(1_000, 4, Direction::Ingress, p.clone()),
+        Event {
+            ts_ns: 3_000,
+            cpu: 0,
+            body: EventBody::Drop(DropSighting {
+                skb: 5,
+                reason_code: 2,
+                reason: Some("NO_SOCKET".into()),
+                location: 0,
+                location_sym: None,
+                ifindex: 12,
+                netns: 4026532111,
+                packet: p,
+            }),
+        },
+    ]);
+    for t in [topo(), docker] {
+        for j in [&delivered, &dropped_inside, &policy_drop_journey()] {
+            assert_text_and_json_agree(j, &t);
+        }
+    }
+    // The container labels are in the text too, not only in JSON.
+    let mut t = topo();
+    t.containers.inside.insert(9, ("web".into(), "eth0".into()));
+    assert!(render_text(&delivered, &t, false).contains("eth0 in container web ingress"));
+}

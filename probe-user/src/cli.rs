@@ -1,0 +1,189 @@
+//! The command line: every subcommand's arguments, with help text and examples.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use probe::points::tc::BackendChoice;
+
+#[derive(Parser)]
+#[command(
+    name = "probe",
+    version,
+    about = "Where did my packet go on this host, and why? An eBPF datapath observer.",
+    long_about = "probe watches packets at the places that decide their fate on a container host \
+                  (tc on bridges, veths, tunnels and the uplink) and prints what it sees.",
+    after_help = "Examples:\n  \
+        sudo probe trace --iface docker0\n  \
+        sudo probe trace --iface veth1a2b3c,docker0 --json\n  \
+        sudo probe trace --netns lab-host --iface br0 --count 20"
+)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print packets on the datapath, drops and routing decisions, until Ctrl-C.
+    #[command(after_help = "Examples:\n  \
+        sudo probe trace                        # bridges, veths, tunnels, uplink; drops; routes\n  \
+        sudo probe trace --iface docker0\n  \
+        sudo probe trace --iface 'veth*,docker0' --json > sightings.jsonl\n  \
+        sudo probe trace --no-tc --no-routes    # only drops, with reasons\n  \
+        sudo probe trace --rules --no-tc        # which nftables/iptables rule decided\n  \
+        sudo probe trace -f 'host 172.17.0.2 and tcp port 80'\n  \
+        sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
+        sudo probe trace --iface veth0 --tc-backend clsact")]
+    Trace(TraceArgs),
+    /// Measure how long packets take between observation points (per-hop latency), in the
+    /// kernel, as log2 histograms printed every interval and in total at exit.
+    #[command(after_help = "Examples:\n  \
+        sudo probe latency --iface 'veth*'                  # every veth, both directions\n  \
+        sudo probe latency --iface veth-a,veth-b -f 'tcp port 5201' --interval 5\n  \
+        sudo probe latency --netns lab-host --json --count 3\n\n\
+        Packets are told apart by IP protocol, IPv4 id and TCP sequence number, which NAT \
+        leaves alone; IPv6 and datagrams with IPv4 id 0 (unconnected UDP sockets) are not \
+        followed.")]
+    Latency(LatencyArgs),
+    /// Print the timelines of a recording made with `probe trace --record` (no root needed).
+    #[command(after_help = "Examples:\n  \
+        sudo probe trace --record incident.probe --count 50\n  \
+        probe replay incident.probe\n  \
+        probe replay incident.probe --json | jq 'select(.outcome == \"dropped\")'")]
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        /// JSON Lines: one timeline per line (or one event per line with --events).
+        #[arg(long)]
+        json: bool,
+        /// One line per event instead of timelines.
+        #[arg(long)]
+        events: bool,
+        /// Only packets matching a pcap-style expression.
+        #[arg(short = 'f', long, value_name = "EXPR")]
+        filter: Option<String>,
+    },
+    /// Show what this kernel supports and which backend each observation point uses.
+    #[command(after_help = "Examples:\n  \
+        sudo probe doctor\n  \
+        sudo probe doctor --json | jq .points")]
+    Doctor {
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What `trace` and `latency` both take: where to attach, what to follow, how to start.
+#[derive(Args)]
+pub struct AttachArgs {
+    /// Interfaces to watch with tc, comma-separated or repeated (names or globs); default:
+    /// every bridge, veth, tunnel and the uplink, including those that appear later.
+    #[arg(
+        short,
+        long = "iface",
+        value_name = "IF[,IF...]",
+        value_delimiter = ','
+    )]
+    pub ifaces: Vec<String>,
+    /// Only packets matching a pcap-style expression, e.g. 'host 172.17.0.2 and tcp port 80',
+    /// 'src net 10.0.0.0/8 and not udp'. Evaluated in the kernel: other packets cost nothing.
+    /// A packet admitted once is followed through NAT, and its connection's replies with it.
+    #[arg(short = 'f', long, value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// Network namespace to work in: a name from `ip netns list`, or a path such as
+    /// /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Write "ready" to this file once every program is attached (for scripts and tests).
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// How to attach tc programs: tcx links (Linux 6.6+), a clsact qdisc, or the best available.
+    #[arg(long, value_enum, default_value_t = TcBackendArg::Auto)]
+    pub tc_backend: TcBackendArg,
+}
+
+#[derive(Args)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Do not attach tc programs to interfaces.
+    #[arg(long, conflicts_with = "ifaces")]
+    pub no_tc: bool,
+    /// Do not report dropped packets (tracepoint skb:kfree_skb).
+    #[arg(long)]
+    pub no_drops: bool,
+    /// Do not report routing decisions (fib lookups and policy routing rules).
+    #[arg(long)]
+    pub no_routes: bool,
+    /// Do not report netfilter hook and chain verdicts (nf_hook_slow, nft_do_chain,
+    /// ipt_do_table; needs fentry or kprobes).
+    #[arg(long)]
+    pub no_netfilter: bool,
+    /// Report drops from every network namespace, not only the one being traced.
+    #[arg(long)]
+    pub all_netns: bool,
+    /// Show which nftables/iptables-nft table, chain and rule decided each packet. Adds a small
+    /// nftables table (inet probe_trace_PID) that marks packets for tracing; removed on exit.
+    #[arg(long)]
+    pub rules: bool,
+    /// JSON Lines on stdout: one timeline per line (schema probe.timeline/1), or one event
+    /// per line with --events.
+    #[arg(long)]
+    pub json: bool,
+    /// One line per event as it happens, instead of a timeline per packet.
+    #[arg(long)]
+    pub events: bool,
+    /// Also write every event shown to FILE, for `probe replay FILE` later or elsewhere.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Stop after this many timelines (or events, with --events).
+    #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Size of the event ring buffer in KiB (a power of two, at least 4).
+    #[arg(long, value_name = "KIB", default_value_t = probe_common::DEFAULT_RINGBUF_BYTES / 1024)]
+    pub ringbuf_kib: u32,
+}
+
+#[derive(Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Seconds between reports.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Stop after this many reports.
+    #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// JSON Lines: one line per hop pair and report (schema probe.latency/1).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.01..=86400.0).contains(&v) => Ok(v),
+        Ok(_) => Err("between 0.01 and 86400 seconds".to_owned()),
+        Err(_) => Err(format!("'{s}' is not a number of seconds")),
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TcBackendArg {
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+impl From<TcBackendArg> for BackendChoice {
+    fn from(a: TcBackendArg) -> Self {
+        match a {
+            TcBackendArg::Auto => BackendChoice::Auto,
+            TcBackendArg::Tcx => BackendChoice::Tcx,
+            TcBackendArg::Clsact => BackendChoice::Clsact,
+        }
+    }
+}

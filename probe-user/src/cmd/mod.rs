@@ -1,0 +1,84 @@
+//! The subcommands, each thin: trace and latency start a session, replay and trace share the
+//! pipeline's sink, doctor asks every observation point.
+
+pub mod doctor;
+pub mod latency;
+pub mod replay;
+pub mod trace;
+
+use probe_pipeline::{filter::Filter, sink::Stats};
+
+use crate::{host::netns, session::privileges};
+
+/// What `trace` and `latency` do before loading anything: parse the filter (a typo is
+/// reported first, without needing root), check privileges, and enter the namespace (before
+/// the event loop starts any thread: threads inherit the namespace).
+pub fn prepare(filter: Option<&str>, ns: Option<&str>) -> anyhow::Result<Option<Filter>> {
+    let filter = filter.map(Filter::parse).transpose()?;
+    privileges::check()?;
+    if let Some(ns) = ns {
+        netns::enter(ns)?;
+    }
+    Ok(filter)
+}
+
+/// The exit line of a trace: what was shown, what was lost, filtered or malformed.
+pub fn trace_summary(s: &trace::Summary, events: bool) -> String {
+    let mut line = if events {
+        format!("{} events", s.stats.events)
+    } else {
+        let mut line = format!(
+            "{} timelines from {} events",
+            s.stats.timelines, s.stats.events
+        );
+        if let Some(outcomes) = s.stats.outcomes.describe() {
+            line.push_str(&format!(" ({outcomes})"));
+        }
+        line
+    };
+    if s.lost > 0 {
+        let per_cpu: Vec<String> = s
+            .lost_per_cpu
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(cpu, n)| format!("cpu{cpu} {n}"))
+            .collect();
+        line.push_str(&format!(
+            "; {} LOST because the ring buffer was full ({}; try a larger --ringbuf-kib or a \
+             --filter)",
+            s.lost,
+            per_cpu.join(", ")
+        ));
+    } else {
+        line.push_str(", none lost");
+    }
+    if s.filtered > 0 {
+        line.push_str(&format!(
+            "; {} sightings filtered out in the kernel",
+            s.filtered
+        ));
+    }
+    if s.rules_lost > 0 {
+        line.push_str(&format!(
+            "; nftables trace messages were lost {} time(s) (socket buffer full)",
+            s.rules_lost
+        ));
+    }
+    if s.malformed > 0 {
+        line.push_str(&format!("; {} malformed events skipped", s.malformed));
+    }
+    line
+}
+
+/// The exit line of a replay.
+pub fn replay_summary(s: &Stats) -> String {
+    let mut line = format!(
+        "replayed {} events into {} timelines",
+        s.events, s.timelines
+    );
+    if let Some(outcomes) = s.outcomes.describe() {
+        line.push_str(&format!(": {outcomes}"));
+    }
+    line
+}

@@ -1,0 +1,392 @@
+//! `probe trace`: attach, stream sightings through the pipeline until stopped, detach,
+//! summarise.
+
+use std::{
+    io::{self, Write},
+    os::fd::{AsRawFd, RawFd},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{MapData, RingBuf};
+use probe_pipeline::{
+    decode,
+    filter::Filter,
+    names::Names,
+    record::{Metadata, RecordWriter},
+    render::Format,
+    sink::{Sink, SinkOptions},
+};
+
+use crate::{
+    host::{self, docker},
+    kernel::Kernel,
+    points::{self, drops, netfilter, rules, tc},
+    session::{
+        self, Session, StartOptions, Stops, clock, ebpf,
+        poll::{pollable, readable},
+    },
+};
+
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    /// tc observation points on interfaces.
+    pub tc: bool,
+    /// Interface names or globs for tc; empty: discover bridges, veths, tunnels and the uplink.
+    pub ifaces: Vec<String>,
+    /// Drops, routes and netfilter verdicts.
+    pub points: points::Selection,
+    /// Show drops from every network namespace, not only the one being traced.
+    pub all_netns: bool,
+    /// Rule-level netfilter verdicts through nftables tracing (adds a table while running).
+    pub rules: bool,
+    /// One line per event instead of hop timelines.
+    pub events: bool,
+    /// Write the events to this file for `probe replay`.
+    pub record: Option<PathBuf>,
+    /// Only packets matching this (and what follows from them).
+    pub filter: Option<Filter>,
+    pub format: Format,
+    /// Stop after this many timelines (or events).
+    pub count: Option<u64>,
+    /// Written ("ready") once every program is attached.
+    pub ready_file: Option<PathBuf>,
+    pub backend: tc::BackendChoice,
+    pub ringbuf_bytes: u32,
+}
+
+/// What a trace saw, reported on exit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub stats: probe_pipeline::sink::Stats,
+    pub malformed: u64,
+    /// Events the kernel programs could not submit (ring buffer full).
+    pub lost: u64,
+    /// nftables trace messages the kernel could not deliver (socket buffer full).
+    pub rules_lost: u64,
+    /// `lost`, per CPU.
+    pub lost_per_cpu: Vec<u64>,
+    /// Sightings the filter turned away in the kernel (no event was written for them).
+    pub filtered: u64,
+}
+
+/// `--rules`: probe's nftables table and the socket its trace messages arrive on.
+struct RuleTracing {
+    socket: rules::TraceSocket,
+    tracer: rules::Tracer,
+    /// Deleted when dropped.
+    table: rules::TraceTable,
+}
+
+/// Runs a trace to completion. Must be called before any other thread exists if the caller
+/// entered a network namespace (the runtime's threads inherit it).
+pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
+    let selector = tc::Selector::parse(&opts.ifaces)?;
+    let p = opts.points;
+    if !opts.tc && !p.drops && !p.routes && !opts.rules && !p.netfilter {
+        bail!("nothing to trace: tc, drops, routes and netfilter are all turned off");
+    }
+    let mut session = Session::start(StartOptions {
+        mode: probe_common::mode::EVENTS,
+        filter: opts.filter.as_ref(),
+        ringbuf_bytes: opts.ringbuf_bytes,
+        tc: opts.tc.then_some((selector, opts.backend)),
+        points: points::selected(p),
+    })?;
+    if let Some(points::Outcome::Unavailable(why)) = session.outcome(netfilter::HOOK_VERDICTS) {
+        log::warn!(
+            "netfilter hook verdicts are not available here ({why}); netfilter drops still \
+             show as drops with reason NETFILTER_DROP, and --rules names the rule"
+        );
+    }
+    let logger = match aya_log::EbpfLogger::init(&mut session.bpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            log::debug!("eBPF program logging unavailable: {e}");
+            None
+        }
+    };
+    let ring = ebpf::take_events(&mut session.bpf)?;
+    let counters = ebpf::Counters::take(&mut session.bpf)?;
+    let mut used = session.describe();
+    // Subscribe before adding the table, so no trace message is missed.
+    let mut rule_tracing = if opts.rules {
+        let socket = rules::TraceSocket::open()?;
+        let table = rules::TraceTable::install()?;
+        used.push(format!("nftables rules (table inet {})", table.name()));
+        Some(RuleTracing {
+            tracer: rules::Tracer::new(table.name()),
+            socket,
+            table,
+        })
+    } else {
+        None
+    };
+    if used.is_empty() && session.watch.is_none() {
+        bail!("no observation point could be attached");
+    }
+    // Docker's names for containers' veths, namespaces and addresses (none without Docker).
+    let docker = docker::Watcher::start();
+    session.topology.containers = docker.containers().clone();
+    let mut sink = sink(opts, &session)?;
+    let mut summary = session::runtime()?.block_on(stream(
+        (ring, logger),
+        Loop {
+            session: &mut session,
+            rules: rule_tracing.as_mut(),
+            docker,
+            counters: &counters,
+        },
+        &mut sink,
+        || {
+            session::announce(
+                &format!("tracing {}", used.join(", ")),
+                opts.ready_file.as_deref(),
+            )
+        },
+    ))?;
+    summary.stats = sink.finish()?;
+    let kernel = counters.read();
+    summary.lost = kernel.ringbuf_full;
+    summary.filtered = kernel.filtered;
+    summary.lost_per_cpu = counters.lost_per_cpu();
+    if let Some(r) = rule_tracing {
+        summary.rules_lost = r.socket.lost;
+        drop(r.table);
+    }
+    session.finish();
+    Ok(summary)
+}
+
+/// The pipeline for this trace: names from this kernel and host, the recording if asked for.
+fn sink(opts: &TraceOptions, session: &Session) -> anyhow::Result<Sink<io::BufWriter<io::Stdout>>> {
+    let names = names(&session.kernel);
+    let meta = Metadata {
+        probe_version: env!("CARGO_PKG_VERSION").to_owned(),
+        drop_reasons: names.drop_reasons.clone(),
+        route_tables: names.route_tables.clone(),
+        topology: session.topology.clone(),
+    };
+    let color = opts.format == Format::Text && {
+        use std::io::IsTerminal as _;
+        io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    };
+    let mut sink = Sink::new(
+        io::BufWriter::new(io::stdout()),
+        SinkOptions {
+            format: opts.format,
+            events: opts.events,
+            color,
+            filter: opts.filter.clone(),
+            limit: opts.count,
+            netns: if opts.all_netns {
+                None
+            } else {
+                host::netns::own().and_then(|i| u32::try_from(i).ok())
+            },
+            clock: clock::now(),
+        },
+        session.topology.clone(),
+        Some(names),
+    );
+    if let Some(path) = &opts.record {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let out: Box<dyn Write> = Box::new(io::BufWriter::new(file));
+        sink.record_to(RecordWriter::new(out, &meta)?);
+    }
+    Ok(sink)
+}
+
+/// Everything needed to put names on this kernel's numbers.
+fn names(kernel: &Kernel) -> Names {
+    Names {
+        drop_reasons: drops::reasons(kernel),
+        symbols: kernel.symbols.clone(),
+        route_tables: host::route_tables(),
+    }
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// What the event loop reads from.
+struct Loop<'a> {
+    session: &'a mut Session,
+    rules: Option<&'a mut RuleTracing>,
+    docker: docker::Watcher,
+    counters: &'a ebpf::Counters,
+}
+
+type Out = Sink<io::BufWriter<io::Stdout>>;
+
+async fn stream(
+    (ring, logger): (RingBuf<MapData>, Option<Logger>),
+    mut l: Loop<'_>,
+    sink: &mut Out,
+    announce: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Summary> {
+    let mut ring = pollable(ring).context("cannot poll the event ring buffer")?;
+    let mut logger = match logger {
+        Some(lg) => Some(pollable(lg).context("cannot poll the eBPF log buffer")?),
+        None => None,
+    };
+    // Both sockets live in the session and the rule tracing for the whole loop, so their
+    // descriptors stay open while the AsyncFds watch them.
+    let mut rule_fd = match l.rules.as_ref() {
+        Some(r) => Some(
+            pollable::<RawFd>(r.socket.as_raw_fd())
+                .context("cannot poll nftables trace messages")?,
+        ),
+        None => None,
+    };
+    let mut links = match l.session.link_events() {
+        Some(fd) => Some(pollable::<RawFd>(fd).context("cannot poll link notifications")?),
+        None => None,
+    };
+    // Listening now: a stop signal held since start-up (or sent after "tracing") ends the loop.
+    let mut stops = Stops::listen()?;
+    announce()?;
+    // Timelines end when their packet has been quiet for a while, and losses are reported:
+    // look every 100 ms.
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut seen_lost = 0u64;
+    let mut summary = Summary::default();
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let done = drain(guard.get_inner_mut(), sink, &mut summary)?;
+                guard.clear_ready();
+                if done {
+                    break;
+                }
+            }
+            guard = readable(&mut logger) => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            guard = readable(&mut links) => {
+                let mut guard = guard?;
+                l.session.on_link_events();
+                host::refresh(sink.topology_mut());
+                l.docker.links_changed();
+                guard.clear_ready();
+            }
+            guard = readable(&mut rule_fd) => {
+                let mut guard = guard?;
+                // Sightings already in the ring buffer happened before these verdicts were
+                // reported: take them first, so verdicts join the packets they are about.
+                let mut done = drain(ring.get_mut(), sink, &mut summary)?;
+                if !done && let Some(r) = l.rules.as_deref_mut() {
+                    done = drain_rules(r, sink)?;
+                }
+                guard.clear_ready();
+                if done {
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                if tick(&mut l, ring.get_mut(), sink, &mut summary, &mut seen_lost)? {
+                    break;
+                }
+            }
+            _ = stops.recv() => break,
+        }
+    }
+    // Whatever the kernel submitted before we stopped is still shown.
+    if !sink.done() {
+        drain(ring.get_mut(), sink, &mut summary)?;
+    }
+    if !sink.done()
+        && let Some(r) = l.rules.as_deref_mut()
+    {
+        drain_rules(r, sink)?;
+    }
+    // Losses since the last look concern the packets still in flight.
+    if l.counters.read().ringbuf_full > seen_lost {
+        sink.mark_loss();
+    }
+    if let Some(lg) = logger.as_mut() {
+        lg.get_mut().flush();
+    }
+    Ok(summary)
+}
+
+/// Every 100 ms: container names, losses, and the timelines that ended. True once done.
+fn tick(
+    l: &mut Loop<'_>,
+    ring: &mut RingBuf<MapData>,
+    sink: &mut Out,
+    summary: &mut Summary,
+    seen_lost: &mut u64,
+) -> anyhow::Result<bool> {
+    if let Some(c) = l.docker.poll() {
+        sink.topology_mut().containers = c.clone();
+    }
+    // Loss is never silent: said as it happens, and marked on the packets in flight.
+    let lost = l.counters.read().ringbuf_full;
+    if lost > *seen_lost {
+        log::warn!(
+            "{} events lost: the ring buffer was full (a larger --ringbuf-kib or a --filter \
+             helps)",
+            lost - *seen_lost
+        );
+        *seen_lost = lost;
+        sink.mark_loss();
+    }
+    // Only journeys quiet *after* everything already submitted was read may end: when probe
+    // falls behind, a packet's later sightings still wait in the ring, and its rule verdicts in
+    // the trace socket (the kernel queues them there as the rules run).
+    let now = clock::monotonic_now_ns();
+    if drain(ring, sink, summary)? {
+        return Ok(true);
+    }
+    if let Some(r) = l.rules.as_deref_mut()
+        && drain_rules(r, sink)?
+    {
+        return Ok(true);
+    }
+    Ok(sink.expire(now)? || sink.flush()?)
+}
+
+/// Sends everything in the ring buffer through the sink; true once the sink is done.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    sink: &mut Out,
+    summary: &mut Summary,
+) -> anyhow::Result<bool> {
+    while !sink.done() {
+        let Some(item) = ring.next() else { break };
+        match decode::decode(&item) {
+            Ok(event) => {
+                if sink.push(event, Some(&item))? {
+                    break;
+                }
+            }
+            Err(e) => {
+                if summary.malformed == 0 {
+                    log::warn!("skipping malformed event: {e}");
+                }
+                summary.malformed += 1;
+            }
+        }
+    }
+    Ok(sink.flush()?)
+}
+
+/// Turns pending nftables trace messages into events.
+fn drain_rules(rules: &mut RuleTracing, sink: &mut Out) -> anyhow::Result<bool> {
+    let now = clock::monotonic_now_ns();
+    for raw in rules.socket.receive() {
+        if sink.done() {
+            break;
+        }
+        if let Some(event) = rules.tracer.event(raw, now)
+            && sink.push(event, None)?
+        {
+            break;
+        }
+    }
+    Ok(sink.flush()?)
+}

@@ -1,0 +1,158 @@
+//! The embedded kernel programs: loading them and reading their shared maps.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use probe_common::{CONFIG_GLOBAL, Config, KernelLayout, LAYOUT_GLOBAL, counter, mode, names};
+use thiserror::Error;
+
+/// The compiled probe-ebpf object, built by build.rs and embedded so `probe` runs on its own.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/probe"));
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]
+    RingBufSize(u32),
+    #[error("cannot load the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// Checks a ring buffer size before anything touches the kernel.
+pub fn check_ringbuf_size(bytes: u32) -> Result<(), LoadError> {
+    if bytes < 4096 || !bytes.is_power_of_two() {
+        return Err(LoadError::RingBufSize(bytes));
+    }
+    Ok(())
+}
+
+/// Entries of a map the configuration leaves unused: the smallest size every map type takes.
+const UNUSED_MAP_ENTRIES: u32 = 256;
+
+/// Loads the object with this kernel's layout and the run's configuration (maps created,
+/// programs not yet loaded). Maps the configuration does not use are made small.
+pub fn load(ringbuf_bytes: u32, layout: &KernelLayout, config: &Config) -> Result<Ebpf, LoadError> {
+    check_ringbuf_size(ringbuf_bytes)?;
+    raise_memlock_limit();
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(names::EVENTS_MAP, ringbuf_bytes)
+        .override_global(LAYOUT_GLOBAL, layout, true)
+        .override_global(CONFIG_GLOBAL, config, true);
+    if config.filter_len == 0 {
+        loader
+            .map_max_entries(names::ADMITTED_PACKETS_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::ADMITTED_FLOWS_MAP, UNUSED_MAP_ENTRIES);
+    }
+    if config.mode != mode::LATENCY {
+        loader
+            .map_max_entries(names::LAST_SEEN_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES);
+    } else {
+        // No events in latency mode: the ring buffer only has to exist.
+        loader.map_max_entries(names::EVENTS_MAP, 4096);
+    }
+    Ok(loader.load(OBJECT)?)
+}
+
+/// The programs' configuration for a mode and an optional filter. A filter too long for the
+/// kernel is left to userspace alone, with a warning: nothing is lost, it only costs more.
+pub fn config(run_mode: u8, filter: Option<&probe_pipeline::filter::Filter>) -> Config {
+    let mut config = Config {
+        mode: run_mode,
+        ..Config::DEFAULT
+    };
+    match filter.map(|f| f.compile()) {
+        None => {}
+        Some(Ok(program)) => {
+            config.filter_len = program.len() as u32;
+            config.filter[..program.len()].copy_from_slice(&program);
+        }
+        Some(Err(e)) => {
+            log::warn!("{e}: it is applied in userspace only, so every packet costs an event")
+        }
+    }
+    config
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so maps can be created.
+/// Later kernels ignore the limit, so failure here is not an error.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if rc != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Takes the event ring buffer out of the object.
+pub fn take_events(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, LoadError> {
+    let map = ebpf
+        .take_map(names::EVENTS_MAP)
+        .ok_or(LoadError::MissingMap(names::EVENTS_MAP))?;
+    RingBuf::try_from(map).map_err(|source| LoadError::Map {
+        name: names::EVENTS_MAP,
+        source,
+    })
+}
+
+/// The programs' per-CPU counters, summed over CPUs.
+pub struct Counters {
+    map: PerCpuArray<MapData, u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValues {
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Sightings a kernel-side filter turned away.
+    pub filtered: u64,
+}
+
+impl Counters {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let map = ebpf
+            .take_map(names::COUNTERS_MAP)
+            .ok_or(LoadError::MissingMap(names::COUNTERS_MAP))?;
+        let map = PerCpuArray::try_from(map).map_err(|source| LoadError::Map {
+            name: names::COUNTERS_MAP,
+            source,
+        })?;
+        Ok(Self { map })
+    }
+
+    /// Ring-buffer reservation failures per CPU.
+    pub fn lost_per_cpu(&self) -> Vec<u64> {
+        self.map
+            .get(&counter::RINGBUF_FULL, 0)
+            .map(|per_cpu| per_cpu.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn read(&self) -> CounterValues {
+        let sum = |index: u32| -> u64 {
+            self.map
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        CounterValues {
+            ringbuf_full: sum(counter::RINGBUF_FULL),
+            filtered: sum(counter::FILTERED),
+        }
+    }
+}
