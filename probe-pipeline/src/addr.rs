@@ -15,6 +15,24 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// `addr` with every bit past the prefix cleared.
+pub fn network(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
 /// Whether `addr` lies in `net/len` (false across address families).
 pub fn in_subnet(addr: IpAddr, net: IpAddr, len: u8) -> bool {
     match (addr, net) {

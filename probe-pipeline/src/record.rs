@@ -65,6 +65,13 @@ pub struct Metadata {
     pub drop_reasons: DropReasons,
     pub route_tables: RouteTables,
     pub topology: Topology,
+    /// The trace saw packets by more than nftables rule verdicts (tc or drops).
+    #[serde(default = "yes")]
+    pub sightings_besides_verdicts: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Writes a recording.

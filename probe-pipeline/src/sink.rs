@@ -23,8 +23,6 @@ use crate::{
 pub enum SinkError {
     #[error("cannot write to standard output: {0}")]
     Output(io::Error),
-    #[error("cannot write the recording: {0}")]
-    Recording(io::Error),
 }
 
 /// What the sink was asked to do.
@@ -40,6 +38,10 @@ pub struct SinkOptions {
     pub limit: Option<u64>,
     /// Show drops only from this network namespace (inode); None: from all.
     pub netns: Option<u32>,
+    /// Packets are also seen by other means than nftables rule verdicts (tc, drops): a journey
+    /// of nothing but verdicts is then a verdict that came too late to join its packet, or a
+    /// packet outside the traced interfaces, and is counted instead of shown.
+    pub verdicts_join_sightings: bool,
     pub clock: Clock,
 }
 
@@ -52,6 +54,8 @@ pub struct Stats {
     pub timelines: u64,
     /// Timelines printed, by how they ended.
     pub outcomes: Tally,
+    /// Journeys of rule verdicts only, not shown (see [`SinkOptions::verdicts_join_sightings`]).
+    pub unjoined_verdicts: u64,
 }
 
 enum Mode {
@@ -64,6 +68,7 @@ enum Mode {
         style: Style,
         /// Timelines are filtered whole: any sighting of the packet may match.
         filter: Option<Filter>,
+        verdicts_join_sightings: bool,
     },
 }
 
@@ -78,6 +83,8 @@ pub struct Sink<W: Write> {
     limit: u64,
     /// The output is gone (a closed pipe): nothing more is written.
     gone: bool,
+    /// The recording could not be written and was stopped.
+    recording_failed: bool,
     stats: Stats,
 }
 
@@ -96,6 +103,7 @@ impl<W: Write> Sink<W> {
                     color: opts.color && opts.format == Format::Text,
                 },
                 filter: opts.filter,
+                verdicts_join_sightings: opts.verdicts_join_sightings,
             }
         };
         Sink {
@@ -107,6 +115,7 @@ impl<W: Write> Sink<W> {
             netns: opts.netns,
             limit: opts.limit.unwrap_or(u64::MAX),
             gone: false,
+            recording_failed: false,
             stats: Stats::default(),
         }
     }
@@ -154,9 +163,10 @@ impl<W: Write> Sink<W> {
         self.stats.events += 1;
         if let Some(w) = self.recorder.as_mut() {
             // Names first, so a replay knows them when it reaches the event.
-            w.extra(&event)
-                .and_then(|()| raw.map_or(Ok(()), |bytes| w.raw(bytes)))
-                .map_err(SinkError::Recording)?;
+            let written = w
+                .extra(&event)
+                .and_then(|()| raw.map_or(Ok(()), |bytes| w.raw(bytes)));
+            self.recording_written(written);
         }
         match &mut self.mode {
             Mode::Timelines { correlator, .. } => {
@@ -174,8 +184,27 @@ impl<W: Write> Sink<W> {
         Ok(self.done())
     }
 
+    /// A recording that cannot be written (a full disk) stops, said once; the trace goes on.
+    fn recording_written(&mut self, result: io::Result<()>) {
+        if let Err(e) = result {
+            log::warn!(
+                "the recording stopped: {e}; it holds the events until here, and tracing goes on"
+            );
+            self.recorder = None;
+            self.recording_failed = true;
+        }
+    }
+
+    /// Whether the recording had to stop early.
+    pub fn recording_failed(&self) -> bool {
+        self.recording_failed
+    }
+
     fn wants(&self, body: &EventBody) -> bool {
         match (body, self.netns) {
+            // A freed buffer with no link-layer protocol and no IP header is no packet: a
+            // netlink message (each multicast one is freed as if dropped), vsock and the like.
+            (EventBody::Drop(d), _) if d.packet.ip.is_none() && d.packet.ethertype == 0 => false,
             // Drops without a device (netns 0) cannot be placed: keep them.
             (EventBody::Drop(d), Some(ns)) => d.netns == 0 || d.netns == ns,
             _ => true,
@@ -200,7 +229,13 @@ impl<W: Write> Sink<W> {
     }
 
     fn write_journeys(&mut self, journeys: Vec<Journey>) -> Result<(), SinkError> {
-        let Mode::Timelines { style, filter, .. } = &self.mode else {
+        let Mode::Timelines {
+            style,
+            filter,
+            verdicts_join_sightings,
+            ..
+        } = &self.mode
+        else {
             return Ok(());
         };
         for j in journeys {
@@ -208,6 +243,14 @@ impl<W: Write> Sink<W> {
                 break;
             }
             if filter.as_ref().is_some_and(|f| !j.matches(f)) {
+                continue;
+            }
+            if *verdicts_join_sightings
+                && j.hops
+                    .iter()
+                    .all(|h| matches!(h.event.body, EventBody::Rule(_)))
+            {
+                self.stats.unjoined_verdicts += 1;
                 continue;
             }
             self.stats.timelines += 1;
@@ -231,7 +274,8 @@ impl<W: Write> Sink<W> {
     /// recording, and returns the counts.
     pub fn finish(mut self) -> Result<Stats, SinkError> {
         if let Some(w) = self.recorder.as_mut() {
-            w.flush().map_err(SinkError::Recording)?;
+            let flushed = w.flush();
+            self.recording_written(flushed);
         }
         if let Mode::Timelines { correlator, .. } = &mut self.mode {
             let rest = correlator.flush();
@@ -293,6 +337,7 @@ mod tests {
             filter: None,
             limit: None,
             netns: None,
+            verdicts_join_sightings: true,
             clock: Clock::default(),
         };
         let mut out = Vec::new();
@@ -333,6 +378,92 @@ mod tests {
         );
     }
 
+    fn drop_of(ethertype: u16, ip: bool) -> crate::event::Event {
+        let mut d = probe_common::DropEvent {
+            header: probe_common::EventHeader {
+                ts_ns: 1_000,
+                kind: probe_common::kind::DROP,
+                flags: 0,
+                cpu: 0,
+            },
+            ..Default::default()
+        };
+        d.packet.l3_proto = ethertype;
+        if ip {
+            d.packet.family = probe_common::family::IPV4;
+            d.packet.l4_proto = 17;
+        }
+        crate::decode::decode(&crate::bytes_of(&d)).unwrap()
+    }
+
+    #[test]
+    fn frees_that_are_no_packets_are_not_drops() {
+        let opts = || SinkOptions {
+            format: Format::Json,
+            events: true,
+            color: false,
+            filter: None,
+            limit: None,
+            netns: None,
+            verdicts_join_sightings: true,
+            clock: Clock::default(),
+        };
+        let mut out = Vec::new();
+        let mut sink = Sink::new(&mut out, opts(), Topology::default(), None);
+        // A netlink message freed by a multicast, then an ARP frame and a datagram dropped.
+        for e in [
+            drop_of(0, false),
+            drop_of(0x0806, false),
+            drop_of(0x0800, true),
+        ] {
+            sink.push(e, None).unwrap();
+        }
+        assert_eq!(sink.finish().unwrap().events, 2);
+    }
+
+    #[test]
+    fn a_walk_of_verdicts_alone_is_counted_not_shown_when_sightings_exist() {
+        use crate::event::{DecidedBy, Family, RuleVerdict, Verdict};
+        let verdict = || crate::event::Event {
+            ts_ns: 5,
+            cpu: 0,
+            body: EventBody::Rule(Box::new(RuleVerdict {
+                trace_id: 1,
+                family: Family::Inet,
+                table: "fw".into(),
+                chain: "input".into(),
+                hook: None,
+                decided_by: DecidedBy::Policy,
+                rule_handle: None,
+                rule: None,
+                verdict: Verdict::Accept,
+                target: None,
+                iif: 0,
+                oif: 0,
+                mark: 0,
+                packet: None,
+                headers: None,
+            })),
+        };
+        for (join, shown, counted) in [(true, 0, 1), (false, 1, 0)] {
+            let opts = SinkOptions {
+                format: Format::Json,
+                events: false,
+                color: false,
+                filter: None,
+                limit: None,
+                netns: None,
+                verdicts_join_sightings: join,
+                clock: Clock::default(),
+            };
+            let mut out = Vec::new();
+            let mut sink = Sink::new(&mut out, opts, Topology::default(), None);
+            sink.push(verdict(), None).unwrap();
+            let stats = sink.finish().unwrap();
+            assert_eq!((stats.timelines, stats.unjoined_verdicts), (shown, counted));
+        }
+    }
+
     #[test]
     fn a_closed_output_ends_the_sink_quietly() {
         struct Closed;
@@ -351,6 +482,7 @@ mod tests {
             filter: None,
             limit: None,
             netns: None,
+            verdicts_join_sightings: true,
             clock: Clock::default(),
         };
         let mut sink = Sink::new(Closed, opts, Topology::default(), None);

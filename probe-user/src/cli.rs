@@ -66,6 +66,18 @@ pub enum Command {
         #[arg(short = 'f', long, value_name = "EXPR")]
         filter: Option<String>,
     },
+    /// Remove what killed probes left in a network namespace: their tc filters and the clsact
+    /// qdiscs they created (from their ledgers in /run/probe), and their nftables trace
+    /// tables. A running probe's attachments and other tools' filters are never touched.
+    #[command(after_help = "Examples:\n  \
+        sudo probe cleanup\n  \
+        sudo probe cleanup --netns lab-host\n\n\
+        probe trace and probe latency do the same when they start.")]
+    Cleanup {
+        /// Network namespace to clean: a name from `ip netns list`, or a path.
+        #[arg(long, value_name = "NAME|PATH")]
+        netns: Option<String>,
+    },
     /// Show what this kernel supports and which backend each observation point uses.
     #[command(after_help = "Examples:\n  \
         sudo probe doctor\n  \

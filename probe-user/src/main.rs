@@ -52,6 +52,17 @@ fn run(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
+        Command::Cleanup { netns } => {
+            cmd::prepare(None, netns.as_deref())?;
+            let removed = cmd::cleanup();
+            if removed.is_empty() {
+                log::info!("nothing left behind by a killed probe here");
+            }
+            for line in removed {
+                println!("{line}");
+            }
+            Ok(())
+        }
         Command::Latency(args) => latency(args),
         Command::Trace(args) => trace(args),
     }

@@ -111,3 +111,85 @@ fn malformed_filter_names_the_position() {
         .unwrap();
     assert_one_line_error(&out, "at position 8: unknown word 'hots'");
 }
+
+#[test]
+fn a_ring_buffer_larger_than_the_machine_allows_is_refused() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    // The smallest power of two above a sixteenth of this machine's memory.
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let kib = (total_kib / 16 + 1).next_power_of_two().to_string();
+    let out = probe(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        "veth0",
+        "--ringbuf-kib",
+        &kib,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Past 4 GiB the size does not even fit the kernel's map size: refused as too large.
+    let expected = if total_kib / 16 * 1024 >= u64::from(u32::MAX) {
+        "is too large"
+    } else {
+        "more than a sixteenth of this machine's memory"
+    };
+    assert_one_line_error(&out, expected);
+    assert!(stderr.contains("--ringbuf-kib"), "{stderr}");
+}
+
+#[test]
+fn a_net_with_host_bits_is_refused_as_tcpdump_does() {
+    let out = Command::new(probe_binary())
+        .args(["trace", "--filter", "net 10.0.0.1/8"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "host bits set past /8 (the net is 10.0.0.0/8)");
+}
+
+#[test]
+fn two_probes_cannot_record_into_one_file() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let dir = std::env::temp_dir().join(format!("probe-record-lock-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("shared.probe");
+    let path = file.to_str().unwrap();
+    let first = probe_lab::ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        "veth0",
+        "--record",
+        path,
+    ])
+    .unwrap();
+    let out = probe(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        "veth0",
+        "--record",
+        path,
+    ]);
+    assert_one_line_error(&out, "is being recorded to by another probe");
+    first.stop().unwrap();
+    // The first probe's recording is whole: it replays.
+    let replay = probe(&["replay", path]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -166,3 +166,91 @@ fn damaged_recordings_are_one_clear_error() {
         assert!(!stderr.contains("panicked"));
     }
 }
+
+/// A small tmpfs of the test's own, unmounted and removed however the test ends.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(kib: u32) -> Self {
+        let dir = std::env::temp_dir().join(format!("probe-disk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cannot mount a tmpfs");
+        SmallDisk(dir)
+    }
+    fn file(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A disk that fills up stops the recording with a clear line; the trace goes on and ends
+/// with its summary. A disk already full is said at start.
+#[test]
+fn a_full_disk_stops_the_recording_not_the_trace() {
+    require_root();
+    const N: usize = 2000;
+    let lab = probe_lab::TwoHosts::new().unwrap();
+    let disk = SmallDisk::new(64);
+    let file = disk.file("trace.probe");
+    let args = [
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        "veth0",
+        "--no-routes",
+        "--no-drops",
+        "--events",
+        "--json",
+        "--record",
+        &file,
+    ];
+    let run = ProbeRun::start(&args).unwrap();
+    let b = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            for i in 0..N as u32 {
+                sock.send_to(&i.to_be_bytes(), (b, 9)).unwrap();
+            }
+        })
+        .unwrap();
+    let (stdout, stderr) = run.stop().unwrap();
+    assert!(
+        stderr.contains("probe: warning: the recording stopped"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" events"), "no summary: {stderr}");
+    let shown = json_lines(&stdout)
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "tc" && e["direction"] == "egress" && e["packet"]["ip"]["dport"] == 9
+        })
+        .count();
+    assert_eq!(shown, N, "every datagram is still shown");
+
+    // Now full: a new recording cannot even start.
+    std::fs::remove_file(&file).unwrap();
+    let filler = disk.file("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 64 * 1024]);
+    let out = Command::new(probe_binary()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot write the recording"), "{stderr}");
+    assert!(
+        !stderr.contains("tracing "),
+        "said tracing before failing: {stderr}"
+    );
+}

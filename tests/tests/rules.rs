@@ -209,3 +209,56 @@ fn a_chain_policy_drop_is_diagnosed_as_the_policy() {
         "{dropped:#}"
     );
 }
+
+/// A ruleset reload (`nft flush ruleset`, what an nftables service restart does) takes probe's
+/// trace table with it; probe puts it back, says so, and verdicts keep coming.
+#[test]
+fn the_trace_table_comes_back_after_a_ruleset_flush() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let add_fw = || {
+        lab.b
+            .exec(
+                "nft",
+                &["add table inet fw; \
+                     add chain inet fw input { type filter hook input priority 10; policy accept; }; \
+                     add rule inet fw input udp dport 7005 counter drop"],
+            )
+            .unwrap()
+    };
+    add_fw();
+    let mut run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--rules",
+        "--no-tc",
+        "--no-routes",
+        "--json",
+        "--events",
+    ])
+    .unwrap();
+    send(&lab, 7005);
+    lab.b.exec("nft", &["flush ruleset"]).unwrap();
+    run.wait_for_stderr("probe: warning: the nftables ruleset was replaced")
+        .unwrap();
+    assert_eq!(probe_tables(&lab).len(), 1, "trace table re-created");
+    // The firewall's own reload brings its table back.
+    add_fw();
+    send(&lab, 7005);
+    let (stdout, stderr) = run.stop().unwrap();
+    let drops: Vec<Value> = json_lines(&stdout)
+        .unwrap()
+        .into_iter()
+        .filter(|e| {
+            e["kind"] == "rule" && e["packet"]["ip"]["dport"] == 7005 && e["verdict"] == "drop"
+        })
+        .collect();
+    assert_eq!(
+        drops.len(),
+        2,
+        "one drop verdict before and one after: {drops:#?}"
+    );
+    assert!(!stderr.contains("could not delete"), "{stderr}");
+    assert!(probe_tables(&lab).is_empty());
+}

@@ -487,3 +487,223 @@ fn lost_events_are_reported() {
         "loss reported live or on timelines: {stderr}"
     );
 }
+
+/// Sends `n` datagrams from A to B and waits until every one arrived.
+fn send_and_receive(lab: &TwoHosts, n: usize) {
+    let b_addr = lab.b_addr;
+    let server = lab
+        .b
+        .run(move || {
+            let s = UdpSocket::bind((b_addr, UDP_PORT)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        })
+        .unwrap();
+    lab.a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", CLIENT_UDP_PORT)).unwrap();
+            for i in 0..n {
+                sock.send_to(&(i as u32).to_be_bytes(), (b_addr, UDP_PORT))
+                    .unwrap();
+            }
+        })
+        .unwrap();
+    let mut buf = [0u8; 16];
+    for _ in 0..n {
+        server.recv_from(&mut buf).unwrap();
+    }
+}
+
+/// Two probes with clsact on one interface: when the one that created the qdisc exits, the
+/// other keeps its hooks and sees every packet; the last one out removes the qdisc.
+#[test]
+fn two_clsact_probes_one_exits_the_other_sees_every_packet() {
+    require_root();
+    const N: usize = 20;
+    let lab = TwoHosts::new().unwrap();
+    let args = trace_args(lab.a.name(), &["--tc-backend", "clsact"]);
+    let first = ProbeRun::start(&args).unwrap();
+    let second = ProbeRun::start(&args).unwrap();
+    first.stop().unwrap();
+    assert!(qdiscs(&lab.a).contains("clsact"), "{}", qdiscs(&lab.a));
+    send_and_receive(&lab, N);
+    let (stdout, _) = second.stop().unwrap();
+    let ifindex = lab.a.ifindex(TwoHosts::IFACE).unwrap();
+    let (a, b) = (lab.a_addr.to_string(), lab.b_addr.to_string());
+    let events = json_lines(&stdout).unwrap();
+    let seen = matching(
+        &events,
+        ifindex,
+        "egress",
+        "udp",
+        (&a, CLIENT_UDP_PORT),
+        (&b, UDP_PORT),
+    );
+    assert_eq!(seen.len(), N, "{events:#?}");
+    assert!(
+        filters(&lab.a, "egress").is_empty(),
+        "{}",
+        filters(&lab.a, "egress")
+    );
+    assert!(!qdiscs(&lab.a).contains("clsact"), "{}", qdiscs(&lab.a));
+}
+
+/// Another tool's tc filter on the qdisc probe created survives probe's exit, and so does the
+/// qdisc it needs.
+#[test]
+fn a_foreign_tc_filter_survives_probe() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let run = ProbeRun::start(&trace_args(lab.a.name(), &["--tc-backend", "clsact"])).unwrap();
+    // A classic-BPF filter of someone else's, added under probe's qdisc.
+    lab.a
+        .exec(
+            "tc",
+            &[
+                "filter",
+                "add",
+                "dev",
+                TwoHosts::IFACE,
+                "ingress",
+                "prio",
+                "1",
+                "bpf",
+                "bytecode",
+                "1,6 0 0 0,",
+            ],
+        )
+        .unwrap();
+    run.stop().unwrap();
+    let left = filters(&lab.a, "ingress");
+    assert!(left.contains("bytecode"), "{left}");
+    assert!(!left.contains("tc_ingress"), "{left}");
+    assert!(qdiscs(&lab.a).contains("clsact"), "{}", qdiscs(&lab.a));
+}
+
+/// SIGKILL leaves clsact filters running; the next probe removes them (and the qdisc the
+/// killed one created), says so, and leaves nothing when it exits. `probe cleanup` does the
+/// same on demand.
+#[test]
+fn a_killed_clsact_probe_is_cleaned_up_after() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let args = trace_args(lab.a.name(), &["--tc-backend", "clsact"]);
+    for next in ["trace", "cleanup"] {
+        let killed = ProbeRun::start(&args).unwrap();
+        let pid = killed.pid();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        drop(killed);
+        assert!(
+            filters(&lab.a, "ingress").contains("tc_ingress"),
+            "a kill leaves filters"
+        );
+        let said = if next == "trace" {
+            let run = ProbeRun::start(&args).unwrap();
+            let (_, stderr) = run.stop().unwrap();
+            stderr
+        } else {
+            let out = std::process::Command::new(probe_lab::probe_binary())
+                .args(["cleanup", "--netns", lab.a.name()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(
+            said.contains(&format!(
+                "removed 2 tc filter(s) on {} left by probe {pid}",
+                TwoHosts::IFACE
+            )),
+            "{next}: {said}"
+        );
+        assert!(
+            filters(&lab.a, "ingress").is_empty(),
+            "{}",
+            filters(&lab.a, "ingress")
+        );
+        assert!(
+            filters(&lab.a, "egress").is_empty(),
+            "{}",
+            filters(&lab.a, "egress")
+        );
+        assert!(
+            !qdiscs(&lab.a).contains("clsact"),
+            "{next}: {}",
+            qdiscs(&lab.a)
+        );
+    }
+}
+
+/// Open descriptors of a process that are bpf links.
+fn bpf_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|t| t.to_string_lossy().contains("bpf_link"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Interfaces that come and go (container churn) release their tcx links at once: probe's
+/// descriptors stay flat.
+#[test]
+fn vanished_interfaces_release_their_links() {
+    require_root();
+    if !probe_lab::doctor::Doctor::run().unwrap().feature("tcx") {
+        // clsact holds no descriptor per interface.
+        return;
+    }
+    const PAIRS: usize = 30;
+    let lab = TwoHosts::new().unwrap();
+    let mut run = ProbeRun::start(&["trace", "--netns", lab.a.name(), "--events"]).unwrap();
+    let pid = run.pid();
+    let add = |x: &str, y: &str| {
+        lab.a
+            .exec("ip", &["link", "add", x, "type", "veth", "peer", "name", y])
+            .unwrap()
+    };
+    // One round: the mark pair's own deletion is not waited for.
+    for round in 0..1 {
+        let before = bpf_links(pid);
+        for i in 0..PAIRS {
+            add(&format!("churn{i}a"), &format!("churn{i}b"));
+        }
+        // Every new veth end is attached as it appears (events are handled in order; the
+        // kernel announces a pair's two ends in either order).
+        for _ in 0..2 {
+            run.wait_for_stderr(&format!("probe: attached to churn{}", PAIRS - 1))
+                .unwrap();
+        }
+        let peak = bpf_links(pid);
+        assert_eq!(peak, before + 2 * 2 * PAIRS, "round {round}");
+        for i in 0..PAIRS {
+            lab.a
+                .exec("ip", &["link", "del", &format!("churn{i}a")])
+                .unwrap();
+        }
+        // A pair added after the deletions is attached only once they were all handled.
+        add(&format!("mark{round}a"), &format!("mark{round}b"));
+        for _ in 0..2 {
+            run.wait_for_stderr(&format!("probe: attached to mark{round}"))
+                .unwrap();
+        }
+        assert_eq!(
+            bpf_links(pid),
+            before + 2 * 2,
+            "round {round}: links of vanished interfaces are held"
+        );
+        lab.a
+            .exec("ip", &["link", "del", &format!("mark{round}a")])
+            .unwrap();
+    }
+    run.stop().unwrap();
+}

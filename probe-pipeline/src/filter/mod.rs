@@ -281,6 +281,16 @@ impl Parser<'_> {
                     .ok()
                     .filter(|&l| l <= full_len(a))
                     .ok_or_else(|| self.error(&format!("bad prefix length '{len}'"), value_at))?;
+                // As tcpdump: bits past the prefix are a typo for a host or a shorter net.
+                if crate::addr::network(a, len) != a {
+                    return Err(self.error(
+                        &format!(
+                            "'{v}' has host bits set past /{len} (the net is {}/{len})",
+                            crate::addr::network(a, len)
+                        ),
+                        value_at,
+                    ));
+                }
                 Ok(Filter::Net(dir, a, len))
             }
             "port" => {
@@ -361,6 +371,12 @@ mod tests {
             ("hots 1.2.3.4", 0, "unknown word 'hots'"),
             ("net 10.0.0.0/33", 4, "bad prefix length"),
             ("portrange 90-80", 10, "not a range"),
+            (
+                "net 10.0.0.1/8",
+                4,
+                "host bits set past /8 (the net is 10.0.0.0/8)",
+            ),
+            ("net fd00::1/64", 4, "the net is fd00::/64"),
             ("tcp port 80 extra", 12, "unexpected 'extra'"),
             ("", 0, "empty"),
         ] {

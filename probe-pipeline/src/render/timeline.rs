@@ -111,7 +111,12 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
     } else {
         ""
     };
-    let _ = writeln!(s, "  => {on}{}{off}{evicted}", diagnosis.text);
+    let lost = if j.events_lost {
+        " (events were lost while this packet was in flight: sightings may be missing)"
+    } else {
+        ""
+    };
+    let _ = writeln!(s, "  => {on}{}{off}{evicted}{lost}", diagnosis.text);
     s
 }
 

@@ -208,7 +208,13 @@ impl Correlator {
             if j.current == tuple {
                 return Some(i);
             }
-            best.get_or_insert(i);
+            // A different tuple is taken for the same packet after a rewrite, but not where
+            // the signature cannot tell packets apart and either side is multicast: neighbour
+            // solicitations all share one, and NAT does not rewrite to or from multicast.
+            let multicast = |t: Option<Tuple>| t.is_some_and(|t| t.dst.is_multicast());
+            if sig.key.is_distinct() || !(multicast(tuple) || multicast(j.current)) {
+                best.get_or_insert(i);
+            }
         }
         best
     }

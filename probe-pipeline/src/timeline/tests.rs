@@ -520,3 +520,52 @@ fn text_and_json_name_the_same_places_rewrites_and_outcome() {
     t.containers.inside.insert(9, ("web".into(), "eth0".into()));
     assert!(render_text(&delivered, &t, false).contains("eth0 in container web ingress"));
 }
+
+/// IPv6 neighbour solicitations to different solicited-node groups, all without an identity.
+fn solicitation(ts: u64, target_group: &str) -> Event {
+    let p = Packet {
+        ethertype: 0x86dd,
+        len: 86,
+        ip: Some(IpHeader {
+            src: "fe80::1".parse().unwrap(),
+            dst: target_group.parse().unwrap(),
+            proto: Transport::Icmpv6,
+            ip_id: 0,
+            fragment: false,
+            l4: Some(L4Header::Icmp {
+                icmp_type: 135,
+                icmp_code: 0,
+                icmp_id: 0,
+                icmp_seq: 0,
+            }),
+        }),
+        truncated: false,
+    };
+    tc(ts, 4, Direction::Egress, p)
+}
+
+#[test]
+fn solicitations_are_not_joined_by_an_invented_rewrite() {
+    let mut c = Correlator::new(Limits::default());
+    c.push(solicitation(1_000, "ff02::1:ff00:2"));
+    c.push(solicitation(2_000, "ff02::1:ff00:3"));
+    let done = c.flush();
+    assert_eq!(done.len(), 2, "{done:#?}");
+    assert!(done.iter().all(|j| j.rewrites.is_empty()), "{done:#?}");
+}
+
+#[test]
+fn lost_events_are_said_in_text_too() {
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(
+        1_000,
+        2,
+        Direction::Ingress,
+        tcp("10.0.0.1", 1, "10.0.0.2", 2, 3, TcpFlags::SYN),
+    ));
+    c.mark_loss();
+    let j = c.flush().remove(0);
+    assert!(j.events_lost);
+    let text = render_text(&j, &topo(), false);
+    assert!(text.contains("events were lost"), "{text}");
+}

@@ -184,8 +184,8 @@ async fn measure(
             }
             guard = readable(&mut links) => {
                 let mut guard = guard?;
-                session.on_link_events();
-                host::refresh(&mut session.topology);
+                let changes = session.on_link_events();
+                host::apply(&mut session.topology, &changes);
                 guard.clear_ready();
             }
             _ = stops.recv() => break,

@@ -22,6 +22,13 @@ pub fn prepare(filter: Option<&str>, ns: Option<&str>) -> anyhow::Result<Option<
     Ok(filter)
 }
 
+/// Removes what killed probes left in this namespace; what was removed, one line each.
+pub fn cleanup() -> Vec<String> {
+    let mut removed = crate::points::tc::owner::sweep();
+    removed.extend(crate::points::rules::sweep_stale());
+    removed
+}
+
 /// The exit line of a trace: what was shown, what was lost, filtered or malformed.
 pub fn trace_summary(s: &trace::Summary, events: bool) -> String {
     let mut line = if events {
@@ -63,6 +70,13 @@ pub fn trace_summary(s: &trace::Summary, events: bool) -> String {
         line.push_str(&format!(
             "; nftables trace messages were lost {} time(s) (socket buffer full)",
             s.rules_lost
+        ));
+    }
+    if s.stats.unjoined_verdicts > 0 {
+        line.push_str(&format!(
+            "; {} rule-verdict walk(s) matched no sighting of their packet and are not shown \
+             (they came late, or the packet crossed no traced interface)",
+            s.stats.unjoined_verdicts
         ));
     }
     if s.malformed > 0 {

@@ -35,6 +35,8 @@ pub fn run(
         limit: None,
         // The recording holds what the trace showed.
         netns: None,
+        // A recording made with --rules alone holds only verdicts.
+        verdicts_join_sightings: reader.meta.sightings_besides_verdicts,
         clock: clock::now(),
     };
     // The reader names events from the recording's own tables as it reads them.

@@ -76,6 +76,8 @@ struct RuleTracing {
     tracer: rules::Tracer,
     /// Deleted when dropped.
     table: rules::TraceTable,
+    /// Trace-message losses already reported.
+    lost_said: u64,
 }
 
 /// Runs a trace to completion. Must be called before any other thread exists if the caller
@@ -86,6 +88,12 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     if !opts.tc && !p.drops && !p.routes && !opts.rules && !p.netfilter {
         bail!("nothing to trace: tc, drops, routes and netfilter are all turned off");
     }
+    // Claimed before anything is loaded: another probe recording there is said at once.
+    let record = opts
+        .record
+        .as_deref()
+        .map(|path| recording_file(path).map(|file| (path, file)))
+        .transpose()?;
     let mut session = Session::start(StartOptions {
         mode: probe_common::mode::EVENTS,
         filter: opts.filter.as_ref(),
@@ -118,6 +126,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
             tracer: rules::Tracer::new(table.name()),
             socket,
             table,
+            lost_said: 0,
         })
     } else {
         None
@@ -128,7 +137,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     // Docker's names for containers' veths, namespaces and addresses (none without Docker).
     let docker = docker::Watcher::start();
     session.topology.containers = docker.containers().clone();
-    let mut sink = sink(opts, &session)?;
+    let mut sink = sink(opts, &session, record)?;
     let mut summary = session::runtime()?.block_on(stream(
         (ring, logger),
         Loop {
@@ -159,13 +168,18 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
 }
 
 /// The pipeline for this trace: names from this kernel and host, the recording if asked for.
-fn sink(opts: &TraceOptions, session: &Session) -> anyhow::Result<Sink<io::BufWriter<io::Stdout>>> {
+fn sink(
+    opts: &TraceOptions,
+    session: &Session,
+    record: Option<(&std::path::Path, std::fs::File)>,
+) -> anyhow::Result<Sink<io::BufWriter<io::Stdout>>> {
     let names = names(&session.kernel);
     let meta = Metadata {
         probe_version: env!("CARGO_PKG_VERSION").to_owned(),
         drop_reasons: names.drop_reasons.clone(),
         route_tables: names.route_tables.clone(),
         topology: session.topology.clone(),
+        sightings_besides_verdicts: opts.tc || opts.points.drops,
     };
     let color = opts.format == Format::Text && {
         use std::io::IsTerminal as _;
@@ -184,18 +198,44 @@ fn sink(opts: &TraceOptions, session: &Session) -> anyhow::Result<Sink<io::BufWr
             } else {
                 host::netns::own().and_then(|i| u32::try_from(i).ok())
             },
+            verdicts_join_sightings: opts.tc || opts.points.drops,
             clock: clock::now(),
         },
         session.topology.clone(),
         Some(names),
     );
-    if let Some(path) = &opts.record {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
+    if let Some((path, file)) = record {
         let out: Box<dyn Write> = Box::new(io::BufWriter::new(file));
-        sink.record_to(RecordWriter::new(out, &meta)?);
+        let mut writer = RecordWriter::new(out, &meta)?;
+        // The header reaches the disk now: a full disk is said before tracing starts.
+        writer
+            .flush()
+            .with_context(|| format!("cannot write the recording {}", path.display()))?;
+        sink.record_to(writer);
     }
     Ok(sink)
+}
+
+/// The recording's file, locked for this probe: two probes recording to one path would
+/// truncate each other's. Emptied only once the lock is held.
+fn recording_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "{} is being recorded to by another probe; choose another file",
+            path.display()
+        );
+    }
+    file.set_len(0)
+        .with_context(|| format!("cannot empty {}", path.display()))?;
+    Ok(file)
 }
 
 /// Everything needed to put names on this kernel's numbers.
@@ -251,6 +291,8 @@ async fn stream(
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(100));
     let mut seen_lost = 0u64;
     let mut summary = Summary::default();
+    // Interfaces changed since the last tick: bridges' subnets and uplinks may have too.
+    let mut routes_stale = false;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -268,8 +310,9 @@ async fn stream(
             }
             guard = readable(&mut links) => {
                 let mut guard = guard?;
-                l.session.on_link_events();
-                host::refresh(sink.topology_mut());
+                let changes = l.session.on_link_events();
+                host::apply(sink.topology_mut(), &changes);
+                routes_stale = true;
                 l.docker.links_changed();
                 guard.clear_ready();
             }
@@ -287,6 +330,9 @@ async fn stream(
                 }
             }
             _ = ticker.tick() => {
+                if std::mem::take(&mut routes_stale) {
+                    host::refresh_routes(sink.topology_mut());
+                }
                 if tick(&mut l, ring.get_mut(), sink, &mut summary, &mut seen_lost)? {
                     break;
                 }
@@ -342,10 +388,19 @@ fn tick(
     if drain(ring, sink, summary)? {
         return Ok(true);
     }
-    if let Some(r) = l.rules.as_deref_mut()
-        && drain_rules(r, sink)?
-    {
-        return Ok(true);
+    if let Some(r) = l.rules.as_deref_mut() {
+        if drain_rules(r, sink)? {
+            return Ok(true);
+        }
+        // Like the ring buffer's: said as it happens.
+        if r.socket.lost > r.lost_said {
+            log::warn!(
+                "the kernel could not deliver nftables trace messages {} time(s): rule verdicts \
+                 are missing (a --filter narrows what is traced)",
+                r.socket.lost - r.lost_said
+            );
+            r.lost_said = r.socket.lost;
+        }
     }
     Ok(sink.expire(now)? || sink.flush()?)
 }
@@ -378,7 +433,23 @@ fn drain(
 /// Turns pending nftables trace messages into events.
 fn drain_rules(rules: &mut RuleTracing, sink: &mut Out) -> anyhow::Result<bool> {
     let now = clock::monotonic_now_ns();
-    for raw in rules.socket.receive() {
+    let received = rules.socket.receive();
+    if rules.socket.table_deleted(rules.table.name()) {
+        // A ruleset reload (`nft flush ruleset`, a firewall service restart) took probe's
+        // table with it: without it no packet is traced, so put it back.
+        match rules.table.reinstall() {
+            Ok(()) => log::warn!(
+                "the nftables ruleset was replaced and took probe's trace table with it; \
+                 re-created table inet {}",
+                rules.table.name()
+            ),
+            Err(e) => log::warn!(
+                "the nftables ruleset was replaced and took probe's trace table with it, and it \
+                 cannot be re-created ({e}): rule verdicts are no longer shown"
+            ),
+        }
+    }
+    for raw in received {
         if sink.done() {
             break;
         }

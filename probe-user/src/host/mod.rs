@@ -23,7 +23,6 @@ pub fn links() -> Vec<rtnl::Link> {
 pub fn topology(links: &[rtnl::Link]) -> Topology {
     let mut t = Topology {
         own_netns: netns::own().unwrap_or(0),
-        netns_names: netns::named(),
         ..Topology::default()
     };
     for l in links {
@@ -32,12 +31,40 @@ pub fn topology(links: &[rtnl::Link]) -> Topology {
             (l.name.clone(), l.kind.clone().unwrap_or_default()),
         );
     }
-    let bridges: Vec<&str> = links
-        .iter()
-        .filter(|l| l.kind.as_deref() == Some("bridge"))
-        .map(|l| l.name.as_str())
+    refresh_routes(&mut t);
+    t
+}
+
+/// Interfaces came or went: their names and kinds, at once (no dump of every link per event,
+/// which would hold the kernel's rtnl lock against the host's own container start-up). Routes
+/// and namespace names change with them: [`refresh_routes`] catches up, debounced.
+pub fn apply(t: &mut Topology, changes: &[rtnl::LinkChange]) {
+    for change in changes {
+        match change {
+            rtnl::LinkChange::New(l) => {
+                t.links.insert(
+                    l.index,
+                    (l.name.clone(), l.kind.clone().unwrap_or_default()),
+                );
+            }
+            rtnl::LinkChange::Removed { index } => {
+                t.links.remove(index);
+            }
+        }
+    }
+}
+
+/// Bridge subnets, uplinks and `ip netns` names, read again.
+pub fn refresh_routes(t: &mut Topology) {
+    t.netns_names = netns::named();
+    let bridges: Vec<&str> = t
+        .links
+        .values()
+        .filter(|(_, kind)| kind == "bridge")
+        .map(|(name, _)| name.as_str())
         .collect();
     // Connected IPv4 routes of bridges (/proc/net/route shows this thread's namespace).
+    let mut subnets = Vec::new();
     if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
@@ -46,7 +73,7 @@ pub fn topology(links: &[rtnl::Link]) -> Topology {
             }
             let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
             if let (Some(dst), Some(mask)) = (hex(f[1]), hex(f[7])) {
-                t.bridge_subnets.push((
+                subnets.push((
                     IpAddr::V4(Ipv4Addr::from(dst)),
                     mask.count_ones() as u8,
                     f[0].to_owned(),
@@ -54,16 +81,16 @@ pub fn topology(links: &[rtnl::Link]) -> Topology {
             }
         }
     }
+    t.bridge_subnets = subnets;
     t.uplinks = default_route_devices();
     log::debug!(
         "uplinks {:?}, bridge subnets {:?}",
         t.uplinks,
         t.bridge_subnets
     );
-    t
 }
 
-/// Interfaces came or went: read them again, keeping the container names already known.
+/// Everything read again, keeping the container names already known.
 pub fn refresh(t: &mut Topology) {
     let containers = std::mem::take(&mut t.containers);
     *t = topology(&links());

@@ -1,5 +1,6 @@
 //! A small rtnetlink client for what aya does not offer: listing links, following link events
-//! (for hot attach) and deleting the clsact qdisc probe created.
+//! (for hot attach), listing and deleting tc filters, and deleting the clsact qdisc probe
+//! created.
 
 use std::{
     io,
@@ -11,6 +12,14 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_DELQDISC: u16 = 37;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_DELTFILTER: u16 = 45;
+const RTM_GETTFILTER: u16 = 46;
+const TCA_OPTIONS: u16 = 2;
+const TCA_BPF_NAME: u16 = 7;
+/// The clsact qdisc's ingress and egress hooks, as filter parents.
+pub const CLSACT_INGRESS: u32 = 0xFFFF_FFF2;
+pub const CLSACT_EGRESS: u32 = 0xFFFF_FFF3;
 const NLMSG_HDRLEN: usize = 16;
 const IFINFOMSG_LEN: usize = 16;
 const IFLA_IFNAME: u16 = 3;
@@ -99,7 +108,26 @@ impl Socket {
 
     /// A non-blocking socket that receives link changes.
     pub fn link_monitor() -> io::Result<Self> {
-        Self::open(RTMGRP_LINK, true)
+        let sock = Self::open(RTMGRP_LINK, true)?;
+        // Container churn announces hundreds of links at once: room for them, so that
+        // notifications are not lost (root may exceed rmem_max; else the ordinary limit).
+        let bytes: i32 = 8 << 20;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: an int option on our socket.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&bytes as *const i32).cast(),
+                    size_of::<i32>() as u32,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
+        }
+        Ok(sock)
     }
 
     fn send(&mut self, msg_type: u16, flags: u16, payload: &[u8]) -> io::Result<u32> {
@@ -159,6 +187,50 @@ impl Socket {
         }
     }
 
+    /// The tc filters under `parent` (a clsact hook) of interface `ifindex`.
+    pub fn tc_filters(&mut self, ifindex: u32, parent: u32) -> io::Result<Vec<TcFilter>> {
+        let seq = self.send(
+            RTM_GETTFILTER,
+            libc::NLM_F_DUMP as u16,
+            &tcmsg(ifindex, 0, parent, 0),
+        )?;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let Some(n) = self.recv(&mut buf)? else {
+                continue;
+            };
+            for (ty, msg_seq, body) in messages(&buf[..n]) {
+                if msg_seq != seq {
+                    continue;
+                }
+                match ty {
+                    t if t == libc::NLMSG_DONE as u16 => return Ok(out),
+                    t if t == libc::NLMSG_ERROR as u16 => {
+                        let e = ack_error(body);
+                        // No qdisc there (or no device): no filters.
+                        return match e.raw_os_error() {
+                            Some(0) => Ok(out),
+                            Some(libc::EINVAL | libc::ENOENT | libc::ENODEV) => Ok(Vec::new()),
+                            _ => Err(e),
+                        };
+                    }
+                    // The dump also lists each chain head (handle 0): not a filter.
+                    RTM_NEWTFILTER => out.extend(parse_tc_filter(body).filter(|f| f.handle != 0)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Deletes one tc filter.
+    pub fn delete_tc_filter(&mut self, ifindex: u32, f: &TcFilter) -> io::Result<()> {
+        let mut msg = tcmsg(ifindex, f.handle, f.parent, f.info);
+        push_attr(&mut msg, TCA_KIND, f.kind.as_bytes());
+        let seq = self.send(RTM_DELTFILTER, libc::NLM_F_ACK as u16, &msg)?;
+        self.expect_ack(seq)
+    }
+
     /// Link changes received so far (non-blocking socket).
     pub fn changes(&mut self) -> io::Result<Vec<LinkChange>> {
         let mut out = Vec::new();
@@ -178,7 +250,16 @@ impl Socket {
                 }
                 Ok(None) => return Ok(out),
                 // The kernel dropped notifications: the caller re-lists links to catch up.
+                // What is still queued predates that list: read it all away first, or it
+                // would be taken for news afterwards (and the socket left readable unseen).
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    loop {
+                        match self.recv(&mut buf) {
+                            Ok(Some(_)) => {}
+                            Err(again) if again.raw_os_error() == Some(libc::ENOBUFS) => {}
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
                     return Err(e);
                 }
                 Err(e) => return Err(e),
@@ -293,21 +374,75 @@ fn parse_link(body: &[u8]) -> Option<Link> {
     Some(link)
 }
 
+/// A tc filter as rtnetlink describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcFilter {
+    pub parent: u32,
+    pub handle: u32,
+    /// Priority << 16 | protocol, as the kernel keys filters.
+    pub info: u32,
+    /// `bpf`, `u32`, `matchall`, ...
+    pub kind: String,
+    /// A bpf filter's program name.
+    pub name: Option<String>,
+}
+
+/// A `struct tcmsg`.
+fn tcmsg(ifindex: u32, handle: u32, parent: u32, info: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(32);
+    m.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
+    m.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    m.extend_from_slice(&handle.to_ne_bytes());
+    m.extend_from_slice(&parent.to_ne_bytes());
+    m.extend_from_slice(&info.to_ne_bytes());
+    m
+}
+
+/// Appends one attribute, with its string's NUL, padded.
+fn push_attr(m: &mut Vec<u8>, ty: u16, text: &[u8]) {
+    m.extend_from_slice(&((4 + text.len() + 1) as u16).to_ne_bytes());
+    m.extend_from_slice(&ty.to_ne_bytes());
+    m.extend_from_slice(text);
+    m.push(0);
+    m.resize(m.len().next_multiple_of(4), 0);
+}
+
+const TCMSG_LEN: usize = 20;
+
+fn parse_tc_filter(body: &[u8]) -> Option<TcFilter> {
+    let u32_at = |o: usize| {
+        body.get(o..o + 4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let mut f = TcFilter {
+        handle: u32_at(8)?,
+        parent: u32_at(12)?,
+        info: u32_at(16)?,
+        kind: String::new(),
+        name: None,
+    };
+    for (ty, payload) in attributes(body.get(TCMSG_LEN..)?) {
+        match ty {
+            TCA_KIND => f.kind = c_string(payload),
+            TCA_OPTIONS => {
+                for (oty, opayload) in attributes(payload) {
+                    if oty == TCA_BPF_NAME {
+                        f.name = Some(c_string(opayload));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(f)
+}
+
 /// Deletes the clsact qdisc (and with it every tc filter under it) from interface `ifindex`.
 pub fn delete_clsact(ifindex: u32) -> io::Result<()> {
-    let mut tcmsg = Vec::with_capacity(32);
-    tcmsg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]);
-    tcmsg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    tcmsg.extend_from_slice(&CLSACT_HANDLE.to_ne_bytes());
-    tcmsg.extend_from_slice(&TC_H_CLSACT.to_ne_bytes());
-    tcmsg.extend_from_slice(&0u32.to_ne_bytes());
-    let kind = b"clsact\0";
-    tcmsg.extend_from_slice(&((4 + kind.len()) as u16).to_ne_bytes());
-    tcmsg.extend_from_slice(&TCA_KIND.to_ne_bytes());
-    tcmsg.extend_from_slice(kind);
-    tcmsg.resize(tcmsg.len().next_multiple_of(4), 0);
+    let mut msg = tcmsg(ifindex, CLSACT_HANDLE, TC_H_CLSACT, 0);
+    push_attr(&mut msg, TCA_KIND, b"clsact");
     let mut sock = Socket::request_socket()?;
-    let seq = sock.send(RTM_DELQDISC, libc::NLM_F_ACK as u16, &tcmsg)?;
+    let seq = sock.send(RTM_DELQDISC, libc::NLM_F_ACK as u16, &msg)?;
     sock.expect_ack(seq)
 }
 
@@ -337,5 +472,8 @@ mod tests {
         body.extend_from_slice(&[200, 0, 3, 0, b'x']);
         let link = parse_link(&body).unwrap();
         assert_eq!(link.name, "");
+        for n in 0..40 {
+            let _ = parse_tc_filter(&vec![0xA5; n]);
+        }
     }
 }

@@ -38,6 +38,10 @@ pub enum NftraceError {
 
 const TABLE_PREFIX: &str = "probe_trace_";
 const NFNLGRP_NFTRACE: u32 = 9;
+/// Ruleset changes (tables, chains, rules added or deleted).
+const NFNLGRP_NFTABLES: u32 = 7;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFTA_TABLE_NAME: u16 = 1;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_TRACE: u16 = 17;
 const NFTA_TRACE_TABLE: u16 = 1;
@@ -68,16 +72,31 @@ pub struct TraceTable {
 
 impl TraceTable {
     pub fn install() -> Result<Self, NftraceError> {
-        sweep_stale();
-        let name = format!("{TABLE_PREFIX}{}", std::process::id());
+        for line in sweep_stale() {
+            log::info!("{line}");
+        }
+        let table = Self {
+            name: format!("{TABLE_PREFIX}{}", std::process::id()),
+        };
+        table.add()?;
+        Ok(table)
+    }
+
+    /// Adds the table again, after something (`nft flush ruleset`, a firewall reload) removed
+    /// it.
+    pub fn reinstall(&self) -> Result<(), NftraceError> {
+        self.add()
+    }
+
+    fn add(&self) -> Result<(), NftraceError> {
+        let name = &self.name;
         let script = format!(
             "table inet {name} {{\n\
                chain prerouting {{ type filter hook prerouting priority -350; meta nftrace set 1; }}\n\
                chain output {{ type filter hook output priority -350; meta nftrace set 1; }}\n\
              }}\n"
         );
-        nft_stdin(&script).map_err(NftraceError::AddTable)?;
-        Ok(Self { name })
+        nft_stdin(&script).map_err(NftraceError::AddTable)
     }
 
     pub fn name(&self) -> &str {
@@ -93,11 +112,13 @@ impl Drop for TraceTable {
     }
 }
 
-/// Deletes trace tables whose probe process is gone (killed before it could clean up).
-fn sweep_stale() {
+/// Deletes trace tables whose probe process is gone (killed before it could clean up);
+/// returns what it removed, one line each.
+pub fn sweep_stale() -> Vec<String> {
     let Ok(out) = nft(&["list", "tables", "inet"]) else {
-        return;
+        return Vec::new();
     };
+    let mut said = Vec::new();
     for line in out.lines() {
         let Some(name) = line.trim().strip_prefix("table inet ") else {
             continue;
@@ -105,10 +126,16 @@ fn sweep_stale() {
         let Some(pid) = name.strip_prefix(TABLE_PREFIX) else {
             continue;
         };
-        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = nft(&["delete", "table", "inet", name]);
+        if pid.parse::<u32>().is_ok()
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && nft(&["delete", "table", "inet", name]).is_ok()
+        {
+            said.push(format!(
+                "removed nftables table inet {name} left by probe {pid}, which is gone"
+            ));
         }
     }
+    said
 }
 
 fn nft(args: &[&str]) -> Result<String, String> {
@@ -152,6 +179,8 @@ pub struct TraceSocket {
     fd: OwnedFd,
     /// Messages the kernel could not deliver (ENOBUFS), counted and survived.
     pub lost: u64,
+    /// Tables deleted since the last look (a ruleset reload takes probe's with it).
+    deleted_tables: Vec<String>,
 }
 
 impl AsRawFd for TraceSocket {
@@ -202,19 +231,25 @@ impl TraceSocket {
         {
             return Err(err());
         }
-        if setopt(
-            libc::SOL_NETLINK,
-            libc::NETLINK_ADD_MEMBERSHIP,
-            NFNLGRP_NFTRACE as i32,
-        ) != 0
-        {
-            return Err(err());
+        for group in [NFNLGRP_NFTRACE, NFNLGRP_NFTABLES] {
+            if setopt(
+                libc::SOL_NETLINK,
+                libc::NETLINK_ADD_MEMBERSHIP,
+                group as i32,
+            ) != 0
+            {
+                return Err(err());
+            }
         }
         // Large buffer first (root may exceed rmem_max); a smaller one is not fatal.
         if setopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF_BYTES) != 0 {
             setopt(libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF_BYTES);
         }
-        Ok(Self { fd, lost: 0 })
+        Ok(Self {
+            fd,
+            lost: 0,
+            deleted_tables: Vec::new(),
+        })
     }
 
     /// Everything received so far. ENOBUFS (the kernel dropped messages because we were slow)
@@ -241,9 +276,24 @@ impl TraceSocket {
                 log::trace!("netfilter message type {ty:#x}, {} bytes", body.len());
                 if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE {
                     out.extend(RawTrace::parse(body));
+                } else if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE {
+                    let name = body.get(4..).and_then(|attrs| {
+                        attributes(attrs)
+                            .find_map(|(t, p)| (t == NFTA_TABLE_NAME).then(|| c_string(p)))
+                    });
+                    self.deleted_tables.extend(name);
                 }
             }
         }
+    }
+}
+
+impl TraceSocket {
+    /// Whether the table `name` was deleted since the last call.
+    pub fn table_deleted(&mut self, name: &str) -> bool {
+        let deleted = self.deleted_tables.iter().any(|t| t == name);
+        self.deleted_tables.clear();
+        deleted
     }
 }
 
@@ -437,9 +487,11 @@ impl Tracer {
                 transport: raw.transport.clone(),
             });
         }
-        // Messages from probe's own table, and the one that opens each chain's walk (a "rule"
-        // message without a rule: it only carries the packet's headers), decide nothing.
+        // Messages from probe's trace tables (its own, and another probe's running alongside:
+        // every walk passes both), and the one that opens each chain's walk (a "rule" message
+        // without a rule: it only carries the packet's headers), decide nothing.
         if raw.table == self.own_table
+            || raw.table.starts_with(TABLE_PREFIX)
             || (raw.trace_type == TRACETYPE_RULE && raw.rule_handle.is_none())
         {
             return None;
@@ -528,6 +580,24 @@ mod tests {
         // Truncations never panic.
         for n in 0..body.len() {
             let _ = RawTrace::parse(&body[..n]);
+        }
+    }
+
+    #[test]
+    fn no_probe_trace_table_is_a_verdict() {
+        let mut tracer = Tracer::new("probe_trace_100");
+        for table in ["probe_trace_100", "probe_trace_200"] {
+            let raw = RawTrace {
+                nfproto: 1,
+                id: 5,
+                table: table.into(),
+                chain: "mark".into(),
+                rule_handle: Some(2),
+                trace_type: TRACETYPE_RULE,
+                verdict: Some(-1),
+                ..RawTrace::default()
+            };
+            assert_eq!(tracer.event(raw, 0), None, "{table}");
         }
     }
 

@@ -14,6 +14,11 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pr
 pub enum LoadError {
     #[error("ring buffer size {0} is not a power of two of at least 4096 bytes")]
     RingBufSize(u32),
+    #[error(
+        "a ring buffer of {kib} KiB would take more than a sixteenth of this machine's memory; \
+         use at most --ringbuf-kib {limit_kib}"
+    )]
+    RingBufTooLarge { kib: u32, limit_kib: u64 },
     #[error("cannot load the eBPF object: {0}")]
     Object(#[from] aya::EbpfError),
     #[error("the eBPF object has no map {0}")]
@@ -30,7 +35,30 @@ pub fn check_ringbuf_size(bytes: u32) -> Result<(), LoadError> {
     if bytes < 4096 || !bytes.is_power_of_two() {
         return Err(LoadError::RingBufSize(bytes));
     }
+    // The ring is locked kernel memory for as long as probe runs: at most a sixteenth of it.
+    if let Some(total) = memory_bytes()
+        && u64::from(bytes) > total / 16
+    {
+        return Err(LoadError::RingBufTooLarge {
+            kib: bytes / 1024,
+            limit_kib: 1u64 << (63 - (total / 16 / 1024).max(1).leading_zeros()),
+        });
+    }
     Ok(())
+}
+
+/// The machine's memory (MemTotal), when /proc/meminfo tells.
+fn memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Entries of a map the configuration leaves unused: the smallest size every map type takes.

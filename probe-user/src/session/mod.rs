@@ -138,11 +138,12 @@ impl Session {
             .map(|(_, o)| o)
     }
 
-    /// Handles pending link events: attaches to interfaces that appeared and forgets those
-    /// that went. (Whoever names interfaces reads them again: `host::refresh`.)
-    pub fn on_link_events(&mut self) {
-        if let Some(w) = self.watch.as_mut() {
-            w.on_link_events(&mut self.bpf);
+    /// Handles pending link events: attaches to interfaces that appeared and releases those
+    /// that went. Returns the changes, for whoever names interfaces (`host::apply`).
+    pub fn on_link_events(&mut self) -> Vec<host::rtnl::LinkChange> {
+        match self.watch.as_mut() {
+            Some(w) => w.on_link_events(&mut self.bpf),
+            None => Vec::new(),
         }
     }
 

@@ -2,22 +2,28 @@
 //!
 //! tcx links (Linux 6.6+) are tried first: they belong to this process, so the kernel detaches
 //! them however probe exits, even when killed. Where tcx is missing, the programs go under a
-//! clsact qdisc over netlink; a qdisc probe had to create is deleted again on shutdown, one that
-//! was already there is left alone.
+//! clsact qdisc over netlink, as filters whose handle is probe's pid, written down in its
+//! ledger ([`super::owner`]) so that a killed probe's filters are found and removed by the next.
+//! A qdisc probe had to create is deleted on shutdown only when no filter (another probe's,
+//! another tool's) is left on it; one that was already there is left alone.
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
 use aya::{
     Ebpf,
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, TcAttachOptions, TcError},
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, TcHandle},
     },
 };
 use probe_common::names;
 use thiserror::Error;
 
-use crate::host::iface::{Iface, LinkLayer};
+use super::owner::{self, Ledger};
+use crate::host::{
+    iface::{Iface, LinkLayer},
+    rtnl,
+};
 
 /// What the user asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -90,13 +96,18 @@ fn classifier<'a>(
 }
 
 /// Attaches classifiers to interfaces and remembers what it must undo.
-#[derive(Debug, Default)]
 pub struct TcAttacher {
     choice: BackendChoice,
     /// Settled on the first successful attach in `Auto` mode.
     settled: Option<Backend>,
     /// Interfaces (ifindex) whose clsact qdisc probe created.
     created_qdiscs: Vec<u32>,
+    /// The links on each interface, by program: released as soon as the interface goes.
+    links: HashMap<u32, Vec<(&'static str, SchedClassifierLinkId)>>,
+    /// What a killed probe would leave, written down for the next one.
+    ledger: Ledger,
+    /// The qdiscs were dealt with.
+    finished: bool,
 }
 
 impl TcAttacher {
@@ -105,6 +116,9 @@ impl TcAttacher {
             choice,
             settled: None,
             created_qdiscs: Vec::new(),
+            links: HashMap::new(),
+            ledger: Ledger::new(),
+            finished: false,
         }
     }
 
@@ -152,7 +166,14 @@ impl TcAttacher {
             let options = match backend {
                 // First, so that no other program's verdict hides packets from us.
                 Backend::Tcx => TcAttachOptions::TcxOrder(LinkOrder::first()),
-                Backend::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+                Backend::Clsact => TcAttachOptions::Netlink(NlOptions {
+                    // The owner's pid: how a later probe tells a killed one's filters apart.
+                    handle: TcHandle::new(
+                        (owner::own_handle() >> 16) as u16,
+                        owner::own_handle() as u16,
+                    ),
+                    ..NlOptions::default()
+                }),
             };
             let program = classifier(ebpf, name)?;
             match program.attach_with_options(&iface.name, attach_type, options) {
@@ -171,6 +192,10 @@ impl TcAttacher {
                 }
             }
         }
+        self.links.insert(iface.index, attached);
+        if backend == Backend::Clsact {
+            self.ledger.filters(iface.index);
+        }
         Ok(())
     }
 
@@ -181,6 +206,7 @@ impl TcAttacher {
         match tc::qdisc_add_clsact(&iface.name) {
             Ok(()) => {
                 self.created_qdiscs.push(iface.index);
+                self.ledger.qdisc(iface.index);
                 Ok(())
             }
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
@@ -196,27 +222,57 @@ impl TcAttacher {
         self.settled
     }
 
-    /// An interface went away, and its qdisc with it: never try to delete that qdisc later
-    /// (the index could be reused by someone else's interface).
-    pub fn forget(&mut self, ifindex: u32) {
+    /// An interface went away, and its qdisc with it: release its links now (a tcx link
+    /// holds a descriptor until it is dropped), and never try to delete that qdisc later (the
+    /// index could be reused by someone else's interface).
+    pub fn forget(&mut self, ebpf: &mut Ebpf, ifindex: u32) {
         self.created_qdiscs.retain(|&i| i != ifindex);
+        self.ledger.forget(ifindex);
+        for (name, id) in self.links.remove(&ifindex).unwrap_or_default() {
+            if let Ok(program) = classifier(ebpf, name) {
+                // Taken out and dropped: the kernel already detached it with the device.
+                drop(program.take_link(id));
+            }
+        }
     }
 
-    /// Deletes the qdiscs probe created. Call after the programs' links are gone.
+    /// Deletes the qdiscs probe created, where nothing is left on them: another probe's or
+    /// another tool's filters keep theirs. Call after the programs' links are gone.
     pub fn remove_created_qdiscs(&mut self) {
-        for ifindex in self.created_qdiscs.drain(..) {
-            match crate::host::rtnl::delete_clsact(ifindex) {
+        self.finished = true;
+        let mut sock = match rtnl::Socket::request_socket() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot check the clsact qdiscs probe created: {e}");
+                return;
+            }
+        };
+        let mut kept = Vec::new();
+        for ifindex in std::mem::take(&mut self.created_qdiscs) {
+            if !owner::is_empty(&mut sock, ifindex) {
+                // Another probe still uses it: the last one out removes it, finding it in the
+                // ledger of this (soon dead) probe. Another tool's filters keep it for good.
+                if owner::has_probe_filters(&mut sock, ifindex) {
+                    kept.push(ifindex);
+                }
+                log::debug!("leaving the clsact qdisc on ifindex {ifindex}: other filters use it");
+                continue;
+            }
+            match rtnl::delete_clsact(ifindex) {
                 Ok(()) => {}
                 // The interface went away, and the qdisc with it.
                 Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
                 Err(e) => log::warn!("could not delete the clsact qdisc on ifindex {ifindex}: {e}"),
             }
         }
+        self.ledger.finish(&kept);
     }
 }
 
 impl Drop for TcAttacher {
     fn drop(&mut self) {
-        self.remove_created_qdiscs();
+        if !self.finished {
+            self.remove_created_qdiscs();
+        }
     }
 }

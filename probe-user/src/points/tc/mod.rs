@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod discover;
+pub mod owner;
 pub mod watch;
 
 pub use attach::{Backend, BackendChoice, TcAttacher};

@@ -41,6 +41,11 @@ impl TcWatch {
         mut selector: Selector,
         attacher: TcAttacher,
     ) -> Result<Self, WatchError> {
+        // What probes killed here left behind goes first (never a live one's, or another
+        // tool's).
+        for line in super::owner::sweep() {
+            log::info!("{line}");
+        }
         let monitor = rtnl::Socket::link_monitor()?;
         let links = rtnl::Socket::request_socket()?.links()?;
         if let Some(name) = selector.missing_exact(&links).into_iter().next() {
@@ -85,9 +90,9 @@ impl TcWatch {
         &self.monitor
     }
 
-    /// Handles pending link events. Errors attaching to one new interface are logged, not fatal:
-    /// the trace goes on for the others.
-    pub fn on_link_events(&mut self, bpf: &mut Ebpf) {
+    /// Handles pending link events and returns them, for whoever names interfaces. Errors
+    /// attaching to one new interface are logged, not fatal: the trace goes on for the others.
+    pub fn on_link_events(&mut self, bpf: &mut Ebpf) -> Vec<LinkChange> {
         let changes = match self.monitor.changes() {
             Ok(c) => c,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
@@ -96,36 +101,54 @@ impl TcWatch {
                 match rtnl::Socket::request_socket().and_then(|mut s| s.links()) {
                     Ok(links) => {
                         let present: Vec<u32> = links.iter().map(|l| l.index).collect();
-                        self.attached.retain(|i, _| present.contains(i));
-                        links.into_iter().map(LinkChange::New).collect()
+                        let gone: Vec<u32> = self
+                            .attached
+                            .keys()
+                            .filter(|i| !present.contains(i))
+                            .copied()
+                            .collect();
+                        let mut changes: Vec<LinkChange> = gone
+                            .into_iter()
+                            .map(|index| LinkChange::Removed { index })
+                            .collect();
+                        changes.extend(links.into_iter().map(LinkChange::New));
+                        changes
                     }
                     Err(e) => {
                         log::warn!("cannot re-read interfaces: {e}");
-                        return;
+                        return Vec::new();
                     }
                 }
             }
             Err(e) => {
                 log::warn!("link notifications failed: {e}");
-                return;
+                return Vec::new();
             }
         };
-        for change in changes {
+        for change in &changes {
             match change {
                 LinkChange::New(link) => {
-                    if let Err(e) = self.consider(bpf, &link, true) {
-                        log::warn!("cannot attach to {}: {e}", link.name);
+                    if let Err(e) = self.consider(bpf, link, true) {
+                        // An interface that went away meanwhile (container churn) is no news.
+                        if crate::host::iface::lookup(&link.name)
+                            .is_ok_and(|i| i.index == link.index)
+                        {
+                            log::warn!("cannot attach to {}: {e}", link.name);
+                        } else {
+                            log::debug!("{} went away before probe could attach: {e}", link.name);
+                        }
                     }
                 }
                 LinkChange::Removed { index } => {
-                    if let Some(name) = self.attached.remove(&index) {
-                        // The kernel detached our programs with the device; nothing to undo.
-                        self.attacher.forget(index);
+                    if let Some(name) = self.attached.remove(index) {
+                        // The kernel detached our programs with the device; release the links.
+                        self.attacher.forget(bpf, *index);
                         log::debug!("{name} went away");
                     }
                 }
             }
         }
+        changes
     }
 
     fn consider(&mut self, bpf: &mut Ebpf, link: &Link, hot: bool) -> Result<(), AttachError> {
@@ -144,5 +167,9 @@ impl TcWatch {
     /// Deletes qdiscs probe created; call once the programs' links are gone.
     pub fn finish(mut self) {
         self.attacher.remove_created_qdiscs();
+        // A qdisc another probe created and left to us, now that our filters are gone too.
+        for line in super::owner::sweep() {
+            log::info!("{line}");
+        }
     }
 }
