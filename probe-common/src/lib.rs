@@ -40,8 +40,10 @@ pub mod counter {
     pub const RINGBUF_FULL: u32 = 0;
     /// Sightings a kernel-side filter turned away (no event written).
     pub const FILTERED: u32 = 1;
+    /// Latency samples not counted because the histogram map was full.
+    pub const LATENCY_MAP_FULL: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Names of the maps and globals userspace looks up; defined here so both sides agree.

@@ -7,6 +7,7 @@
 //! [`timeline::Correlator`], [`record`]) → [`render`].
 
 pub mod addr;
+pub mod bounded;
 pub mod decode;
 pub mod event;
 pub mod filter;

@@ -193,3 +193,26 @@ fn two_probes_cannot_record_into_one_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `ip netns del` of the traced namespace: probe says so and stops, instead of holding the
+/// namespace open by itself.
+#[test]
+fn a_deleted_namespace_ends_the_trace() {
+    require_root();
+    let name = format!("probe-gone-{}", std::process::id());
+    let ip = |args: &[&str]| Command::new("ip").args(args).status().unwrap();
+    assert!(ip(&["netns", "add", &name]).success());
+    let run = probe_lab::ProbeRun::start(&["trace", "--netns", &name, "--no-tc"]);
+    let deleted = ip(&["netns", "del", &name]).success();
+    let run = run.unwrap();
+    assert!(deleted);
+    // It ends on its own, with its summary.
+    let (_, stderr) = run.finish().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "the network namespace {name} was deleted; stopping"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("none lost"), "{stderr}");
+}

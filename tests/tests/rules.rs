@@ -262,3 +262,74 @@ fn the_trace_table_comes_back_after_a_ruleset_flush() {
     assert!(!stderr.contains("could not delete"), "{stderr}");
     assert!(probe_tables(&lab).is_empty());
 }
+
+/// Under a flood, rule verdicts still join their packets' timelines: none is shown as a
+/// timeline of its own (which would read like a firewall problem); those that cannot join are
+/// counted in the summary.
+#[test]
+fn a_flood_under_rules_shows_no_verdict_only_timelines() {
+    require_root();
+    const N: u32 = 3000;
+    let lab = TwoHosts::new().unwrap();
+    // A firewall whose rule decides about every datagram of the flood.
+    lab.b
+        .exec(
+            "nft",
+            &["add table inet fw; \
+                 add chain inet fw input { type filter hook input priority 10; policy accept; }; \
+                 add rule inet fw input udp dport 7009 counter accept"],
+        )
+        .unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--iface",
+        TwoHosts::IFACE,
+        "--rules",
+        "--no-routes",
+        "--json",
+    ])
+    .unwrap();
+    let dst = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.connect((dst, 7009)).unwrap();
+            for i in 0..N {
+                let _ = sock.send(&i.to_be_bytes());
+            }
+        })
+        .unwrap();
+    let (stdout, stderr) = run.stop().unwrap();
+    let timelines = json_lines(&stdout).unwrap();
+    assert!(!timelines.is_empty(), "{stderr}");
+    let verdict_only: Vec<&Value> = timelines
+        .iter()
+        .filter(|t| {
+            t["hops"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|h| h["event"]["kind"] == "rule")
+        })
+        .collect();
+    assert!(
+        verdict_only.is_empty(),
+        "{:#?}",
+        &verdict_only[..verdict_only.len().min(3)]
+    );
+    // The flood's datagrams that reached the trace carry their verdicts.
+    let with_verdicts = timelines
+        .iter()
+        .filter(|t| t["first"]["dport"] == 7009)
+        .filter(|t| {
+            t["hops"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["event"]["kind"] == "rule")
+        })
+        .count();
+    assert!(with_verdicts > 0, "{stderr}");
+}

@@ -83,6 +83,18 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Leave probe running under traffic and interface churn and check that its memory and
+    /// descriptors stay flat (within 10%); writes target/bench/soak.md.
+    #[command(after_help = "Examples:\n  \
+        cargo xtask soak                 # 10 minutes\n  \
+        cargo xtask soak --minutes 1")]
+    Soak {
+        #[arg(long, hide = true)]
+        no_build: bool,
+        /// How long to run.
+        #[arg(long, default_value_t = 10.0, value_parser = parse_minutes)]
+        minutes: f64,
+    },
     /// Run a command and print its CPU seconds, wall seconds and peak RSS (used by the bench).
     #[command(hide = true)]
     BenchRusage {
@@ -139,6 +151,7 @@ fn main() -> ExitCode {
         Task::Lab { action } => lab::run(action),
         Task::Bench { no_build, quick } => bench::run(no_build, quick),
         Task::BenchRusage { command } => bench::rusage(&command),
+        Task::Soak { no_build, minutes } => bench::soak(no_build, minutes),
         Task::Vm {
             kernel,
             tests,
@@ -164,5 +177,13 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn parse_minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if m > 0.0 && m <= 1440.0 => Ok(m),
+        Ok(_) => Err("between 0 and 1440 minutes".to_owned()),
+        Err(_) => Err(format!("'{s}' is not a number of minutes")),
     }
 }

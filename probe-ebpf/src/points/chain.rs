@@ -4,10 +4,7 @@
 //! verdict. kprobe at entry reads the names, kretprobe adds the verdict.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_str_bytes,
-    },
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::{kprobe, kretprobe, map},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -73,7 +70,7 @@ pub fn nft_do_chain_kprobe(ctx: ProbeContext) -> u32 {
     let table = read_kernel::<u64>(chain, layout::get(|l| &l.nftchain_table)).unwrap_or(0);
     let table_name = read_kernel::<u64>(table, layout::get(|l| &l.nfttable_name)).unwrap_or(0);
     read_str(table_name, &mut entry.table);
-    let _ = CHAIN_ENTRIES.insert(&bpf_get_current_pid_tgid(), &entry, 0);
+    let _ = CHAIN_ENTRIES.insert(&maps::task_cpu_key(), &entry, 0);
     0
 }
 
@@ -108,7 +105,7 @@ pub fn ipt_do_table_kprobe(ctx: ProbeContext) -> u32 {
     if table != 0 && name_off != ABSENT {
         read_str(table + name_off as u64, &mut entry.table);
     }
-    let _ = CHAIN_ENTRIES.insert(&bpf_get_current_pid_tgid(), &entry, 0);
+    let _ = CHAIN_ENTRIES.insert(&maps::task_cpu_key(), &entry, 0);
     0
 }
 
@@ -126,7 +123,7 @@ pub fn ipt_do_table_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn leave(verdict: u32) {
-    let key = bpf_get_current_pid_tgid();
+    let key = maps::task_cpu_key();
     let Some(entry) = CHAIN_ENTRIES.get_ptr(&key) else {
         return;
     };

@@ -4,7 +4,7 @@
 //! main table, routed a packet. kprobe parks the arguments, kretprobe reads the result.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{kprobe, kretprobe, map},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -53,14 +53,14 @@ pub fn fib_rules_lookup_kprobe(ctx: ProbeContext) -> u32 {
         family: family::IPV4,
         _pad: [0; 7],
     };
-    let _ = FIB_RULE_ENTRIES.insert(&bpf_get_current_pid_tgid(), &entry, 0);
+    let _ = FIB_RULE_ENTRIES.insert(&maps::task_cpu_key(), &entry, 0);
     0
 }
 
 #[kretprobe]
 pub fn fib_rules_lookup_kretprobe(ctx: RetProbeContext) -> u32 {
     let err: i32 = ctx.ret();
-    let key = bpf_get_current_pid_tgid();
+    let key = maps::task_cpu_key();
     let Some(entry) = FIB_RULE_ENTRIES.get_ptr(&key) else {
         return 0;
     };

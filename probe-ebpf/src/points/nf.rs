@@ -7,7 +7,7 @@
 //! parks it in `NF_ENTRIES`; the exit program adds the verdict and the time spent.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
@@ -35,7 +35,7 @@ pub struct NfEntry {
     _pad: [u8; 2],
 }
 
-/// Keyed by skb address (fentry/fexit see the arguments on both sides) or by pid_tgid
+/// Keyed by skb address (fentry/fexit see the arguments on both sides) or by task and CPU
 /// (kretprobes do not). LRU, so an entry whose exit never came cannot pile up.
 #[map(name = "NF_ENTRIES")]
 static NF_ENTRIES: LruHashMap<u64, NfEntry> = LruHashMap::with_max_entries(8192, 0);
@@ -60,7 +60,7 @@ pub fn nf_hook_slow_fexit(ctx: FExitContext) -> u32 {
 #[kprobe]
 pub fn nf_hook_slow_kprobe(ctx: ProbeContext) -> u32 {
     if let (Some(skb), Some(state)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        enter(bpf_get_current_pid_tgid(), skb, state);
+        enter(maps::task_cpu_key(), skb, state);
     }
     0
 }
@@ -68,7 +68,7 @@ pub fn nf_hook_slow_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn nf_hook_slow_kretprobe(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
-    leave(bpf_get_current_pid_tgid(), ret, probe_source::KRETPROBE);
+    leave(maps::task_cpu_key(), ret, probe_source::KRETPROBE);
     0
 }
 

@@ -55,7 +55,10 @@ fn count(key: HopBucket) {
         // SAFETY: per-CPU slot, written only by this CPU while this program runs.
         Some(n) => unsafe { *n += 1 },
         None => {
-            let _ = LATENCY.insert(&key, &1, 0);
+            // Never silently: a full map's misses are counted and reported.
+            if LATENCY.insert(&key, &1, 0).is_err() {
+                super::maps::bump(probe_common::counter::LATENCY_MAP_FULL);
+            }
         }
     }
 }

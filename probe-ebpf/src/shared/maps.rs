@@ -28,3 +28,15 @@ pub fn bump(index: u32) -> u64 {
         None => 0,
     }
 }
+
+/// The key of a kretprobe's entry, parked by its kprobe: the current task and CPU. The task
+/// alone is not enough: in softirq on an idle CPU the current task is that CPU's idle task,
+/// whose pid_tgid is 0 on every CPU, so two CPUs' entries would mix. (A task that moved CPU
+/// inside the probed function loses its entry to the LRU instead of taking another's.)
+#[inline(always)]
+pub fn task_cpu_key() -> u64 {
+    // SAFETY: a helper without arguments, callable from any program type.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as u64;
+    // tgid and pid fit in 22 bits each: the top 10 bits are free for the CPU.
+    (aya_ebpf::helpers::bpf_get_current_pid_tgid() & ((1u64 << 54) - 1)) | (cpu << 54)
+}

@@ -1,11 +1,9 @@
 //! Following what a filter admitted through NAT, the way the kernel programs do.
 
-use std::collections::HashSet;
-
 use probe_common::PacketKey;
 
 use super::Filter;
-use crate::{event::Event, identity, tuple::Tuple};
+use crate::{bounded::BoundedMap, event::Event, identity, tuple::Tuple};
 
 /// A filter applied to a stream of events the way the kernel programs apply it: a packet
 /// admitted once is followed through NAT (by what NAT leaves alone: protocol, IPv4 id, TCP
@@ -13,20 +11,20 @@ use crate::{event::Event, identity, tuple::Tuple};
 /// with.
 pub struct Follower {
     filter: Filter,
-    packets: HashSet<PacketKey>,
+    packets: BoundedMap<PacketKey, ()>,
     /// Both directions of every tuple an admitted packet was seen with.
-    flows: HashSet<Tuple>,
+    flows: BoundedMap<Tuple, ()>,
 }
 
-/// Bound on what a follower remembers; past it, it starts over.
+/// Bound on what a follower remembers; past it, the oldest is forgotten first.
 const FOLLOW_MAX: usize = 65536;
 
 impl Follower {
     pub fn new(filter: Filter) -> Self {
         Follower {
             filter,
-            packets: HashSet::new(),
-            flows: HashSet::new(),
+            packets: BoundedMap::new(FOLLOW_MAX),
+            flows: BoundedMap::new(FOLLOW_MAX),
         }
     }
 
@@ -39,21 +37,17 @@ impl Follower {
         let packet = identity::packet_of(event);
         let key = packet.and_then(identity::key);
         let tuple = Tuple::of_event(event);
-        let known = key.is_some_and(|k| self.packets.contains(&k))
-            || tuple.is_some_and(|t| self.flows.contains(&t));
+        let known = key.is_some_and(|k| self.packets.contains_key(&k))
+            || tuple.is_some_and(|t| self.flows.contains_key(&t));
         if !known && !tuple.is_some_and(|t| self.filter.matches(&t)) {
             return false;
         }
-        if self.packets.len() >= FOLLOW_MAX || self.flows.len() >= FOLLOW_MAX {
-            self.packets.clear();
-            self.flows.clear();
-        }
         // Only sightings of a packet carry what it takes to follow it.
         if let Some(k) = key {
-            self.packets.insert(k);
+            self.packets.insert(k, ());
             if let Some(t) = tuple {
-                self.flows.insert(t);
-                self.flows.insert(t.reversed());
+                self.flows.insert(t, ());
+                self.flows.insert(t.reversed(), ());
             }
         }
         true

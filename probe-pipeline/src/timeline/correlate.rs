@@ -4,11 +4,21 @@ use std::{collections::VecDeque, net::IpAddr};
 
 use probe_common::PacketKey;
 
-use super::{Hop, Journey, Rewrite, Tuple, hash::FastMap, is_exit};
+use std::hash::BuildHasherDefault;
+
+use super::{
+    Hop, Journey, Rewrite, Tuple,
+    hash::{FastHasher, FastMap},
+    is_exit,
+};
 use crate::{
+    bounded::BoundedMap,
     event::{Event, EventBody, L4Header, Packet},
     identity,
 };
+
+/// Tuples whose flow is remembered.
+const MAX_FLOWS: usize = 65536;
 
 /// What NAT leaves alone ([`PacketKey`]), and the TCP flags: enough to recognise a packet after
 /// a rewrite, and to keep apart a connection's segments that share a sequence number.
@@ -96,8 +106,9 @@ pub struct Correlator {
     live_ids: VecDeque<u64>,
     next_id: u64,
     next_flow: u64,
-    /// Flow ids by tuple (both directions, before and after rewrites).
-    flows: FastMap<Tuple, u64>,
+    /// Flow ids by tuple (both directions, before and after rewrites); the oldest are
+    /// forgotten first past the bound.
+    flows: BoundedMap<Tuple, u64, BuildHasherDefault<FastHasher>>,
     /// Journey id by skb address.
     by_skb: FastMap<u64, u64>,
     /// Ids of live journeys by signature, oldest first (at most [`SIG_CANDIDATES`]).
@@ -119,7 +130,7 @@ impl Correlator {
             live_ids: VecDeque::new(),
             next_id: 1,
             next_flow: 1,
-            flows: FastMap::default(),
+            flows: BoundedMap::new(MAX_FLOWS),
             by_skb: FastMap::default(),
             by_sig: FastMap::default(),
             lookups: VecDeque::new(),
@@ -286,9 +297,6 @@ impl Correlator {
         }
         let f = self.next_flow;
         self.next_flow += 1;
-        if self.flows.len() > 65536 {
-            self.flows.clear();
-        }
         self.flows.insert(t, f);
         f
     }

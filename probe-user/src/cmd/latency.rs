@@ -139,12 +139,20 @@ pub fn run(opts: &LatencyOptions) -> anyhow::Result<Snapshot> {
         .context("the eBPF object has no latency map")?;
     let map: PerCpuHashMap<MapData, HopBucket, u64> =
         PerCpuHashMap::try_from(map).context("the latency map has an unexpected shape")?;
+    let counters = session::ebpf::Counters::take(&mut session.bpf)?;
     let what = format!(
         "tracing {} for per-hop latency",
         session.describe().join(", ")
     );
     session::announce(&what, opts.ready_file.as_deref())?;
     let totals = session::runtime()?.block_on(measure(&mut session, &map, opts))?;
+    let missed = counters.read().latency_map_full;
+    if missed > 0 {
+        log::warn!(
+            "{missed} latency samples were not counted: the kernel's histogram map was full \
+             (too many distinct hop pairs; --iface or --filter narrows them)"
+        );
+    }
     session.finish();
     Ok(totals)
 }
@@ -167,6 +175,9 @@ async fn measure(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                if session::namespace_gone() {
+                    break;
+                }
                 let now = read(map);
                 let fresh: Snapshot = now
                     .iter()

@@ -330,6 +330,9 @@ async fn stream(
                 }
             }
             _ = ticker.tick() => {
+                if session::namespace_gone() {
+                    break;
+                }
                 if std::mem::take(&mut routes_stale) {
                     host::refresh_routes(sink.topology_mut());
                 }

@@ -58,7 +58,32 @@ pub fn enter(spec: &str) -> Result<(), NetnsError> {
             source: std::io::Error::last_os_error(),
         });
     }
+    if let Some(inode) = own() {
+        let _ = ENTERED.set(Entered {
+            spec: spec.to_owned(),
+            path,
+            inode,
+        });
+    }
     Ok(())
+}
+
+/// The namespace probe entered, to notice when it is deleted under it.
+struct Entered {
+    spec: String,
+    path: PathBuf,
+    inode: u64,
+}
+
+static ENTERED: std::sync::OnceLock<Entered> = std::sync::OnceLock::new();
+
+/// The name of the namespace probe entered, once it was deleted (`ip netns del`) or its
+/// process went: probe alone would be keeping it alive.
+pub fn entered_is_gone() -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt as _;
+    let e = ENTERED.get()?;
+    let still = std::fs::metadata(&e.path).is_ok_and(|m| m.ino() == e.inode);
+    (!still).then_some(e.spec.as_str())
 }
 
 /// Namespaces `ip netns add` created, by inode (as drop events report them): their names.

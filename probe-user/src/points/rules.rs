@@ -20,6 +20,7 @@ use std::{
 use thiserror::Error;
 
 use probe_pipeline::{
+    bounded::BoundedMap,
     event::{DecidedBy, Event, EventBody, Family, Hook, Packet, RawHeaders, RuleVerdict, Verdict},
     packet,
 };
@@ -369,6 +370,8 @@ pub struct Ruleset {
     hooks: HashMap<(String, String, String), Hook>,
     /// (family, table, chain) → handle → rule text.
     rules: HashMap<(String, String, String), HashMap<u64, String>>,
+    /// When each chain was last listed.
+    listed_at: HashMap<(String, String, String), std::time::Instant>,
     hooks_loaded: bool,
 }
 
@@ -403,9 +406,18 @@ impl Ruleset {
     }
 
     fn rule(&mut self, key: &(String, String, String), handle: u64) -> Option<String> {
-        if !self.rules.get(key).is_some_and(|r| r.contains_key(&handle)) {
+        let known = self.rules.get(key).is_some_and(|r| r.contains_key(&handle));
+        // A handle the last listing lacked is a rule added since, or one gone already: list
+        // the chain again, but at most once a second (each listing runs `nft`).
+        let fresh = self
+            .listed_at
+            .get(key)
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+        if !known && !fresh {
             let listed = nft(&["-a", "list", "chain", &key.0, &key.1, &key.2]).unwrap_or_default();
             self.rules.insert(key.clone(), parse_rule_handles(&listed));
+            self.listed_at
+                .insert(key.clone(), std::time::Instant::now());
         }
         self.rules.get(key)?.get(&handle).cloned()
     }
@@ -450,10 +462,9 @@ fn without_counter_values(rule: &str) -> String {
 /// Turns raw trace messages into events. Walks through probe's own table are dropped. The
 /// kernel sends a packet's headers only with the first message of each chain it walks, so each
 /// trace id remembers its packet and the hook of the base chain it is in.
-#[derive(Default)]
 pub struct Tracer {
     ruleset: Ruleset,
-    walks: HashMap<u32, Walk>,
+    walks: BoundedMap<u32, Walk>,
     own_table: String,
 }
 
@@ -464,22 +475,20 @@ struct Walk {
     headers: Option<RawHeaders>,
 }
 
-/// Walks remembered at most; older ones are forgotten (their packets are long gone).
+/// Walks remembered at most; the oldest are forgotten first (their packets are long gone).
 const MAX_WALKS: usize = 65536;
 
 impl Tracer {
     pub fn new(own_table: &str) -> Self {
         Self {
+            ruleset: Ruleset::default(),
+            walks: BoundedMap::new(MAX_WALKS),
             own_table: own_table.to_owned(),
-            ..Self::default()
         }
     }
 
     pub fn event(&mut self, raw: RawTrace, ts_ns: u64) -> Option<Event> {
-        if self.walks.len() >= MAX_WALKS && !self.walks.contains_key(&raw.id) {
-            self.walks.clear();
-        }
-        let walk = self.walks.entry(raw.id).or_default();
+        let walk = self.walks.entry_or_insert_with(raw.id, Walk::default);
         if let Some(n) = raw.network.as_deref() {
             walk.packet = Some(packet::from_network_header(n, raw.transport.as_deref()));
             walk.headers = Some(RawHeaders {

@@ -149,6 +149,8 @@ pub struct CounterValues {
     pub ringbuf_full: u64,
     /// Sightings a kernel-side filter turned away.
     pub filtered: u64,
+    /// Latency samples not counted: the histogram map was full.
+    pub latency_map_full: u64,
 }
 
 impl Counters {
@@ -181,6 +183,7 @@ impl Counters {
         CounterValues {
             ringbuf_full: sum(counter::RINGBUF_FULL),
             filtered: sum(counter::FILTERED),
+            latency_map_full: sum(counter::LATENCY_MAP_FULL),
         }
     }
 }

@@ -166,6 +166,21 @@ impl Session {
     }
 }
 
+/// Whether the traced namespace was deleted: said once, as the reason to stop (probe would
+/// otherwise hold it open on its own).
+pub fn namespace_gone() -> bool {
+    match host::netns::entered_is_gone() {
+        Some(spec) => {
+            log::warn!(
+                "the network namespace {spec} was deleted; stopping, since probe alone would \
+                 keep it alive"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
 /// Says what is traced and writes the ready file: the session is listening from here on.
 pub fn announce(what: &str, ready_file: Option<&Path>) -> anyhow::Result<()> {
     log::info!("{what}; press Ctrl-C to stop");

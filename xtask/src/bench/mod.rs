@@ -5,12 +5,14 @@
 //! accounting (run time per run, from bpf_stats); the highest packet rate probe follows without
 //! loss; and userspace decode + correlate throughput and peak memory replaying a long recording.
 
+mod fuzz;
 mod loss;
 mod observers;
 mod process;
 mod progs;
 mod replay;
 mod report;
+mod soak;
 
 pub use replay::rusage;
 
@@ -34,6 +36,8 @@ pub struct Plan {
     pub loss_seconds: f64,
     pub bisections: usize,
     pub replay_events: u64,
+    /// Seconds of mutation fuzz on the bench's recording.
+    pub fuzz_seconds: f64,
 }
 
 const FULL: Plan = Plan {
@@ -42,6 +46,7 @@ const FULL: Plan = Plan {
     loss_seconds: 2.0,
     bisections: 3,
     replay_events: 4_000_000,
+    fuzz_seconds: 300.0,
 };
 const QUICK: Plan = Plan {
     rounds: 1,
@@ -49,6 +54,7 @@ const QUICK: Plan = Plan {
     loss_seconds: 1.0,
     bisections: 1,
     replay_events: 400_000,
+    fuzz_seconds: 10.0,
 };
 
 /// One configuration's results over the rounds.
@@ -63,7 +69,10 @@ pub struct Measured {
     pub programs: Vec<ProgramCost>,
 }
 
-pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
+/// The release probe (built unless `no_build`), with this task running as root: if it is not,
+/// the task is run again as root (with `args`, which must include `--no-build`) and this
+/// process exits with its status.
+fn as_root_with_probe(no_build: bool, args: &[&str]) -> anyhow::Result<std::path::PathBuf> {
     let bin = if no_build {
         probe_lab::probe_binary()
     } else {
@@ -71,12 +80,7 @@ pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
     };
     if !is_root() {
         let exe = std::env::current_exe()?;
-        let mut cmd = as_root(exe);
-        cmd.args(["bench", "--no-build"]).env("PROBE_BIN", &bin);
-        if quick {
-            cmd.arg("--quick");
-        }
-        let status = cmd.status()?;
+        let status = as_root(exe).args(args).env("PROBE_BIN", &bin).status()?;
         std::process::exit(status.code().unwrap_or(1));
     }
     crate::interrupt::install();
@@ -86,6 +90,16 @@ pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
         crate::setup::which("iperf3").is_some(),
         "iperf3 is needed: run `cargo xtask setup` as root"
     );
+    Ok(bin)
+}
+
+pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
+    let args: &[&str] = if quick {
+        &["bench", "--no-build", "--quick"]
+    } else {
+        &["bench", "--no-build"]
+    };
+    let bin = as_root_with_probe(no_build, args)?;
     let plan = if quick { QUICK } else { FULL };
     let _tracefs = TracefsMount::ensure();
     let busy_before = load_average();
@@ -124,7 +138,21 @@ pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
         load_before: busy_before,
         load_after: busy_after,
     };
-    report::write(&machine, plan, &measured, &losses, &replays)
+    report::write(&machine, plan, &measured, &losses, &replays)?;
+    ensure!(
+        replays.fuzz.panics == 0,
+        "the replay path panicked on {} damaged recordings",
+        replays.fuzz.panics
+    );
+    Ok(())
+}
+
+/// `cargo xtask soak`: probe under traffic and churn for `minutes`; RSS and fds must stay flat.
+pub fn soak(no_build: bool, minutes: f64) -> anyhow::Result<()> {
+    let minutes_arg = minutes.to_string();
+    let bin = as_root_with_probe(no_build, &["soak", "--no-build", "--minutes", &minutes_arg])?;
+    let _tracefs = TracefsMount::ensure();
+    soak::run(&bin, minutes)
 }
 
 fn throughput_rounds(
@@ -284,6 +312,7 @@ pub struct Replays {
     /// A replay of a recording with no events: start-up, subtracted from the others.
     pub startup: replay::ReplayRun,
     pub runs: Vec<(&'static str, replay::ReplayRun)>,
+    pub fuzz: fuzz::Fuzzed,
 }
 
 fn replay_throughput(
@@ -310,6 +339,11 @@ fn replay_throughput(
     let run = Running::start(cmd, false, Ready::Line("probe: tracing "))?;
     iperf(lab, server, plan.seconds)?;
     run.stop()?;
+    let fuzz = fuzz::run(&small, plan.fuzz_seconds)?;
+    eprintln!(
+        "fuzz: {} mutations of the recording in {:.0} s, {} refused with an error, {} panics",
+        fuzz.mutations, fuzz.seconds, fuzz.errors, fuzz.panics
+    );
     let (n_quarter, recorded_events) = replay::enlarge(&small, &quarter, plan.replay_events / 4)?;
     let (n_big, _) = replay::enlarge(&small, &big, plan.replay_events)?;
     replay::enlarge(&small, &empty, 0)?;
@@ -337,6 +371,7 @@ fn replay_throughput(
         recorded_events,
         startup,
         runs,
+        fuzz,
     })
 }
 

@@ -149,6 +149,14 @@ fn markdown(
         "\nReplay rates leave out start-up (a replay of no events: {:.3} s CPU, {:.3} s wall).",
         replays.startup.cpu_s, replays.startup.wall_s
     )?;
+    let f = &replays.fuzz;
+    writeln!(
+        md,
+        "\nMutation fuzz of the recording ({} bytes: flipped bits, cuts, repeated chunks, \
+         rewritten lengths), each replayed through decode, correlation and rendering: {} \
+         mutations in {:.0} s, {} refused with a clear error, **{} panics**.",
+        f.file_bytes, f.mutations, f.seconds, f.errors, f.panics
+    )?;
     writeln!(
         md,
         "\nMachine: {} cores ({}), kernel {}; load average {} before, {} after. {} rounds of {} s \
@@ -227,6 +235,12 @@ fn to_json(
                 "events_per_wall_second": r.per_wall_second(&replays.startup),
                 "peak_rss_kib": r.peak_rss_kib,
             })).collect::<Vec<_>>(),
+            "fuzz": {
+                "mutations": replays.fuzz.mutations,
+                "errors": replays.fuzz.errors,
+                "panics": replays.fuzz.panics,
+                "seconds": replays.fuzz.seconds,
+            },
         },
     })
 }
