@@ -24,6 +24,7 @@ use crate::{
     decode,
     event::{Event, EventBody, RawHeaders, RuleVerdict},
     names::{DropReasons, KernelSymbols, Names, RouteTables},
+    render::Clock,
     topology::Topology,
 };
 
@@ -68,6 +69,15 @@ pub struct Metadata {
     /// The trace saw packets by more than nftables rule verdicts (tc or drops).
     #[serde(default = "yes")]
     pub sightings_besides_verdicts: bool,
+    /// The recording machine's clocks, so a replay prints when events happened (absent in
+    /// recordings made before it was stored: the replaying machine's clock is used).
+    #[serde(default)]
+    pub clock: Option<Clock>,
+    /// The host name and kernel release of the machine that recorded.
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub kernel: String,
 }
 
 fn yes() -> bool {

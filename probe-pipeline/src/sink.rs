@@ -46,7 +46,7 @@ pub struct SinkOptions {
 }
 
 /// What went through the sink.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Events received and shown (in timelines or as lines).
     pub events: u64,
@@ -101,6 +101,7 @@ impl<W: Write> Sink<W> {
                 style: Style {
                     json: opts.format == Format::Json,
                     color: opts.color && opts.format == Format::Text,
+                    clock: opts.clock,
                 },
                 filter: opts.filter,
                 verdicts_join_sightings: opts.verdicts_join_sightings,

@@ -15,7 +15,9 @@ use probe::points::tc::BackendChoice;
     after_help = "Examples:\n  \
         sudo probe trace --iface docker0\n  \
         sudo probe trace --iface veth1a2b3c,docker0 --json\n  \
-        sudo probe trace --netns lab-host --iface br0 --count 20"
+        sudo probe trace --netns lab-host --iface br0 --count 20\n\n\
+        Exit status: 0 done; 1 a runtime error; 2 a usage error; 3 this kernel lacks what was \
+        asked for (see `probe doctor`)."
 )]
 pub struct Cli {
     /// More diagnostics on stderr (-v: debug, -vv: trace).
@@ -35,6 +37,7 @@ pub enum Command {
         sudo probe trace --no-tc --no-routes    # only drops, with reasons\n  \
         sudo probe trace --rules --no-tc        # which nftables/iptables rule decided\n  \
         sudo probe trace -f 'host 172.17.0.2 and tcp port 80'\n  \
+        sudo probe trace tcp port 80 and host 172.17.0.2   # the filter as trailing words\n  \
         sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
         sudo probe trace --iface veth0 --tc-backend clsact")]
     Trace(TraceArgs),
@@ -65,6 +68,10 @@ pub enum Command {
         /// Only packets matching a pcap-style expression.
         #[arg(short = 'f', long, value_name = "EXPR")]
         filter: Option<String>,
+        /// Colour in text timelines: auto (a terminal, unless NO_COLOR; CLICOLOR_FORCE forces
+        /// it), always or never.
+        #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+        color: ColorArg,
     },
     /// Remove what killed probes left in a network namespace: their tc filters and the clsact
     /// qdiscs they created (from their ledgers in /run/probe), and their nftables trace
@@ -77,6 +84,18 @@ pub enum Command {
         /// Network namespace to clean: a name from `ip netns list`, or a path.
         #[arg(long, value_name = "NAME|PATH")]
         netns: Option<String>,
+    },
+    /// Print a shell completion script for bash, zsh or fish.
+    #[command(after_help = "Examples:\n  \
+        probe completions bash > /etc/bash_completion.d/probe\n  \
+        probe completions zsh > \"${fpath[1]}/_probe\"\n  \
+        probe completions fish > ~/.config/fish/completions/probe.fish")]
+    Completions { shell: clap_complete::Shell },
+    /// Print probe's man page (roff), or a subcommand's, as `cargo xtask man` writes them.
+    #[command(hide = true)]
+    Man {
+        /// `trace`, `latency`, ...; none: the page of probe itself.
+        subcommand: Option<String>,
     },
     /// Show what this kernel supports and which backend each observation point uses.
     #[command(after_help = "Examples:\n  \
@@ -104,8 +123,11 @@ pub struct AttachArgs {
     /// Only packets matching a pcap-style expression, e.g. 'host 172.17.0.2 and tcp port 80',
     /// 'src net 10.0.0.0/8 and not udp'. Evaluated in the kernel: other packets cost nothing.
     /// A packet admitted once is followed through NAT, and its connection's replies with it.
-    #[arg(short = 'f', long, value_name = "EXPR")]
+    #[arg(short = 'f', long, value_name = "EXPR", conflicts_with = "expression")]
     pub filter: Option<String>,
+    /// The filter as trailing words, as tcpdump takes it: `probe trace tcp port 80`.
+    #[arg(value_name = "EXPRESSION", trailing_var_arg = true)]
+    pub expression: Vec<String>,
     /// Network namespace to work in: a name from `ip netns list`, or a path such as
     /// /proc/PID/ns/net.
     #[arg(long, value_name = "NAME|PATH")]
@@ -149,6 +171,10 @@ pub struct TraceArgs {
     /// One line per event as it happens, instead of a timeline per packet.
     #[arg(long)]
     pub events: bool,
+    /// Colour in text timelines: auto (a terminal, unless NO_COLOR; CLICOLOR_FORCE forces it),
+    /// always or never.
+    #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
+    pub color: ColorArg,
     /// Also write every event shown to FILE, for `probe replay FILE` later or elsewhere.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
@@ -183,11 +209,45 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorArg {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorArg {
+    /// Whether to colour standard output, as the NO_COLOR and CLICOLOR_FORCE conventions say.
+    pub fn enabled(self) -> bool {
+        use std::io::IsTerminal as _;
+        let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty() && x != "0");
+        match self {
+            ColorArg::Always => true,
+            ColorArg::Never => false,
+            ColorArg::Auto if set("CLICOLOR_FORCE") => true,
+            ColorArg::Auto => {
+                std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TcBackendArg {
     Auto,
     Tcx,
     Clsact,
+}
+
+impl AttachArgs {
+    /// The filter, from `-f EXPR` or the trailing words.
+    pub fn filter_expr(&self) -> Option<String> {
+        match (&self.filter, self.expression.is_empty()) {
+            (Some(f), _) => Some(f.clone()),
+            (None, false) => Some(self.expression.join(" ")),
+            (None, true) => None,
+        }
+    }
 }
 
 impl From<TcBackendArg> for BackendChoice {

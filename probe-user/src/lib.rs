@@ -11,3 +11,26 @@ pub mod host;
 pub mod kernel;
 pub mod points;
 pub mod session;
+
+/// The kernel lacks a mechanism the command needs: exit status 3, so scripts can tell it from
+/// a runtime error (1) or a usage error (2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct KernelLacks(pub String);
+
+/// Whether an error means "this kernel cannot do that": a [`KernelLacks`], or tcx asked for
+/// by name on a kernel without it.
+pub fn kernel_lacks(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<KernelLacks>()
+            || matches!(
+                c.downcast_ref::<points::tc::attach::AttachError>(),
+                Some(points::tc::attach::AttachError::Attach {
+                    backend: points::tc::Backend::Tcx,
+                    ..
+                })
+            ) && !kernel::btf::Btf::from_sys()
+                .and_then(|b| b.enum_values("bpf_attach_type"))
+                .is_ok_and(|v| v.iter().any(|(n, _)| n == "BPF_TCX_INGRESS"))
+    })
+}

@@ -17,7 +17,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("probe: error: {e:#}");
-            ExitCode::FAILURE
+            if probe::kernel_lacks(&e) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -33,10 +37,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             json,
             events,
             filter,
+            color,
         } => {
             let filter = filter.as_deref().map(Filter::parse).transpose()?;
-            let stats = cmd::replay::run(&file, format(json), events, filter)?;
+            let stats = cmd::replay::run(&file, format(json), events, filter, color.enabled())?;
             log::info!("{}", cmd::replay_summary(&stats));
+            if json {
+                print_all(cmd::replay_summary_json(&stats).as_bytes())?;
+            }
             Ok(())
         }
         Command::Doctor { json } => {
@@ -46,11 +54,34 @@ fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 print!("{}", cmd::doctor::render(&report));
             }
-            if report.can_trace {
-                Ok(())
-            } else {
-                std::process::exit(1)
+            match (report.can_trace, report.privileged) {
+                (true, _) => Ok(()),
+                // Said in the report: run as root to find out.
+                (false, false) => std::process::exit(1),
+                // Said in the report: this kernel cannot run probe trace.
+                (false, true) => std::process::exit(3),
             }
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "probe", &mut out);
+            print_all(&out)
+        }
+        Command::Man { subcommand } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let page = match subcommand {
+                None => cmd,
+                Some(name) => cmd
+                    .find_subcommand(&name)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("probe has no subcommand '{name}'"))?
+                    // clap names take static strings; one page per run, so one small leak.
+                    .name(Box::leak(format!("probe-{name}").into_boxed_str()) as &str),
+            };
+            let mut out = Vec::new();
+            clap_mangen::Man::new(page).render(&mut out)?;
+            print_all(&out)
         }
         Command::Cleanup { netns } => {
             cmd::prepare(None, netns.as_deref())?;
@@ -68,9 +99,19 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is no error.
+fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     let a = args.attach;
-    let filter = cmd::prepare(a.filter.as_deref(), a.netns.as_deref())?;
+    let filter = cmd::prepare(a.filter_expr().as_deref(), a.netns.as_deref())?;
     let totals = cmd::latency::run(&cmd::latency::LatencyOptions {
         ifaces: a.ifaces,
         filter,
@@ -90,7 +131,7 @@ fn latency(args: LatencyArgs) -> anyhow::Result<()> {
 
 fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let a = args.attach;
-    let filter = cmd::prepare(a.filter.as_deref(), a.netns.as_deref())?;
+    let filter = cmd::prepare(a.filter_expr().as_deref(), a.netns.as_deref())?;
     let ringbuf_bytes = args
         .ringbuf_kib
         .checked_mul(1024)
@@ -106,6 +147,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
         all_netns: args.all_netns,
         rules: args.rules,
         events: args.events,
+        color: args.color.enabled(),
         record: args.record,
         filter,
         format: format(args.json),
@@ -116,6 +158,9 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
     };
     let summary = cmd::trace::run(&opts)?;
     log::info!("{}", cmd::trace_summary(&summary, opts.events));
+    if opts.format == Format::Json {
+        print_all(cmd::trace_summary_json(&summary).as_bytes())?;
+    }
     Ok(())
 }
 

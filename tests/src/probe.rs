@@ -142,9 +142,28 @@ impl Drop for ProbeRun {
 
 /// Parses JSON Lines output into values (every line must be JSON).
 pub fn json_lines(stdout: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    stdout
+    let all: Vec<serde_json::Value> = stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    // The run's closing summary line is not a sighting or a timeline.
+    Ok(all
+        .into_iter()
+        .filter(|v| v["schema"] != "probe.summary/1")
+        .collect())
+}
+
+/// The `probe.summary/1` line a `--json` run ends with.
+pub fn json_summary(stdout: &str) -> anyhow::Result<serde_json::Value> {
+    let last = stdout
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .context("no output")?;
+    let v: serde_json::Value = serde_json::from_str(last)?;
+    anyhow::ensure!(
+        v["schema"] == "probe.summary/1",
+        "the last line is no summary: {last}"
+    );
+    Ok(v)
 }

@@ -216,3 +216,105 @@ fn a_deleted_namespace_ends_the_trace() {
     );
     assert!(stderr.contains("none lost"), "{stderr}");
 }
+
+/// The filter as trailing words, as tcpdump takes it: only the matching datagram is shown.
+#[test]
+fn the_filter_can_be_given_as_trailing_words() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let run = probe_lab::ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        "veth0",
+        "--no-routes",
+        "--no-drops",
+        "--events",
+        "--json",
+        "--count",
+        "1",
+        "udp",
+        "dst",
+        "port",
+        "9000",
+    ])
+    .unwrap();
+    let b = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            for port in [9001, 9002, 9000] {
+                sock.send_to(b"words", (b, port)).unwrap();
+            }
+        })
+        .unwrap();
+    let (stdout, _) = run.finish().unwrap();
+    let events = probe_lab::probe::json_lines(&stdout).unwrap();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["schema"], "probe.event/1");
+    assert_eq!(events[0]["packet"]["ip"]["dport"], 9000);
+    // The run ends with its summary, as JSON too: the datagrams turned away are counted.
+    let summary = probe_lab::probe::json_summary(&stdout).unwrap();
+    assert_eq!(summary["events"], 1, "{summary}");
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert!(
+        summary["filtered_in_kernel"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
+}
+
+/// bash, given probe's completion script, completes subcommands and options.
+#[test]
+fn bash_completes_subcommands_and_options() {
+    let complete = |words: &str, cword: usize| -> String {
+        let script = format!(
+            "source <({probe} completions bash); COMP_WORDS=({words}); COMP_CWORD={cword}; \
+             _probe probe \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; \
+             echo \"${{COMPREPLY[*]}}\"",
+            probe = probe_binary().display()
+        );
+        let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(complete("probe tr", 1), "trace");
+    assert_eq!(complete("probe trace --tc-b", 2), "--tc-backend");
+    assert!(complete("probe la", 1).contains("latency"));
+}
+
+/// The man pages render with man(1), with the options and their help.
+#[test]
+fn man_pages_render() {
+    for (page, expect) in [(None, "probe-trace"), (Some("trace"), "--tc-backend")] {
+        let mut cmd = Command::new(probe_binary());
+        cmd.arg("man").args(page);
+        let roff = cmd.output().unwrap();
+        assert!(roff.status.success());
+        let file = std::env::temp_dir().join(format!(
+            "probe-man-{}-{}.1",
+            std::process::id(),
+            page.unwrap_or("probe")
+        ));
+        std::fs::write(&file, &roff.stdout).unwrap();
+        let out = Command::new("man")
+            .arg("-l")
+            .arg(&file)
+            .env("MANWIDTH", "100")
+            .env("MANPAGER", "cat")
+            .output()
+            .unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(expect), "{expect} not in {text}");
+    }
+}

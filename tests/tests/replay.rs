@@ -254,3 +254,127 @@ fn a_full_disk_stops_the_recording_not_the_trace() {
         "said tracing before failing: {stderr}"
     );
 }
+
+/// `--color`: always and never as asked; auto follows NO_COLOR and CLICOLOR_FORCE (the output
+/// here is a pipe, so auto alone means none).
+#[test]
+fn colour_follows_the_flag_and_the_conventions() {
+    require_root();
+    let lab = probe_lab::TwoHosts::new().unwrap();
+    let file = TempFile::new("colour.probe");
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        "veth0",
+        "--no-routes",
+        "--record",
+        file.path(),
+    ])
+    .unwrap();
+    let b = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.send_to(b"colour", (b, 9)).unwrap();
+        })
+        .unwrap();
+    run.stop().unwrap();
+    let replay = |args: &[&str], env: &[(&str, &str)]| -> bool {
+        let mut cmd = Command::new(probe_binary());
+        cmd.args(["replay", file.path()]).args(args);
+        cmd.env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("=> "), "no timeline: {text}");
+        text.contains("\x1b[")
+    };
+    assert!(replay(&["--color", "always"], &[]));
+    assert!(!replay(&["--color", "never"], &[("CLICOLOR_FORCE", "1")]));
+    assert!(!replay(&[], &[]));
+    assert!(replay(&[], &[("CLICOLOR_FORCE", "1")]));
+    assert!(!replay(&[], &[("NO_COLOR", "1")]));
+}
+
+/// A recording keeps its machine's clock: a replay gives the times the events happened, as
+/// RFC 3339 in JSON, whatever the replaying machine's clock says. (The recording's clock is
+/// moved a day ahead here: the replay follows it.)
+#[test]
+fn replays_print_the_recorded_times() {
+    require_root();
+    let lab = probe_lab::TwoHosts::new().unwrap();
+    let file = TempFile::new("times.probe");
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        "veth0",
+        "--no-routes",
+        "--events",
+        "--json",
+        "--record",
+        file.path(),
+    ])
+    .unwrap();
+    let b = lab.b_addr;
+    lab.a
+        .run(move || {
+            let sock = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.send_to(b"when", (b, 9)).unwrap();
+        })
+        .unwrap();
+    let (live, _) = run.stop().unwrap();
+    let sent = |lines: &[Value]| -> String {
+        lines
+            .iter()
+            .find(|e| e["kind"] == "tc" && e["packet"]["ip"]["dport"] == 9)
+            .unwrap_or_else(|| panic!("no sighting in {lines:#?}"))["time"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let live_time = sent(&json_lines(&live).unwrap());
+    assert!(
+        live_time.ends_with('Z') && live_time.len() == 30,
+        "{live_time}"
+    );
+
+    // The header: magic, versions, metadata length, metadata (JSON).
+    let mut bytes = std::fs::read(file.path()).unwrap();
+    let len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let mut meta: Value = serde_json::from_slice(&bytes[16..16 + len]).unwrap();
+    let offset = meta["clock"]["realtime_minus_monotonic_ns"]
+        .as_i64()
+        .unwrap();
+    meta["clock"]["realtime_minus_monotonic_ns"] = (offset + 86_400_000_000_000).into();
+    let new_meta = serde_json::to_vec(&meta).unwrap();
+    let mut patched = bytes[..12].to_vec();
+    patched.extend_from_slice(&(new_meta.len() as u32).to_le_bytes());
+    patched.extend_from_slice(&new_meta);
+    patched.extend_from_slice(&bytes.split_off(16 + len));
+    std::fs::write(file.path(), patched).unwrap();
+
+    let out = Command::new(probe_binary())
+        .args(["replay", file.path(), "--events", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let replayed = sent(&json_lines(&String::from_utf8_lossy(&out.stdout)).unwrap());
+    // The same instant, a day later: the date moved, the time of day did not.
+    assert_ne!(replayed[..10], live_time[..10], "{replayed} vs {live_time}");
+    assert_eq!(replayed[10..], live_time[10..], "{replayed} vs {live_time}");
+}

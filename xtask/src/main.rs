@@ -83,6 +83,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Write probe's man pages (probe.1, probe-trace.1, ...) into target/man, generated from
+    /// its command-line definitions; read one with `man -l target/man/probe-trace.1`.
+    Man,
     /// Leave probe running under traffic and interface churn and check that its memory and
     /// descriptors stay flat (within 10%); writes target/bench/soak.md.
     #[command(after_help = "Examples:\n  \
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
         Task::Bench { no_build, quick } => bench::run(no_build, quick),
         Task::BenchRusage { command } => bench::rusage(&command),
         Task::Soak { no_build, minutes } => bench::soak(no_build, minutes),
+        Task::Man => tasks::man(),
         Task::Vm {
             kernel,
             tests,

@@ -42,6 +42,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("busybox", "busybox-static"),
     // 6.12 and later kernels ship their modules as .ko.xz; the VM guests need them plain.
     ("xz", "xz-utils"),
+    // The man-page test renders probe's pages with man(1).
+    ("man", "man-db"),
 ];
 
 /// What the build needs to know about the set-up machine.

@@ -114,3 +114,39 @@ pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()>
     };
     vm::matrix(&lines, &vm::parse_results(&host_output, "host"))
 }
+
+/// The subcommands that get a page of their own.
+const MAN_PAGES: &[&str] = &[
+    "trace",
+    "latency",
+    "replay",
+    "doctor",
+    "cleanup",
+    "completions",
+];
+
+/// `cargo xtask man`: probe's man pages, from probe itself (`probe man [SUBCOMMAND]`).
+pub fn man() -> anyhow::Result<()> {
+    let bin = build(false)?;
+    let dir = target_dir().join("man");
+    std::fs::create_dir_all(&dir)?;
+    for page in std::iter::once(None).chain(MAN_PAGES.iter().map(Some)) {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("man").args(page);
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!(
+                "probe man {} failed: {}",
+                page.unwrap_or(&""),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let name = match page {
+            None => "probe.1".to_owned(),
+            Some(p) => format!("probe-{p}.1"),
+        };
+        std::fs::write(dir.join(&name), &out.stdout)?;
+        status(&format!("wrote {}", dir.join(name).display()));
+    }
+    Ok(())
+}

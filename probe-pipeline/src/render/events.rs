@@ -19,8 +19,13 @@ pub struct Renderer {
     clock: Clock,
 }
 
+pub const SCHEMA: &str = "probe.event/1";
+
 #[derive(Serialize)]
 struct JsonLine<'a> {
+    schema: &'static str,
+    /// When it happened, RFC 3339 in UTC.
+    time: String,
     #[serde(flatten)]
     event: &'a Event,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +69,8 @@ impl Renderer {
                         .map(|(n, _)| n.as_str()),
                 };
                 let line = JsonLine {
+                    schema: SCHEMA,
+                    time: self.clock.rfc3339(event.ts_ns),
                     event,
                     ifname,
                     container: facts::container(event, topo),
@@ -202,6 +209,7 @@ mod tests {
         topo.containers.interfaces.insert(3, "web".to_owned());
         r.write(&mut out, &tcp_event(), &topo).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["schema"], SCHEMA);
         assert_eq!(v["kind"], "tc");
         assert_eq!(v["ifname"], "veth0");
         assert_eq!(v["container"], "web");

@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::facts::{container, place, what, write_place};
+use super::{
+    Clock,
+    facts::{container, place, what, write_place},
+};
 use crate::{
     timeline::{Diagnosis, Hop, Journey, Outcome, Rewrite, Tally, Tuple, diagnose},
     topology::Topology,
@@ -15,12 +18,21 @@ use crate::{
 
 pub const SCHEMA: &str = "probe.timeline/1";
 
+const RED: &str = "\x1b[31m";
+const CYAN: &str = "\x1b[36m";
+const BOLD_RED: &str = "\x1b[1;31m";
+const BOLD_GREEN: &str = "\x1b[1;32m";
+const BOLD_YELLOW: &str = "\x1b[1;33m";
+const RESET: &str = "\x1b[0m";
+
 /// How finished journeys are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Style {
     pub json: bool,
     /// ANSI colours on the diagnosis (text only).
     pub color: bool,
+    /// For the wall-clock time of each journey (JSON).
+    pub clock: Clock,
 }
 
 /// A finished journey as printed: a text block, or one JSON line with its newline. Counts its
@@ -29,7 +41,7 @@ pub fn render_finished(j: &Journey, topo: &Topology, style: Style, tally: &mut T
     let diagnosis = diagnose(j, topo);
     tally.add(j, diagnosis.outcome);
     if style.json {
-        json(j, topo, diagnosis) + "\n"
+        json(j, topo, diagnosis, &style.clock) + "\n"
     } else {
         text(j, topo, style.color, diagnosis)
     }
@@ -89,20 +101,29 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
         write_place(&mut cell, &h.event, topo);
         push_padded(&mut s, &cell, 30);
         s.push(' ');
+        // Colour where the eye should go: drops in red, rewrites in cyan.
+        let dropped = color && matches!(h.event.body, crate::event::EventBody::Drop(_));
+        if dropped {
+            s.push_str(RED);
+        }
         s.push_str(&what(&h.event));
+        if dropped {
+            s.push_str(RESET);
+        }
         if let Some(r) = j.rewrites.iter().find(|r| r.at_hop == i) {
-            let _ = write!(s, "   ({})", r.note());
+            let (on, off) = if color { (CYAN, RESET) } else { ("", "") };
+            let _ = write!(s, "   ({on}{}{off})", r.note());
         }
         s.push('\n');
         prev = h.ts_ns;
     }
     let (on, off) = if color {
         let c = match diagnosis.outcome {
-            Outcome::Dropped | Outcome::Unroutable => "\x1b[1;31m",
-            Outcome::Delivered => "\x1b[1;32m",
-            Outcome::Left | Outcome::Incomplete => "\x1b[1;33m",
+            Outcome::Dropped | Outcome::Unroutable => BOLD_RED,
+            Outcome::Delivered => BOLD_GREEN,
+            Outcome::Left | Outcome::Incomplete => BOLD_YELLOW,
         };
-        (c, "\x1b[0m")
+        (c, RESET)
     } else {
         ("", "")
     };
@@ -138,6 +159,8 @@ struct JsonHop<'a> {
 #[derive(Serialize)]
 struct JsonJourney<'a> {
     schema: &'static str,
+    /// When the first hop happened, RFC 3339 in UTC.
+    time: String,
     id: u64,
     flow: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,10 +177,10 @@ struct JsonJourney<'a> {
 
 /// One JSON Lines record for one journey.
 pub fn render_json(j: &Journey, topo: &Topology) -> String {
-    json(j, topo, diagnose(j, topo))
+    json(j, topo, diagnose(j, topo), &Clock::default())
 }
 
-fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis) -> String {
+fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis, clock: &Clock) -> String {
     let start = j.hops.first().map_or(0, |h| h.ts_ns);
     let mut prev = start;
     let hops = j
@@ -178,6 +201,7 @@ fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis) -> String {
         .collect();
     serde_json::to_string(&JsonJourney {
         schema: SCHEMA,
+        time: clock.rfc3339(start),
         id: j.id,
         flow: j.flow,
         first: j.first,

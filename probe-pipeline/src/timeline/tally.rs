@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{Journey, Outcome};
 use crate::event::EventBody;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Tally {
     pub delivered: u64,
     pub left: u64,
@@ -14,6 +14,7 @@ pub struct Tally {
     pub unroutable: u64,
     pub incomplete: u64,
     /// "REASON in function" → count.
+    #[serde(rename = "drops_by_cause")]
     pub drops: BTreeMap<String, u64>,
 }
 

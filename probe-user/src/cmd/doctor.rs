@@ -9,13 +9,19 @@ use crate::{
     session::{ebpf, privileges},
 };
 
+pub const SCHEMA: &str = "probe.doctor/1";
+
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// `probe.doctor/1`.
+    pub schema: &'static str,
     pub kernel: String,
     pub features: Vec<Feature>,
     pub points: Vec<Point>,
     /// Whether `probe trace` can observe anything at all here.
     pub can_trace: bool,
+    /// Whether doctor ran with the privileges to try attaching.
+    pub privileged: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,8 +99,10 @@ pub fn examine() -> Report {
             detail: "run as root to find which backends attach".into(),
         });
         return Report {
+            schema: SCHEMA,
             kernel: release(),
             can_trace: false,
+            privileged: false,
             features,
             points: report_points,
         };
@@ -147,10 +155,12 @@ pub fn examine() -> Report {
         });
     }
     Report {
+        schema: SCHEMA,
         kernel: release(),
         features,
         points: report_points,
         can_trace: outcomes.is_ok() && ringbuf,
+        privileged: true,
     }
 }
 

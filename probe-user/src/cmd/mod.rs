@@ -85,6 +85,40 @@ pub fn trace_summary(s: &trace::Summary, events: bool) -> String {
     line
 }
 
+/// The schema of the line a `--json` run ends with.
+pub const SUMMARY_SCHEMA: &str = "probe.summary/1";
+
+/// The exit summary as a JSON line (`--json`): what the text line says, for programs.
+pub fn trace_summary_json(s: &trace::Summary) -> String {
+    serde_json::json!({
+        "schema": SUMMARY_SCHEMA,
+        "events": s.stats.events,
+        "timelines": s.stats.timelines,
+        "outcomes": s.stats.outcomes,
+        "unjoined_verdicts": s.stats.unjoined_verdicts,
+        "lost": s.lost,
+        "lost_per_cpu": s.lost_per_cpu,
+        "filtered_in_kernel": s.filtered,
+        "rule_messages_lost": s.rules_lost,
+        "malformed": s.malformed,
+    })
+    .to_string()
+        + "\n"
+}
+
+/// A replay's summary as a JSON line (`--json`).
+pub fn replay_summary_json(s: &Stats) -> String {
+    serde_json::json!({
+        "schema": SUMMARY_SCHEMA,
+        "events": s.events,
+        "timelines": s.timelines,
+        "outcomes": s.outcomes,
+        "unjoined_verdicts": s.unjoined_verdicts,
+    })
+    .to_string()
+        + "\n"
+}
+
 /// The exit line of a replay.
 pub fn replay_summary(s: &Stats) -> String {
     let mut line = format!(

@@ -21,6 +21,7 @@ pub fn run(
     format: Format,
     events: bool,
     filter: Option<Filter>,
+    color: bool,
 ) -> anyhow::Result<Stats> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -30,14 +31,15 @@ pub fn run(
     let opts = SinkOptions {
         format,
         events,
-        color: false,
+        color,
         filter,
         limit: None,
         // The recording holds what the trace showed.
         netns: None,
         // A recording made with --rules alone holds only verdicts.
         verdicts_join_sightings: reader.meta.sightings_besides_verdicts,
-        clock: clock::now(),
+        // Times as the recording machine's clock told them (older recordings: this one's).
+        clock: reader.meta.clock.unwrap_or_else(clock::now),
     };
     // The reader names events from the recording's own tables as it reads them.
     let mut sink = Sink::new(

@@ -42,6 +42,8 @@ pub struct TraceOptions {
     pub rules: bool,
     /// One line per event instead of hop timelines.
     pub events: bool,
+    /// ANSI colours in text timelines.
+    pub color: bool,
     /// Write the events to this file for `probe replay`.
     pub record: Option<PathBuf>,
     /// Only packets matching this (and what follows from them).
@@ -132,7 +134,10 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         None
     };
     if used.is_empty() && session.watch.is_none() {
-        bail!("no observation point could be attached");
+        return Err(crate::KernelLacks(
+            "no observation point could be attached on this kernel (see `probe doctor`)".into(),
+        )
+        .into());
     }
     // Docker's names for containers' veths, namespaces and addresses (none without Docker).
     let docker = docker::Watcher::start();
@@ -174,23 +179,27 @@ fn sink(
     record: Option<(&std::path::Path, std::fs::File)>,
 ) -> anyhow::Result<Sink<io::BufWriter<io::Stdout>>> {
     let names = names(&session.kernel);
+    let clock = clock::now();
     let meta = Metadata {
         probe_version: env!("CARGO_PKG_VERSION").to_owned(),
         drop_reasons: names.drop_reasons.clone(),
         route_tables: names.route_tables.clone(),
         topology: session.topology.clone(),
         sightings_besides_verdicts: opts.tc || opts.points.drops,
+        clock: Some(clock),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        kernel: crate::kernel::release(),
     };
-    let color = opts.format == Format::Text && {
-        use std::io::IsTerminal as _;
-        io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-    };
+
     let mut sink = Sink::new(
         io::BufWriter::new(io::stdout()),
         SinkOptions {
             format: opts.format,
             events: opts.events,
-            color,
+            color: opts.color,
             filter: opts.filter.clone(),
             limit: opts.count,
             netns: if opts.all_netns {
@@ -199,7 +208,7 @@ fn sink(
                 host::netns::own().and_then(|i| u32::try_from(i).ok())
             },
             verdicts_join_sightings: opts.tc || opts.points.drops,
-            clock: clock::now(),
+            clock,
         },
         session.topology.clone(),
         Some(names),

@@ -23,7 +23,7 @@ pub fn now() -> Clock {
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe { libc::localtime_r(&secs, &mut tm) };
     Clock {
-        realtime_minus_monotonic_ns: real - mono,
+        realtime_minus_monotonic_ns: (real - mono) as i64,
         utc_offset_s: tm.tm_gmtoff,
     }
 }

@@ -152,7 +152,7 @@ fn markdown(
     let f = &replays.fuzz;
     writeln!(
         md,
-        "\nMutation fuzz of the recording ({} bytes: flipped bits, cuts, repeated chunks, \
+        "\nMutation fuzz of the start of the recording ({} bytes: flipped bits, cuts, repeated chunks, \
          rewritten lengths), each replayed through decode, correlation and rendering: {} \
          mutations in {:.0} s, {} refused with a clear error, **{} panics**.",
         f.file_bytes, f.mutations, f.seconds, f.errors, f.panics
