@@ -21,16 +21,29 @@ pub struct KernelLacks(pub String);
 /// Whether an error means "this kernel cannot do that": a [`KernelLacks`], or tcx asked for
 /// by name on a kernel without it.
 pub fn kernel_lacks(e: &anyhow::Error) -> bool {
+    use points::tc::{Backend, attach::AttachError, watch::WatchError};
+    // The attach error may sit inside the watcher's (whose `transparent` display hides it
+    // from the chain).
+    let tcx_refused = |c: &(dyn std::error::Error + 'static)| {
+        let attach = c
+            .downcast_ref::<AttachError>()
+            .or_else(|| match c.downcast_ref() {
+                Some(WatchError::Attach(a)) => Some(&**a),
+                _ => None,
+            });
+        matches!(
+            attach,
+            Some(AttachError::Attach {
+                backend: Backend::Tcx,
+                ..
+            })
+        )
+    };
     e.chain().any(|c| {
         c.is::<KernelLacks>()
-            || matches!(
-                c.downcast_ref::<points::tc::attach::AttachError>(),
-                Some(points::tc::attach::AttachError::Attach {
-                    backend: points::tc::Backend::Tcx,
-                    ..
-                })
-            ) && !kernel::btf::Btf::from_sys()
-                .and_then(|b| b.enum_values("bpf_attach_type"))
-                .is_ok_and(|v| v.iter().any(|(n, _)| n == "BPF_TCX_INGRESS"))
+            || tcx_refused(c)
+                && !kernel::btf::Btf::from_sys()
+                    .and_then(|b| b.enum_values("bpf_attach_type"))
+                    .is_ok_and(|v| v.iter().any(|(n, _)| n == "BPF_TCX_INGRESS"))
     })
 }
