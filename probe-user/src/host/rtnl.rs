@@ -165,35 +165,41 @@ impl Socket {
 
     /// Every link in the namespace.
     pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        let ifinfo = [0u8; IFINFOMSG_LEN];
-        let seq = self.send(RTM_GETLINK, libc::NLM_F_DUMP as u16, &ifinfo)?;
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        loop {
-            let Some(n) = self.recv(&mut buf)? else {
-                continue;
-            };
-            for (ty, msg_seq, body) in messages(&buf[..n]) {
-                if msg_seq != seq {
-                    continue;
-                }
-                match ty {
-                    t if t == libc::NLMSG_DONE as u16 => return Ok(out),
-                    t if t == libc::NLMSG_ERROR as u16 => return Err(ack_error(body)),
-                    RTM_NEWLINK => out.extend(parse_link(body)),
-                    _ => {}
-                }
-            }
-        }
+        self.dump(RTM_GETLINK, &[0u8; IFINFOMSG_LEN], RTM_NEWLINK, parse_link)
     }
 
     /// The tc filters under `parent` (a clsact hook) of interface `ifindex`.
     pub fn tc_filters(&mut self, ifindex: u32, parent: u32) -> io::Result<Vec<TcFilter>> {
-        let seq = self.send(
+        let filters = self.dump(
             RTM_GETTFILTER,
-            libc::NLM_F_DUMP as u16,
             &tcmsg(ifindex, 0, parent, 0),
-        )?;
+            RTM_NEWTFILTER,
+            // The dump also lists each chain head (handle 0): not a filter.
+            |body| parse_tc_filter(body).filter(|f| f.handle != 0),
+        );
+        match filters {
+            // No qdisc there (or no device): no filters.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)
+                ) =>
+            {
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    /// A dump request: every `want` message of the answer, parsed, until NLMSG_DONE.
+    fn dump<T>(
+        &mut self,
+        request: u16,
+        payload: &[u8],
+        want: u16,
+        parse: impl Fn(&[u8]) -> Option<T>,
+    ) -> io::Result<Vec<T>> {
+        let seq = self.send(request, libc::NLM_F_DUMP as u16, payload)?;
         let mut out = Vec::new();
         let mut buf = Vec::new();
         loop {
@@ -208,15 +214,13 @@ impl Socket {
                     t if t == libc::NLMSG_DONE as u16 => return Ok(out),
                     t if t == libc::NLMSG_ERROR as u16 => {
                         let e = ack_error(body);
-                        // No qdisc there (or no device): no filters.
-                        return match e.raw_os_error() {
-                            Some(0) => Ok(out),
-                            Some(libc::EINVAL | libc::ENOENT | libc::ENODEV) => Ok(Vec::new()),
-                            _ => Err(e),
+                        return if e.raw_os_error() == Some(0) {
+                            Ok(out)
+                        } else {
+                            Err(e)
                         };
                     }
-                    // The dump also lists each chain head (handle 0): not a filter.
-                    RTM_NEWTFILTER => out.extend(parse_tc_filter(body).filter(|f| f.handle != 0)),
+                    t if t == want => out.extend(parse(body)),
                     _ => {}
                 }
             }
