@@ -16,6 +16,7 @@ pub mod names;
 pub mod packet;
 pub mod record;
 pub mod render;
+pub mod schema;
 pub mod sink;
 pub mod timeline;
 pub mod topology;

@@ -12,7 +12,8 @@ use crate::{
 };
 
 /// Source and destination of a packet at one point of its journey.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Tuple {
     pub proto: Transport,
     pub src: IpAddr,

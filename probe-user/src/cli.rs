@@ -97,6 +97,17 @@ pub enum Command {
         /// `trace`, `latency`, ...; none: the page of probe itself.
         subcommand: Option<String>,
     },
+    /// Print the JSON Schema of one kind of line (timeline, event, latency, doctor, summary),
+    /// or write them all into a directory, as `cargo xtask schema` does into docs/schema.
+    #[command(hide = true)]
+    Schema {
+        /// `timeline`, `event`, `latency`, `doctor` or `summary` (or `probe.timeline/1`, ...).
+        #[arg(required_unless_present = "out")]
+        kind: Option<String>,
+        /// Write every schema into this directory (`probe.timeline.json`, ...).
+        #[arg(long, value_name = "DIR", conflicts_with = "kind")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Show what this kernel supports and which backend each observation point uses.
     #[command(after_help = "Examples:\n  \
         sudo probe doctor\n  \

@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod host;
 pub mod kernel;
 pub mod points;
+pub mod schema;
 pub mod session;
 
 /// The kernel lacks a mechanism the command needs: exit status 3, so scripts can tell it from

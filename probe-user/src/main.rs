@@ -5,6 +5,7 @@ mod cli;
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use cli::{Cli, Command, LatencyArgs, TraceArgs};
 use probe::{cmd, points};
@@ -82,6 +83,22 @@ fn run(command: Command) -> anyhow::Result<()> {
             let mut out = Vec::new();
             clap_mangen::Man::new(page).render(&mut out)?;
             print_all(&out)
+        }
+        Command::Schema { kind, out } => {
+            if let Some(dir) = out {
+                for path in probe::schema::write_all(&dir)
+                    .with_context(|| format!("writing schemas into {}", dir.display()))?
+                {
+                    log::info!("wrote {}", path.display());
+                }
+                return Ok(());
+            }
+            let name = kind.unwrap_or_default();
+            let kind = probe::schema::Kind::find(&name).ok_or_else(|| {
+                let names: Vec<&str> = probe::schema::KINDS.iter().map(|k| k.name).collect();
+                anyhow::anyhow!("no line kind '{name}'; one of: {}", names.join(", "))
+            })?;
+            print_all(kind.text().as_bytes())
         }
         Command::Cleanup { netns } => {
             cmd::prepare(None, netns.as_deref())?;

@@ -7,13 +7,15 @@ pub mod vocab;
 
 use std::net::IpAddr;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use vocab::serde_as;
 pub use vocab::{DecidedBy, Direction, Engine, Family, Hook, Verdict};
 
 /// One sighting from a kernel program.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds at the sighting.
     pub ts_ns: u64,
@@ -22,7 +24,7 @@ pub struct Event {
     pub body: EventBody,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventBody {
     /// A packet seen by a tc classifier.
@@ -41,7 +43,8 @@ pub enum EventBody {
     FibRule(FibRuleMatch),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct TcSighting {
     pub ifindex: u32,
     pub direction: Direction,
@@ -52,7 +55,7 @@ pub struct TcSighting {
 }
 
 /// Transport protocol, by IP protocol number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Transport {
     Tcp,
@@ -108,7 +111,8 @@ impl std::fmt::Display for Transport {
 }
 
 /// What was read of a packet's headers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Packet {
     /// EtherType, e.g. 0x0800 for IPv4.
     pub ethertype: u16,
@@ -121,7 +125,8 @@ pub struct Packet {
     pub truncated: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct IpHeader {
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -135,7 +140,7 @@ pub struct IpHeader {
     pub l4: Option<L4Header>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum L4Header {
     Tcp {
@@ -194,6 +199,22 @@ impl std::fmt::Display for TcpFlags {
     }
 }
 
+/// A string of the flags `Display` writes, in its order: `S`, `S.`, `P.`, `F.`, `R`, `none`.
+impl JsonSchema for TcpFlags {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TcpFlags".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "TCP flags as tcpdump writes them (S, S., P., F., R; none).",
+            "type": "string",
+            "minLength": 1,
+            "pattern": "^(none|S?F?R?P?U?\\.?)$"
+        })
+    }
+}
+
 impl Serialize for TcpFlags {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -220,7 +241,8 @@ impl<'de> Deserialize<'de> for TcpFlags {
 }
 
 /// A packet the kernel freed as dropped.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct DropSighting {
     /// Kernel address of the sk_buff (identifies the packet among its other sightings).
     pub skb: u64,
@@ -242,7 +264,8 @@ pub struct DropSighting {
 }
 
 /// A routing table lookup.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct FibLookup {
     pub table: u32,
     /// Name from rt_tables (main, local, or the VPN's table).
@@ -312,7 +335,7 @@ impl FibLookup {
 }
 
 /// The kernel mechanism an event came through.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum Mechanism {
     #[serde(rename = "tracepoint:fib:fib_table_lookup")]
     FibTracepoint,
@@ -327,12 +350,14 @@ pub enum Mechanism {
 }
 
 /// One step of nftables rule evaluation for a traced packet (iptables-nft rules included).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct RuleVerdict {
     /// The kernel's id for this packet's walk through the hooks.
     pub trace_id: u32,
     /// nftables family: ip, ip6, inet, bridge, arp, netdev.
     #[serde(with = "serde_as::family_nft")]
+    #[schemars(schema_with = "serde_as::family_nft_schema")]
     pub family: Family,
     pub table: String,
     pub chain: String,
@@ -342,6 +367,7 @@ pub struct RuleVerdict {
         skip_serializing_if = "Option::is_none",
         with = "serde_as::opt_hook_nft"
     )]
+    #[schemars(schema_with = "serde_as::opt_hook_nft_schema")]
     pub hook: Option<Hook>,
     /// What decided: a rule, the end of a regular chain (return), or a base chain's policy.
     pub decided_by: DecidedBy,
@@ -352,6 +378,7 @@ pub struct RuleVerdict {
     pub rule: Option<String>,
     /// accept, drop, continue, jump, goto, return, queue, stolen...
     #[serde(with = "serde_as::verdict")]
+    #[schemars(schema_with = "serde_as::verdict::schema")]
     pub verdict: Verdict,
     /// Target chain of a jump or goto.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -389,16 +416,20 @@ pub struct RawHeaders {
 }
 
 /// A netfilter hook's verdict on one packet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct HookVerdict {
     /// PREROUTING, INPUT, FORWARD, OUTPUT, POSTROUTING.
     #[serde(with = "serde_as::hook_kernel")]
+    #[schemars(schema_with = "serde_as::hook_kernel::schema")]
     pub hook: Hook,
     /// ipv4, ipv6, bridge, ...
     #[serde(with = "serde_as::family_kernel")]
+    #[schemars(schema_with = "serde_as::family_kernel::schema")]
     pub family: Family,
     /// accept, drop, stolen (stolen or queued).
     #[serde(with = "serde_as::verdict")]
+    #[schemars(schema_with = "serde_as::verdict::schema")]
     pub verdict: Verdict,
     /// The errno a drop carried (EPERM for a plain DROP).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -415,7 +446,8 @@ pub struct HookVerdict {
 }
 
 /// Which engine's table and base chain decided, and how.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ChainVerdict {
     /// nftables (native nft and iptables-nft) or iptables (legacy).
     pub engine: Engine,
@@ -424,17 +456,21 @@ pub struct ChainVerdict {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub chain: String,
     #[serde(with = "serde_as::hook_kernel")]
+    #[schemars(schema_with = "serde_as::hook_kernel::schema")]
     pub hook: Hook,
     #[serde(with = "serde_as::family_kernel")]
+    #[schemars(schema_with = "serde_as::family_kernel::schema")]
     pub family: Family,
     /// accept, drop, stolen, queue, repeat, stop.
     #[serde(with = "serde_as::verdict")]
+    #[schemars(schema_with = "serde_as::verdict::schema")]
     pub verdict: Verdict,
     pub skb: u64,
 }
 
 /// The `ip rule` that chose the routing table for a lookup.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct FibRuleMatch {
     pub src: IpAddr,
     pub dst: IpAddr,
@@ -449,7 +485,7 @@ pub struct FibRuleMatch {
 }
 
 /// What an `ip rule` does (FR_ACT_*).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuleAction {
     ToTable,

@@ -4,10 +4,11 @@
 //! trace message; NFPROTO's `ipv4`, nftables' `ip`), and the JSON schema keeps that spelling per
 //! event kind: the `*_name` functions give each one.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Which side of an interface a tc program saw a packet on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Ingress,
@@ -36,6 +37,17 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, for the JSON schema's list of spellings.
+    pub const ALL: [Hook; 7] = [
+        Hook::Prerouting,
+        Hook::Input,
+        Hook::Forward,
+        Hook::Output,
+        Hook::Postrouting,
+        Hook::Ingress,
+        Hook::Unknown,
+    ];
+
     /// By NF_INET_* number.
     pub fn from_number(n: u8) -> Self {
         match n {
@@ -103,6 +115,16 @@ pub enum Family {
 }
 
 impl Family {
+    /// Every named family, for the JSON schema's list of spellings.
+    pub const NAMED: [Family; 6] = [
+        Family::Inet,
+        Family::Ipv4,
+        Family::Arp,
+        Family::Netdev,
+        Family::Bridge,
+        Family::Ipv6,
+    ];
+
     pub fn from_nfproto(pf: u8) -> Self {
         match pf {
             1 => Family::Inet,
@@ -235,24 +257,28 @@ impl Verdict {
         }
     }
 
+    /// Every verdict, for parsing and for the JSON schema's list of spellings.
+    pub const ALL: [Verdict; 13] = [
+        Verdict::Accept,
+        Verdict::Drop,
+        Verdict::Stolen,
+        Verdict::Queue,
+        Verdict::Repeat,
+        Verdict::Stop,
+        Verdict::Continue,
+        Verdict::Break,
+        Verdict::Jump,
+        Verdict::Goto,
+        Verdict::Return,
+        Verdict::None,
+        Verdict::Unknown,
+    ];
+
     fn from_name(s: &str) -> Self {
-        [
-            Verdict::Accept,
-            Verdict::Drop,
-            Verdict::Stolen,
-            Verdict::Queue,
-            Verdict::Repeat,
-            Verdict::Stop,
-            Verdict::Continue,
-            Verdict::Break,
-            Verdict::Jump,
-            Verdict::Goto,
-            Verdict::Return,
-            Verdict::None,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
-        .unwrap_or(Verdict::Unknown)
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .unwrap_or(Verdict::Unknown)
     }
 }
 
@@ -263,7 +289,7 @@ impl std::fmt::Display for Verdict {
 }
 
 /// The engine whose table decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Engine {
     /// nf_tables: native nft and iptables-nft.
@@ -285,7 +311,7 @@ impl Engine {
 
 /// What decided in an nftables trace: a rule, the end of a regular chain, or a base chain's
 /// policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DecidedBy {
     Rule,
@@ -307,10 +333,17 @@ impl DecidedBy {
 }
 
 /// Serde in a chosen spelling, for fields whose JSON keeps the reporting mechanism's words.
+/// Each module also gives the JSON schema of its spelling (`schema`): a string, one of the
+/// spellings `$to` gives the values `$all`, so the schema cannot drift from the serializer.
 macro_rules! spelled {
-    ($module:ident, $ty:ty, $to:expr, $from:expr) => {
+    ($module:ident, $ty:ty, $to:expr, $from:expr, $all:expr) => {
         pub mod $module {
             use super::*;
+            pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let to: fn(&$ty) -> std::borrow::Cow<'static, str> = $to;
+                let all: &[$ty] = &$all;
+                spellings(all.iter().map(|v| to(v)))
+            }
             pub fn serialize<S: serde::Serializer>(v: &$ty, s: S) -> Result<S::Ok, S::Error> {
                 let to: fn(&$ty) -> std::borrow::Cow<'static, str> = $to;
                 s.serialize_str(&to(v))
@@ -327,10 +360,33 @@ macro_rules! spelled {
 /// Serde spellings per field: `#[serde(with = "vocab::serde_as::hook_kernel")]`.
 pub mod serde_as {
     use super::*;
-    spelled!(hook_kernel, Hook, |h| h.kernel_name().into(), |s| {
-        Hook::from_nft(&s.to_ascii_lowercase())
-    });
-    spelled!(hook_nft, Hook, |h| h.nft_name().into(), Hook::from_nft);
+
+    /// `{"type": "string", "enum": [...]}` of distinct spellings, in order.
+    fn spellings(names: impl Iterator<Item = std::borrow::Cow<'static, str>>) -> schemars::Schema {
+        let mut list: Vec<String> = Vec::new();
+        for n in names {
+            if !list.iter().any(|l| *l == n) {
+                list.push(n.into_owned());
+            }
+        }
+        schemars::json_schema!({ "type": "string", "enum": list })
+    }
+
+    spelled!(
+        hook_kernel,
+        Hook,
+        |h| h.kernel_name().into(),
+        |s| Hook::from_nft(&s.to_ascii_lowercase()),
+        Hook::ALL
+    );
+    spelled!(
+        hook_nft,
+        Hook,
+        |h| h.nft_name().into(),
+        Hook::from_nft,
+        Hook::ALL
+    );
+    // A family without a name is `unknown` in the kernel's spelling.
     spelled!(
         family_kernel,
         Family,
@@ -339,10 +395,43 @@ pub mod serde_as {
             "ipv4" => Family::Ipv4,
             "ipv6" => Family::Ipv6,
             other => Family::from_nft(other),
-        }
+        },
+        [
+            Family::Inet,
+            Family::Ipv4,
+            Family::Arp,
+            Family::Netdev,
+            Family::Bridge,
+            Family::Ipv6,
+            Family::Other(0),
+        ]
     );
-    spelled!(family_nft, Family, |f| f.nft_name(), Family::from_nft);
-    spelled!(verdict, Verdict, |v| v.as_str().into(), Verdict::from_name);
+    spelled!(
+        family_nft,
+        Family,
+        |f| f.nft_name(),
+        Family::from_nft,
+        Family::NAMED
+    );
+    spelled!(
+        verdict,
+        Verdict,
+        |v| v.as_str().into(),
+        Verdict::from_name,
+        Verdict::ALL
+    );
+
+    /// nftables' family spelling: a name, or `family-N` for a number without one.
+    pub fn family_nft_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [family_nft::schema(g), { "type": "string", "pattern": "^family-[0-9]+$" }]
+        })
+    }
+
+    /// An optional nftables hook (absent when unknown).
+    pub fn opt_hook_nft_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        hook_nft::schema(g)
+    }
 
     /// An optional nftables hook.
     pub mod opt_hook_nft {

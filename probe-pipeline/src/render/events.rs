@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{
@@ -21,10 +22,14 @@ pub struct Renderer {
 
 pub const SCHEMA: &str = "probe.event/1";
 
-#[derive(Serialize)]
+/// One sighting (`probe trace --json --events`, `probe replay --json --events`).
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct JsonLine<'a> {
+    #[schemars(schema_with = "line_name")]
     schema: &'static str,
     /// When it happened, RFC 3339 in UTC.
+    #[schemars(extend("format" = "date-time"))]
     time: String,
     #[serde(flatten)]
     event: &'a Event,
@@ -33,6 +38,15 @@ struct JsonLine<'a> {
     /// The Docker container the interface (or a drop's namespace) belongs to.
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<&'a str>,
+}
+
+fn line_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    crate::schema::const_name(SCHEMA)
+}
+
+/// The JSON Schema of an event line.
+pub fn line_schema() -> schemars::Schema {
+    crate::schema::line::<JsonLine>(SCHEMA)
 }
 
 /// The interface an event names first: where a packet was seen or dropped, a hook's output

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{
@@ -141,7 +142,8 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
     s
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct JsonHop<'a> {
     /// Nanoseconds since the journey's first sighting, and since the previous hop.
     t_ns: u64,
@@ -156,10 +158,14 @@ struct JsonHop<'a> {
     hop: &'a Hop,
 }
 
-#[derive(Serialize)]
+/// One journey (`probe trace --json`, `probe replay --json`).
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct JsonJourney<'a> {
+    #[schemars(schema_with = "line_name")]
     schema: &'static str,
     /// When the first hop happened, RFC 3339 in UTC.
+    #[schemars(extend("format" = "date-time"))]
     time: String,
     id: u64,
     flow: u64,
@@ -173,6 +179,15 @@ struct JsonJourney<'a> {
     evicted: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     events_lost: bool,
+}
+
+fn line_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    crate::schema::const_name(SCHEMA)
+}
+
+/// The JSON Schema of a timeline line.
+pub fn line_schema() -> schemars::Schema {
+    crate::schema::line::<JsonJourney>(SCHEMA)
 }
 
 /// One JSON Lines record for one journey.

@@ -16,6 +16,7 @@ mod diagnose;
 mod hash;
 mod tally;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use correlate::{Correlator, Limits};
@@ -26,7 +27,8 @@ use crate::event::{Direction, Event, EventBody};
 pub use crate::tuple::Tuple;
 
 /// One sighting within a journey.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Hop {
     pub ts_ns: u64,
     /// The packet's tuple as seen here (absent for routing lookups and chain verdicts).
@@ -42,7 +44,8 @@ pub struct Hop {
 }
 
 /// A tuple rewrite between two hops.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Rewrite {
     pub before: Tuple,
     pub after: Tuple,

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use super::{Journey, Outcome};
 use crate::event::EventBody;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Tally {
     pub delivered: u64,
     pub left: u64,

@@ -1,6 +1,7 @@
 //! `probe doctor`: what this kernel offers and which backend each observation point will use,
 //! found the same way `probe trace` finds it (by loading and attaching, then letting go).
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::{
@@ -11,9 +12,12 @@ use crate::{
 
 pub const SCHEMA: &str = "probe.doctor/1";
 
-#[derive(Debug, Serialize)]
+/// What the kernel offers and each observation point's backend (`probe doctor --json`).
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Report {
     /// `probe.doctor/1`.
+    #[schemars(schema_with = "line_name")]
     pub schema: &'static str,
     pub kernel: String,
     pub features: Vec<Feature>,
@@ -24,20 +28,31 @@ pub struct Report {
     pub privileged: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Feature {
     pub name: &'static str,
     pub available: bool,
     pub detail: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Point {
     pub name: &'static str,
     /// The mechanism in use, or None when the point is unavailable.
     pub backend: Option<String>,
     /// Why that backend (or why none).
     pub detail: String,
+}
+
+fn line_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    probe_pipeline::schema::const_name(SCHEMA)
+}
+
+/// The JSON Schema of the doctor's report.
+pub fn line_schema() -> schemars::Schema {
+    probe_pipeline::schema::line::<Report>(SCHEMA)
 }
 
 /// What the kernel offers, before anything is loaded.

@@ -13,6 +13,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{MapData, PerCpuHashMap};
 use probe_common::{HopBucket, HopPoint, direction, mode, names};
 use probe_pipeline::{filter::Filter, topology::Topology};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::{
@@ -222,8 +223,13 @@ fn short(ns: u64) -> String {
     }
 }
 
-#[derive(Serialize)]
+pub const SCHEMA: &str = "probe.latency/1";
+
+/// One hop pair's histogram (`probe latency --json`).
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct JsonPair<'a> {
+    #[schemars(schema_with = "line_name")]
     schema: &'static str,
     /// false: what this interval added; true: totals since start.
     total: bool,
@@ -235,11 +241,21 @@ struct JsonPair<'a> {
     buckets: Vec<JsonBucket>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 struct JsonBucket {
     ge_ns: u64,
     lt_ns: u64,
     count: u64,
+}
+
+fn line_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    probe_pipeline::schema::const_name(SCHEMA)
+}
+
+/// The JSON Schema of a latency line.
+pub fn line_schema() -> schemars::Schema {
+    probe_pipeline::schema::line::<JsonPair>(SCHEMA)
 }
 
 fn write(
@@ -261,7 +277,7 @@ fn write(
         let (from, to) = (point_name(*from, topo), point_name(*to, topo));
         if json {
             let line = JsonPair {
-                schema: "probe.latency/1",
+                schema: SCHEMA,
                 total,
                 from: &from,
                 to: &to,

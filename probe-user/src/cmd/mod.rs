@@ -6,7 +6,9 @@ pub mod latency;
 pub mod replay;
 pub mod trace;
 
-use probe_pipeline::{filter::Filter, sink::Stats};
+use probe_pipeline::{filter::Filter, sink::Stats, timeline::Tally};
+use schemars::JsonSchema;
+use serde::Serialize;
 
 use crate::{host::netns, session::privileges};
 
@@ -88,35 +90,89 @@ pub fn trace_summary(s: &trace::Summary, events: bool) -> String {
 /// The schema of the line a `--json` run ends with.
 pub const SUMMARY_SCHEMA: &str = "probe.summary/1";
 
+/// What a `--json` trace or replay ends with: what the exit line says, for programs.
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct SummaryLine<'a> {
+    #[schemars(schema_with = "summary_name")]
+    schema: &'static str,
+    /// Events received and shown (in timelines or as lines).
+    events: u64,
+    /// Timelines printed.
+    timelines: u64,
+    /// Timelines printed, by how they ended.
+    outcomes: &'a Tally,
+    /// Journeys of rule verdicts only that joined no sighting, not shown.
+    unjoined_verdicts: u64,
+    /// A trace's own counts (a replay has none).
+    #[serde(flatten)]
+    trace: Option<TraceCounts<'a>>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct TraceCounts<'a> {
+    /// Events the kernel programs could not submit (ring buffer full).
+    lost: u64,
+    /// `lost`, per CPU.
+    lost_per_cpu: &'a [u64],
+    /// Sightings the filter turned away in the kernel.
+    filtered_in_kernel: u64,
+    /// nftables trace messages the kernel could not deliver (socket buffer full).
+    rule_messages_lost: u64,
+    /// Events that could not be decoded.
+    malformed: u64,
+}
+
+fn summary_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    probe_pipeline::schema::const_name(SUMMARY_SCHEMA)
+}
+
+/// The JSON Schema of the summary line.
+pub fn summary_schema() -> schemars::Schema {
+    probe_pipeline::schema::line::<SummaryLine>(SUMMARY_SCHEMA)
+}
+
+impl SummaryLine<'_> {
+    /// The line, its keys in sorted order (as the line has always been written).
+    fn line(&self) -> String {
+        serde_json::to_value(self).map_or_else(
+            |e| format!("{{\"schema\":\"{SUMMARY_SCHEMA}\",\"error\":\"{e}\"}}"),
+            |v| v.to_string(),
+        ) + "\n"
+    }
+}
+
 /// The exit summary as a JSON line (`--json`): what the text line says, for programs.
 pub fn trace_summary_json(s: &trace::Summary) -> String {
-    serde_json::json!({
-        "schema": SUMMARY_SCHEMA,
-        "events": s.stats.events,
-        "timelines": s.stats.timelines,
-        "outcomes": s.stats.outcomes,
-        "unjoined_verdicts": s.stats.unjoined_verdicts,
-        "lost": s.lost,
-        "lost_per_cpu": s.lost_per_cpu,
-        "filtered_in_kernel": s.filtered,
-        "rule_messages_lost": s.rules_lost,
-        "malformed": s.malformed,
-    })
-    .to_string()
-        + "\n"
+    SummaryLine {
+        schema: SUMMARY_SCHEMA,
+        events: s.stats.events,
+        timelines: s.stats.timelines,
+        outcomes: &s.stats.outcomes,
+        unjoined_verdicts: s.stats.unjoined_verdicts,
+        trace: Some(TraceCounts {
+            lost: s.lost,
+            lost_per_cpu: &s.lost_per_cpu,
+            filtered_in_kernel: s.filtered,
+            rule_messages_lost: s.rules_lost,
+            malformed: s.malformed,
+        }),
+    }
+    .line()
 }
 
 /// A replay's summary as a JSON line (`--json`).
 pub fn replay_summary_json(s: &Stats) -> String {
-    serde_json::json!({
-        "schema": SUMMARY_SCHEMA,
-        "events": s.events,
-        "timelines": s.timelines,
-        "outcomes": s.outcomes,
-        "unjoined_verdicts": s.unjoined_verdicts,
-    })
-    .to_string()
-        + "\n"
+    SummaryLine {
+        schema: SUMMARY_SCHEMA,
+        events: s.events,
+        timelines: s.timelines,
+        outcomes: &s.outcomes,
+        unjoined_verdicts: s.unjoined_verdicts,
+        trace: None,
+    }
+    .line()
 }
 
 /// The exit line of a replay.
