@@ -86,6 +86,10 @@ enum Task {
     /// Write probe's man pages (probe.1, probe-trace.1, ...) into target/man, generated from
     /// its command-line definitions; read one with `man -l target/man/probe-trace.1`.
     Man,
+    /// Write the JSON Schemas of probe's JSON lines (probe.timeline.json, probe.event.json,
+    /// ...) into docs/schema, generated from the types that write the lines; run it after
+    /// changing a line's fields (a unit test of probe-user fails until then).
+    Schema,
     /// Leave probe running under traffic and interface churn and check that its memory and
     /// descriptors stay flat (within 10%); writes target/bench/soak.md.
     #[command(after_help = "Examples:\n  \
@@ -156,6 +160,7 @@ fn main() -> ExitCode {
         Task::BenchRusage { command } => bench::rusage(&command),
         Task::Soak { no_build, minutes } => bench::soak(no_build, minutes),
         Task::Man => tasks::man(),
+        Task::Schema => tasks::schema(),
         Task::Vm {
             kernel,
             tests,

@@ -126,6 +126,25 @@ const MAN_PAGES: &[&str] = &[
 ];
 
 /// `cargo xtask man`: probe's man pages, from probe itself (`probe man [SUBCOMMAND]`).
+/// `probe schema --out docs/schema`: the published schemas, as the types give them now.
+pub fn schema() -> anyhow::Result<()> {
+    let bin = build(false)?;
+    let dir = workspace_root().join("docs/schema");
+    let out = Command::new(&bin)
+        .arg("schema")
+        .arg("--out")
+        .arg(&dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "probe schema failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    status(&format!("wrote the schemas into {}", dir.display()));
+    Ok(())
+}
+
 pub fn man() -> anyhow::Result<()> {
     let bin = build(false)?;
     let dir = target_dir().join("man");

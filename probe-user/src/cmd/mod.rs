@@ -186,3 +186,46 @@ pub fn replay_summary(s: &Stats) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The summary line is what it was when it was built as a JSON map: keys sorted, the
+    /// outcomes' too, a trace's counts only in a trace.
+    #[test]
+    fn summary_lines_keep_their_bytes() {
+        let mut stats = Stats {
+            events: 7,
+            timelines: 2,
+            ..Stats::default()
+        };
+        stats.outcomes.dropped = 1;
+        stats.outcomes.delivered = 1;
+        stats
+            .outcomes
+            .drops
+            .insert("NETFILTER_DROP in nf_hook_slow".into(), 1);
+        let outcomes = r#""outcomes":{"delivered":1,"dropped":1,"drops_by_cause":{"NETFILTER_DROP in nf_hook_slow":1},"incomplete":0,"left":0,"unroutable":0}"#;
+        assert_eq!(
+            replay_summary_json(&stats),
+            format!(
+                r#"{{"events":7,{outcomes},"schema":"probe.summary/1","timelines":2,"unjoined_verdicts":0}}"#
+            ) + "\n"
+        );
+        let trace = trace::Summary {
+            stats,
+            malformed: 0,
+            lost: 3,
+            rules_lost: 0,
+            lost_per_cpu: vec![0, 3],
+            filtered: 5,
+        };
+        assert_eq!(
+            trace_summary_json(&trace),
+            format!(
+                r#"{{"events":7,"filtered_in_kernel":5,"lost":3,"lost_per_cpu":[0,3],"malformed":0,{outcomes},"rule_messages_lost":0,"schema":"probe.summary/1","timelines":2,"unjoined_verdicts":0}}"#
+            ) + "\n"
+        );
+    }
+}
