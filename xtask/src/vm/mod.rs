@@ -9,7 +9,7 @@
 //! - [`qemu`] boots it and reads the job's status from the serial console.
 
 pub mod apt;
-mod image;
+pub mod image;
 mod qemu;
 
 use std::{
