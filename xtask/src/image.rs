@@ -95,6 +95,21 @@ pub fn build(tag: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why no image can be built here (no Docker engine answering), or None.
+pub fn docker_unavailable() -> Option<String> {
+    match as_root("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+    {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "the Docker engine does not answer: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("cannot run docker: {e}")),
+    }
+}
+
 /// Builds the static binary and the image `tag` from it; returns the tag.
 pub fn build_with(toolchain: &setup::Toolchain, tag: &str) -> anyhow::Result<String> {
     let bin = static_binary(toolchain)?;

@@ -78,13 +78,16 @@ pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()>
             .env("PROBE_EBPF_TOOLCHAIN", &toolchain.rustup_toolchain),
     )?;
     // The image test runs what users run: the static binary in its image.
-    let image = if wants_test(extra, "image") {
+    let image = if !wants_test(extra, "image") {
+        None
+    } else if let Some(why) = crate::image::docker_unavailable() {
+        status(&format!("no image for the image test: {why}"));
+        None
+    } else {
         Some(crate::image::build_with(
             &toolchain,
             crate::image::TEST_TAG,
         )?)
-    } else {
-        None
     };
     status("running the tests (as root: they create namespaces and load eBPF programs)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
