@@ -122,7 +122,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     // Subscribe before adding the table, so no trace message is missed.
     let mut rule_tracing = if opts.rules {
         let socket = rules::TraceSocket::open()?;
-        let table = rules::TraceTable::install()?;
+        let table = rules::TraceTable::install(opts.filter.as_ref())?;
         used.push(format!("nftables rules (table inet {})", table.name()));
         Some(RuleTracing {
             tracer: rules::Tracer::new(table.name()),

@@ -44,12 +44,14 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
             "two_clsact_probes_one_exits_the_other_sees_every_packet",
         ],
     ),
-    // Owned nftables tables (5.12+) on 6.1 and 6.12; 5.10 deletes and sweeps its own.
+    // Owned nftables tables (5.12+) on 6.1 and 6.12; 5.10 deletes and sweeps its own. The
+    // filter's marking rules (payload, conntrack tuples) through each kernel's nftables.
     (
         "rules",
         &[
             "a_killed_probes_trace_table_is_gone",
             "the_trace_table_comes_back_after_a_ruleset_flush",
+            "with_a_filter_only_admitted_packets_are_marked_for_tracing",
         ],
     ),
 ];

@@ -10,6 +10,7 @@ use std::{
     io,
     mem::size_of,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::atomic::{AtomicU32, Ordering},
 };
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -31,6 +32,7 @@ const NLA_F_NESTED: u16 = 0x8000;
 const HEADER_LEN: usize = 16 + 4;
 
 /// One attribute being written: plain bytes, or attributes nested inside.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attr {
     Bytes(u16, Vec<u8>),
     Nested(u16, Vec<Attr>),
@@ -72,10 +74,13 @@ impl Attr {
     }
 }
 
+/// Sequence numbers, unique in the process: a failed batch leaves the kernel's answers to its
+/// later messages in the socket, and they must not be taken for the next batch's.
+static NEXT_SEQ: AtomicU32 = AtomicU32::new(1);
+
 /// A request: the messages of one batch, applied by the kernel all or none.
 pub struct Batch {
     bytes: Vec<u8>,
-    seq: u32,
     /// Sequence numbers of the messages that will be acknowledged.
     acked: Vec<u32>,
 }
@@ -84,7 +89,6 @@ impl Batch {
     pub fn new() -> Self {
         let mut b = Self {
             bytes: Vec::new(),
-            seq: 1,
             acked: Vec::new(),
         };
         b.message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, &[]);
@@ -104,8 +108,7 @@ impl Batch {
 
     fn message(&mut self, ty: u16, flags: u16, family: u8, attrs: &[Attr]) -> u32 {
         let start = self.bytes.len();
-        let seq = self.seq;
-        self.seq += 1;
+        let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
         self.bytes.extend_from_slice(&[0; 4]);
         self.bytes.extend_from_slice(&ty.to_ne_bytes());
         self.bytes.extend_from_slice(&flags.to_ne_bytes());
@@ -195,6 +198,10 @@ impl NftSocket {
                 return Err(e);
             }
             for (seq, errno) in acks(&buf[..n as usize]) {
+                // Answers to an earlier, failed batch are not this one's.
+                if !pending.contains(&seq) {
+                    continue;
+                }
                 if errno != 0 {
                     return Err(io::Error::from_raw_os_error(-errno));
                 }
@@ -244,7 +251,8 @@ mod tests {
         let mut b = Batch::new();
         b.add(NFT_MSG_NEWTABLE, NFPROTO_INET, &[Attr::string(1, "t")]);
         let (bytes, acked) = b.finish();
-        assert_eq!(acked, [2]);
+        let begin_seq = u32::from_ne_bytes(bytes[8..12].try_into().unwrap());
+        assert_eq!(acked, [begin_seq + 1]);
         let first_len = u32::from_ne_bytes(bytes[0..4].try_into().unwrap()) as usize;
         assert_eq!(first_len, HEADER_LEN);
         assert_eq!(

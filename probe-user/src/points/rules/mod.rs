@@ -12,6 +12,7 @@ pub const NAME: &str = "rule verdicts (--rules)";
 pub const BACKEND: &str = "nftables trace (NFNLGRP_NFTRACE)";
 
 mod batch;
+mod marking;
 mod socket;
 mod table;
 

@@ -4,12 +4,15 @@
 
 use std::process::{Command, Stdio};
 
+use probe_pipeline::filter::{Filter, Literal};
+
 use super::{
     NftraceError, TABLE_PREFIX,
     batch::{
         Attr, Batch, NFPROTO_INET, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE,
         NFT_MSG_NEWTABLE, NftSocket,
     },
+    marking::{self, Source},
 };
 
 const NFTA_TABLE_NAME: u16 = 1;
@@ -25,114 +28,137 @@ const NFTA_HOOK_PRIORITY: u16 = 2;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
-const NFTA_LIST_ELEM: u16 = 1;
-const NFTA_EXPR_NAME: u16 = 1;
-const NFTA_EXPR_DATA: u16 = 2;
-const NFTA_IMMEDIATE_DREG: u16 = 1;
-const NFTA_IMMEDIATE_DATA: u16 = 2;
-const NFTA_DATA_VALUE: u16 = 1;
-const NFTA_META_KEY: u16 = 2;
-const NFTA_META_SREG: u16 = 3;
-const NFT_META_NFTRACE: u32 = 12;
-const NFT_REG_1: u32 = 1;
 const NF_INET_PRE_ROUTING: u32 = 0;
 const NF_INET_LOCAL_OUT: u32 = 3;
-/// Ahead of raw (-300) and conntrack (-200): every packet is marked before anything decides.
+/// Ahead of raw (-300) and conntrack (-200): packets are marked before anything decides.
 const PRIORITY: i32 = -350;
+/// After conntrack (-200), ahead of mangle (-150) and DNAT (-100): connections are marked by
+/// their tuples before NAT rewrites a packet.
+const CT_PRIORITY: i32 = -160;
 
-/// probe's own table: sets nftrace on every packet entering (prerouting) or leaving (output)
-/// this namespace's stack, before anything else.
+/// probe's own table: sets nftrace on the packets entering (prerouting) or leaving (output)
+/// this namespace's stack that the filter admits (every one without a filter), before anything
+/// else.
 pub struct TraceTable {
     name: String,
     socket: NftSocket,
     /// Created with the owner flag: the kernel deletes it when `socket` closes.
     owned: bool,
+    /// The filter's clauses, one marking rule each; None marks every packet.
+    clauses: Option<Vec<Vec<Literal>>>,
 }
 
 impl TraceTable {
-    pub fn install() -> Result<Self, NftraceError> {
+    pub fn install(filter: Option<&Filter>) -> Result<Self, NftraceError> {
         for line in sweep_stale() {
             log::info!("{line}");
         }
+        let clauses = marking::clauses(filter).unwrap_or_else(|why| {
+            log::info!("--rules traces every packet in the kernel: {why}");
+            None
+        });
         let socket = NftSocket::open().map_err(add_error)?;
-        let mut table = Self {
-            name: format!("{TABLE_PREFIX}{}", std::process::id()),
-            socket,
-            owned: true,
+        let name = format!("{TABLE_PREFIX}{}", std::process::id());
+        let owned = match add(&socket, &name, true, clauses.as_deref()) {
+            Ok(()) => true,
+            // Kernels before 5.12 refuse the owner flag (as an unknown flag: EINVAL; later ones
+            // say EOPNOTSUPP for flags they lack); then probe deletes its table itself. A batch
+            // is all or nothing, so the retry starts from scratch.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                log::info!(
+                    "this kernel has no owned nftables tables (Linux 5.12+): probe deletes inet \
+                     {name} on exit, and the next probe removes it if this one is killed"
+                );
+                add(&socket, &name, false, clauses.as_deref()).map_err(add_error)?;
+                false
+            }
+            Err(e) => return Err(add_error(e)),
         };
-        let added = table.add();
-        // Kernels before 5.12 refuse the owner flag; then probe deletes its table itself.
-        if added
-            .as_ref()
-            .is_err_and(|e| e.raw_os_error() == Some(libc::EOPNOTSUPP))
-        {
-            log::info!(
-                "this kernel has no owned nftables tables (Linux 5.12+): probe deletes inet {} \
-                 on exit, and the next probe removes it if this one is killed",
-                table.name
-            );
-            table.owned = false;
-            table.add().map_err(add_error)?;
-        } else {
-            added.map_err(add_error)?;
-        }
-        Ok(table)
+        Ok(Self {
+            name,
+            socket,
+            owned,
+            clauses,
+        })
     }
 
     /// Adds the table again, after something (`nft flush ruleset`, a firewall reload) removed
     /// it.
     pub fn reinstall(&self) -> Result<(), NftraceError> {
-        self.add().map_err(add_error)
+        add(
+            &self.socket,
+            &self.name,
+            self.owned,
+            self.clauses.as_deref(),
+        )
+        .map_err(add_error)
     }
 
-    fn add(&self) -> std::io::Result<()> {
-        let name = &self.name;
-        let mut batch = Batch::new();
-        let mut table = vec![Attr::string(NFTA_TABLE_NAME, name)];
-        if self.owned {
-            table.push(Attr::be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER));
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Adds the table `name` with its chains and marking rules, in one batch.
+fn add(
+    socket: &NftSocket,
+    name: &str,
+    owned: bool,
+    clauses: Option<&[Vec<Literal>]>,
+) -> std::io::Result<()> {
+    let mut batch = Batch::new();
+    let mut table = vec![Attr::string(NFTA_TABLE_NAME, name)];
+    if owned {
+        table.push(Attr::be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER));
+    }
+    batch.add(NFT_MSG_NEWTABLE, NFPROTO_INET, &table);
+    let mut chains = vec![
+        (
+            "prerouting",
+            NF_INET_PRE_ROUTING,
+            PRIORITY,
+            vec![Source::Headers],
+        ),
+        ("output", NF_INET_LOCAL_OUT, PRIORITY, vec![Source::Headers]),
+    ];
+    if clauses.is_some() {
+        // Replies and NATed packets of admitted connections, by the connection's two tuples.
+        let both = vec![Source::Conntrack(0), Source::Conntrack(1)];
+        chains.push((
+            "prerouting_ct",
+            NF_INET_PRE_ROUTING,
+            CT_PRIORITY,
+            both.clone(),
+        ));
+        chains.push(("output_ct", NF_INET_LOCAL_OUT, CT_PRIORITY, both));
+    }
+    for (chain, hook, priority, sources) in chains {
+        batch.add(
+            NFT_MSG_NEWCHAIN,
+            NFPROTO_INET,
+            &[
+                Attr::string(NFTA_CHAIN_TABLE, name),
+                Attr::string(NFTA_CHAIN_NAME, chain),
+                Attr::Nested(
+                    NFTA_CHAIN_HOOK,
+                    vec![
+                        Attr::be32(NFTA_HOOK_HOOKNUM, hook),
+                        Attr::be32(NFTA_HOOK_PRIORITY, priority as u32),
+                    ],
+                ),
+                Attr::string(NFTA_CHAIN_TYPE, "filter"),
+            ],
+        );
+        let mut rules: Vec<Vec<Attr>> = Vec::new();
+        for source in sources {
+            // A clause that reads no tuple is the same rule for both directions: once is enough.
+            for rule in marking::rules(clauses, source) {
+                if !rules.contains(&rule) {
+                    rules.push(rule);
+                }
+            }
         }
-        batch.add(NFT_MSG_NEWTABLE, NFPROTO_INET, &table);
-        for (chain, hook) in [
-            ("prerouting", NF_INET_PRE_ROUTING),
-            ("output", NF_INET_LOCAL_OUT),
-        ] {
-            batch.add(
-                NFT_MSG_NEWCHAIN,
-                NFPROTO_INET,
-                &[
-                    Attr::string(NFTA_CHAIN_TABLE, name),
-                    Attr::string(NFTA_CHAIN_NAME, chain),
-                    Attr::Nested(
-                        NFTA_CHAIN_HOOK,
-                        vec![
-                            Attr::be32(NFTA_HOOK_HOOKNUM, hook),
-                            Attr::be32(NFTA_HOOK_PRIORITY, PRIORITY as u32),
-                        ],
-                    ),
-                    Attr::string(NFTA_CHAIN_TYPE, "filter"),
-                ],
-            );
-            // meta nftrace set 1: the value 1 into register 1, then nftrace from it.
-            let expressions = vec![
-                expression(
-                    "immediate",
-                    vec![
-                        Attr::be32(NFTA_IMMEDIATE_DREG, NFT_REG_1),
-                        Attr::Nested(
-                            NFTA_IMMEDIATE_DATA,
-                            vec![Attr::Bytes(NFTA_DATA_VALUE, vec![1])],
-                        ),
-                    ],
-                ),
-                expression(
-                    "meta",
-                    vec![
-                        Attr::be32(NFTA_META_KEY, NFT_META_NFTRACE),
-                        Attr::be32(NFTA_META_SREG, NFT_REG_1),
-                    ],
-                ),
-            ];
+        for expressions in rules {
             batch.add(
                 NFT_MSG_NEWRULE,
                 NFPROTO_INET,
@@ -143,26 +169,12 @@ impl TraceTable {
                 ],
             );
         }
-        self.socket.request(batch)
     }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
+    socket.request(batch)
 }
 
 fn add_error(e: std::io::Error) -> NftraceError {
     NftraceError::AddTable(e.to_string())
-}
-
-fn expression(name: &str, data: Vec<Attr>) -> Attr {
-    Attr::Nested(
-        NFTA_LIST_ELEM,
-        vec![
-            Attr::string(NFTA_EXPR_NAME, name),
-            Attr::Nested(NFTA_EXPR_DATA, data),
-        ],
-    )
 }
 
 impl Drop for TraceTable {
