@@ -12,6 +12,7 @@ pub mod decode;
 pub mod event;
 pub mod filter;
 pub mod identity;
+pub mod knowledge;
 pub mod names;
 pub mod packet;
 pub mod record;

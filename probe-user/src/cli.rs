@@ -97,6 +97,25 @@ pub enum Command {
         /// `trace`, `latency`, ...; none: the page of probe itself.
         subcommand: Option<String>,
     },
+    /// Explain a drop: what a drop reason means (or the function that dropped, on kernels
+    /// without reasons), what probe shows as evidence, and what to look at next.
+    #[command(after_help = "Examples:\n  \
+        probe explain NO_SOCKET\n  \
+        probe explain PKT_TOO_BIG IP_RPFILTER\n  \
+        probe explain ip_error            # a drop location, on kernels before 5.17\n  \
+        probe explain --all               # every drop reason of this kernel\n  \
+        probe explain --all --json | jq 'select(.cause == null)'")]
+    Explain {
+        /// Drop reasons (NO_SOCKET), cause ids (no-socket) or kernel functions (ip_error).
+        #[arg(value_name = "REASON", required_unless_present = "all")]
+        terms: Vec<String>,
+        /// Every drop reason of the running kernel, with its cause or none.
+        #[arg(long, conflicts_with = "terms")]
+        all: bool,
+        /// JSON Lines, one per reason (schema probe.explain/1).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what this kernel supports and which backend each observation point uses.
     #[command(after_help = "Examples:\n  \
         sudo probe doctor\n  \

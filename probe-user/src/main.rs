@@ -47,6 +47,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Explain { terms, all, json } => cmd::explain::run(&terms, all, json),
         Command::Doctor { json } => {
             let report = cmd::doctor::examine();
             if json {

@@ -2,6 +2,7 @@
 //! pipeline's sink, doctor asks every observation point.
 
 pub mod doctor;
+pub mod explain;
 pub mod latency;
 pub mod replay;
 pub mod trace;
