@@ -14,6 +14,7 @@ pub mod filter;
 pub mod identity;
 pub mod names;
 pub mod packet;
+pub mod pcapng;
 pub mod record;
 pub mod render;
 pub mod sink;
