@@ -4,8 +4,6 @@
 
 /// LINKTYPE_ETHERNET: frames from an Ethernet header on.
 pub const LINKTYPE_ETHERNET: u16 = 1;
-/// LINKTYPE_RAW: packets from an IPv4 or IPv6 header on (the version nibble says which).
-pub const LINKTYPE_RAW: u16 = 101;
 
 const SHB: u32 = 0x0A0D_0D0A;
 const IDB: u32 = 0x0000_0001;
@@ -175,7 +173,11 @@ mod tests {
     #[test]
     fn blocks_are_framed_and_padded() {
         well_framed(&section_header("probe 1", "Linux 6.18", ""));
-        well_framed(&interface(LINKTYPE_RAW, "veth-web egress", "odd length"));
+        well_framed(&interface(
+            LINKTYPE_ETHERNET,
+            "veth-web egress",
+            "odd length",
+        ));
         for len in 0..9 {
             let data = vec![0x45; len];
             let comments = vec!["é".repeat(len)];

@@ -1,9 +1,10 @@
 //! Timelines as a pcapng file for Wireshark and tcpdump (`--pcapng FILE`). One interface
 //! description per observation point (`veth-web egress`, `docker0 ingress`, `drop on eth0`,
-//! `netfilter FORWARD`) and link type, and one enhanced packet block per sighting that carries
-//! the packet itself: tc sightings, drops and netfilter hook verdicts. A block holds the
-//! packet's real bytes where the trace copied them (`--snaplen`), else headers rebuilt from
-//! the decoded fields ([`rebuild`]).
+//! `netfilter FORWARD`), and one enhanced packet block per sighting that carries the packet
+//! itself: tc sightings, drops and netfilter hook verdicts. A block holds the packet's real
+//! bytes where the trace copied them (`--snaplen`), else headers rebuilt from the decoded
+//! fields ([`rebuild`]); all of them as Ethernet frames (libpcap reads only files of one link
+//! type).
 //!
 //! Every block of one packet has the timeline's packet number as its `epb_packetid`, so
 //! Wireshark's `frame.packet_id` groups them as the timeline does. Hops without a packet of
@@ -35,8 +36,8 @@ use crate::{
 pub struct PcapngWriter<W: Write> {
     out: W,
     clock: Clock,
-    /// (interface name, link type) → interface id, in the order the IDBs were written.
-    interfaces: HashMap<(String, u16), u32>,
+    /// Interface name → interface id, in the order the IDBs were written.
+    interfaces: HashMap<String, u32>,
     /// Packet blocks written.
     packets: u64,
 }
@@ -89,8 +90,13 @@ impl<W: Write> PcapngWriter<W> {
         // Comments per carrier hop: its own facts, then the hops without a packet that
         // follow it (those before the first carrier go on the first).
         let mut comments: HashMap<usize, Vec<String>> = HashMap::new();
+        // The first block names the packet before anything else is said.
+        comments.insert(first, own_comments(j, first, &j.hops[first], topo));
         let mut owner = first;
         for (i, hop) in j.hops.iter().enumerate() {
+            if i == first {
+                continue;
+            }
             if carriers.contains(&i) {
                 owner = i;
                 comments
@@ -130,7 +136,7 @@ impl<W: Write> PcapngWriter<W> {
             };
             let b = packet_bytes(packet, frame);
             let name = place(&hop.event, topo);
-            let interface = self.interface(&name, b.link_type, hop, topo)?;
+            let interface = self.interface(&name, hop, topo)?;
             let mut notes = comments.remove(&i).unwrap_or_default();
             if b.rebuilt {
                 notes.push(format!(
@@ -155,21 +161,17 @@ impl<W: Write> PcapngWriter<W> {
     }
 
     /// The id of the interface block for an observation point, written the first time.
-    fn interface(
-        &mut self,
-        name: &str,
-        link_type: u16,
-        hop: &Hop,
-        topo: &Topology,
-    ) -> io::Result<u32> {
-        let key = (name.to_owned(), link_type);
-        if let Some(&id) = self.interfaces.get(&key) {
+    fn interface(&mut self, name: &str, hop: &Hop, topo: &Topology) -> io::Result<u32> {
+        if let Some(&id) = self.interfaces.get(name) {
             return Ok(id);
         }
         let id = self.interfaces.len() as u32;
-        self.out
-            .write_all(&block::interface(link_type, name, &describe(hop, topo)))?;
-        self.interfaces.insert(key, id);
+        self.out.write_all(&block::interface(
+            block::LINKTYPE_ETHERNET,
+            name,
+            &describe(hop, topo),
+        ))?;
+        self.interfaces.insert(name.to_owned(), id);
         Ok(id)
     }
 
@@ -196,7 +198,7 @@ fn carries_packet(h: &Hop) -> bool {
 
 /// What goes into a packet's block.
 struct Bytes {
-    link_type: u16,
+    /// An Ethernet frame.
     data: Vec<u8>,
     original_len: u32,
     /// Rebuilt from the decoded fields, not copied.
@@ -205,22 +207,25 @@ struct Bytes {
 
 fn packet_bytes(packet: &Packet, frame: Option<&Frame>) -> Bytes {
     if let Some(f) = frame {
-        let link_type = match f.link {
-            LinkLayer::Ethernet => block::LINKTYPE_ETHERNET,
-            LinkLayer::Ip => block::LINKTYPE_RAW,
-        };
-        return Bytes {
-            link_type,
-            data: f.bytes.clone(),
-            original_len: packet.len,
-            rebuilt: false,
+        return match f.link {
+            LinkLayer::Ethernet => Bytes {
+                data: f.bytes.clone(),
+                original_len: packet.len,
+                rebuilt: false,
+            },
+            // From a device without a link layer (tun, WireGuard): behind a zero-address
+            // Ethernet header, the one link type of the file.
+            LinkLayer::Ip => Bytes {
+                data: rebuild::ethernet(&f.bytes, packet.ethertype),
+                original_len: packet.len.saturating_add(14),
+                rebuilt: false,
+            },
         };
     }
-    let r = rebuild::rebuild(packet);
+    let data = rebuild::rebuild(packet);
     Bytes {
-        link_type: r.link_type,
-        original_len: r.bytes.len() as u32,
-        data: r.bytes,
+        original_len: data.len() as u32,
+        data,
         rebuilt: true,
     }
 }

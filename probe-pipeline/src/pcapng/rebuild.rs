@@ -1,37 +1,47 @@
 //! Headers rebuilt from a sighting's decoded fields, for packets whose bytes were not copied:
-//! an IPv4 or IPv6 header and the TCP, UDP or ICMP header the kernel side read, with correct
-//! checksums over what is written. Fields the kernel side did not read take neutral values
-//! (TTL/hop limit 64, TCP window 65535, ack 0), and no payload follows: the IP length fields
-//! cover the rebuilt headers only, so every reader decodes them as a whole packet.
+//! an Ethernet header with zero addresses (the MAC addresses are not read) and the packet's
+//! EtherType, then an IPv4 or IPv6 header and the TCP, UDP or ICMP header the kernel side
+//! read, with correct checksums over what is written. Fields the kernel side did not read take
+//! neutral values (TTL/hop limit 64, TCP window 65535, ack 0), and no payload follows: the IP
+//! length fields cover the rebuilt headers only, so every reader decodes them as a whole
+//! packet.
+//!
+//! Every block of a file has the one link type, Ethernet: libpcap (tcpdump) refuses a pcapng
+//! file whose interfaces have different ones, and Ethernet keeps the real MAC header where
+//! the trace copied one.
 
 use std::net::IpAddr;
 
-use super::block::{LINKTYPE_ETHERNET, LINKTYPE_RAW};
 use crate::event::{IpHeader, L4Header, Packet, Transport};
 
-/// A rebuilt packet and the link type it starts with.
-pub struct Rebuilt {
-    pub link_type: u16,
-    pub bytes: Vec<u8>,
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// The packet as an Ethernet frame: headers only, from the decoded fields.
+pub fn rebuild(p: &Packet) -> Vec<u8> {
+    match &p.ip {
+        Some(ip) => {
+            let packet = ip_packet(ip);
+            ethernet(&packet, p.ethertype)
+        }
+        // Not IP (ARP, LLDP, ...): only the EtherType is known.
+        None => ethernet(&[], p.ethertype),
+    }
 }
 
-pub fn rebuild(p: &Packet) -> Rebuilt {
-    match &p.ip {
-        Some(ip) => Rebuilt {
-            link_type: LINKTYPE_RAW,
-            bytes: ip_packet(ip),
-        },
-        // Not IP (ARP, LLDP, ...): only the EtherType is known. An Ethernet header with
-        // zero addresses carries it.
-        None => {
-            let mut bytes = vec![0u8; 12];
-            bytes.extend_from_slice(&p.ethertype.to_be_bytes());
-            Rebuilt {
-                link_type: LINKTYPE_ETHERNET,
-                bytes,
-            }
-        }
-    }
+/// `network` (bytes from the network header on) behind an Ethernet header with zero
+/// addresses; the EtherType from the IP version when there is one, else `ethertype`.
+pub fn ethernet(network: &[u8], ethertype: u16) -> Vec<u8> {
+    let ethertype = match network.first().map(|b| b >> 4) {
+        Some(4) => ETH_P_IP,
+        Some(6) => ETH_P_IPV6,
+        _ => ethertype,
+    };
+    let mut frame = Vec::with_capacity(14 + network.len());
+    frame.extend_from_slice(&[0; 12]);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame.extend_from_slice(network);
+    frame
 }
 
 fn ip_packet(ip: &IpHeader) -> Vec<u8> {
@@ -198,12 +208,14 @@ mod tests {
 
     /// The rebuilt bytes decode to the same fields, and every checksum verifies.
     fn round_trip(p: &Packet) {
-        let r = rebuild(p);
-        assert_eq!(r.link_type, LINKTYPE_RAW);
-        let v4 = r.bytes[0] >> 4 == 4;
-        let (net, l4) = r.bytes.split_at(if v4 { 20 } else { 40 });
+        let frame = rebuild(p);
+        assert_eq!(frame[..12], [0; 12]);
+        let v4 = frame[14] >> 4 == 4;
+        let ethertype: [u8; 2] = if v4 { [0x08, 0x00] } else { [0x86, 0xDD] };
+        assert_eq!(frame[12..14], ethertype);
+        let (net, l4) = frame[14..].split_at(if v4 { 20 } else { 40 });
         let back = from_network_header(net, (!l4.is_empty()).then_some(l4));
-        assert_eq!(back.ip, p.ip, "{:02x?}", r.bytes);
+        assert_eq!(back.ip, p.ip, "{frame:02x?}");
         if v4 {
             assert_eq!(checksum(&[net]), 0, "IPv4 header checksum");
         }
@@ -267,10 +279,11 @@ mod tests {
         if let Some(h) = p.ip.as_mut() {
             h.fragment = true;
         }
-        let r = rebuild(&p);
-        assert_eq!(r.bytes.len(), 20);
-        assert_ne!(u16::from_be_bytes([r.bytes[6], r.bytes[7]]) & 0x1FFF, 0);
-        assert_eq!(from_network_header(&r.bytes, None).ip, p.ip);
+        let frame = rebuild(&p);
+        let ip = &frame[14..];
+        assert_eq!(ip.len(), 20);
+        assert_ne!(u16::from_be_bytes([ip[6], ip[7]]) & 0x1FFF, 0);
+        assert_eq!(from_network_header(ip, None).ip, p.ip);
     }
 
     #[test]
@@ -281,10 +294,18 @@ mod tests {
             ip: None,
             truncated: false,
         };
-        let r = rebuild(&p);
-        assert_eq!(r.link_type, LINKTYPE_ETHERNET);
-        assert_eq!(r.bytes.len(), 14);
-        assert_eq!(&r.bytes[12..], &[0x08, 0x06]);
+        let frame = rebuild(&p);
+        assert_eq!(frame.len(), 14);
+        assert_eq!(&frame[12..], &[0x08, 0x06]);
+    }
+
+    #[test]
+    fn a_packet_copied_from_its_network_header_gets_its_ethertype_from_the_version() {
+        assert_eq!(ethernet(&[0x45, 0], 0)[12..14], [0x08, 0x00]);
+        assert_eq!(ethernet(&[0x60, 0], 0x0800)[12..14], [0x86, 0xDD]);
+        // Neither: the EtherType the packet had.
+        assert_eq!(ethernet(&[0x12], 0x88CC)[12..14], [0x88, 0xCC]);
+        assert_eq!(ethernet(&[], 0x0806).len(), 14);
     }
 
     #[test]

@@ -241,7 +241,10 @@ fn one_block_per_sighting_grouped_by_packet_id() {
         ]
     );
     assert_eq!(packets[0].interface, packets[2].interface);
-    assert!(idbs.iter().all(|(link, _, _)| *link == block::LINKTYPE_RAW));
+    assert!(
+        idbs.iter()
+            .all(|(link, _, _)| *link == block::LINKTYPE_ETHERNET)
+    );
     assert!(idbs[1].2.contains("namespace lab-host") && idbs[1].2.contains("container web"));
     // The routing lookup is a comment on the block before it; the diagnosis on the last.
     assert!(
@@ -269,10 +272,11 @@ fn one_block_per_sighting_grouped_by_packet_id() {
         drop_notes.contains("drop reason: NETFILTER_DROP in nf_hook_slow+0x9a"),
         "{drop_notes}"
     );
-    // Rebuilt headers: IPv4 + UDP, 28 bytes, said so.
-    assert_eq!(packets[0].data.len(), 28);
-    assert_eq!(packets[0].original, 28);
-    assert_eq!(&packets[0].data[12..20], &[10, 0, 0, 1, 10, 0, 0, 2]);
+    // Rebuilt headers: Ethernet + IPv4 + UDP, 42 bytes, said so.
+    assert_eq!(packets[0].data.len(), 42);
+    assert_eq!(packets[0].original, 42);
+    assert_eq!(&packets[0].data[12..14], &[0x08, 0x00]);
+    assert_eq!(&packets[0].data[26..34], &[10, 0, 0, 1, 10, 0, 0, 2]);
     assert!(packets[0].comments.iter().any(|c| c.contains("rebuilt")));
 }
 
@@ -295,6 +299,21 @@ fn captured_bytes_are_written_as_they_were_on_an_ethernet_interface() {
     // The packet was 42 bytes long on the skb: never below what was captured.
     assert_eq!(packets[0].original, 61);
     assert!(!packets[0].comments.iter().any(|c| c.contains("rebuilt")));
+}
+
+#[test]
+fn bytes_copied_from_a_device_without_a_link_layer_get_an_ethernet_header() {
+    let ip: Vec<u8> = [0x45u8, 0, 0, 28].into_iter().chain(0..24).collect();
+    let frame = Frame {
+        link: LinkLayer::Ip,
+        bytes: ip.clone(),
+    };
+    let js = journeys(vec![tc(1_000, 2, Direction::Egress, 7, Some(frame))]);
+    let (idbs, packets) = epbs(&write(&js, Clock::default()));
+    assert_eq!(idbs[0].0, block::LINKTYPE_ETHERNET);
+    assert_eq!(&packets[0].data[12..14], &[0x08, 0x00]);
+    assert_eq!(&packets[0].data[14..], &ip[..]);
+    assert_eq!(packets[0].original, 42 + 14);
 }
 
 #[test]
