@@ -15,6 +15,7 @@ pub mod identity;
 pub mod knowledge;
 pub mod names;
 pub mod packet;
+pub mod pcapng;
 pub mod record;
 pub mod render;
 pub mod sink;

@@ -179,6 +179,7 @@ mod tests {
                     }),
                     truncated: false,
                 },
+                frame: None,
             }),
         }
     }
