@@ -44,6 +44,8 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
             // a second probe.
             "a_killed_clsact_probe_is_cleaned_up_after",
             "two_clsact_probes_one_exits_the_other_sees_every_packet",
+            // The packet copy of --snaplen through each kernel's verifier.
+            "snaplen_copies_the_packets_first_bytes_through_this_kernels_verifier",
         ],
     ),
     // Owned nftables tables (5.12+) on 6.1 and 6.12; 5.10 deletes and sweeps its own. The
