@@ -61,7 +61,10 @@ pub mod mode {
 pub struct Config {
     /// One of [`mode`].
     pub mode: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// Bytes of each packet tc classifiers copy into their events (`--snaplen`, at most
+    /// [`MAX_SNAPLEN`](crate::MAX_SNAPLEN)); 0: none, and the smaller event without bytes.
+    pub snaplen: u16,
     /// Instructions in use in `filter`; 0: every packet is admitted.
     pub filter_len: u32,
     pub filter: [FilterInsn; MAX_FILTER_INSNS],
@@ -71,7 +74,8 @@ pod!(Config);
 impl Config {
     pub const DEFAULT: Self = Self {
         mode: mode::EVENTS,
-        _pad: [0; 3],
+        _pad: 0,
+        snaplen: 0,
         filter_len: 0,
         filter: [FilterInsn {
             addr: [0; 16],

@@ -20,7 +20,13 @@ pub mod kind {
     pub const CHAIN: u16 = 5;
     /// The policy routing rule that chose a table (`fib_rules_lookup`): [`super::FibRuleEvent`].
     pub const FIB_RULE: u16 = 6;
+    /// A packet seen by a tc classifier, with its first bytes (`--snaplen`):
+    /// [`super::TcSnapEvent`].
+    pub const TC_SNAP: u16 = 7;
 }
+
+/// Most bytes of a packet a tc classifier copies into a [`TcSnapEvent`] (`--snaplen N`).
+pub const MAX_SNAPLEN: usize = 256;
 
 /// How a kernel-function observation was made (`source` fields).
 pub mod probe_source {
@@ -124,6 +130,24 @@ pub struct TcEvent {
     pub _pad: [u8; 7],
 }
 pod!(TcEvent);
+
+/// A tc sighting with the packet's first bytes, written instead of a [`TcEvent`] when
+/// `--snaplen` is set (the default path keeps the smaller event).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcSnapEvent {
+    /// The sighting; its header's kind is [`kind::TC_SNAP`].
+    pub tc: TcEvent,
+    /// Bytes of `data` that hold the packet (at most [`MAX_SNAPLEN`]).
+    pub cap_len: u16,
+    /// Where `data` starts: 14 at the Ethernet header, 0 at the network header (tun,
+    /// WireGuard).
+    pub l2_len: u8,
+    pub _pad: [u8; 5],
+    /// The packet from its first byte as the classifier sees it; zero after `cap_len`.
+    pub data: [u8; MAX_SNAPLEN],
+}
+pod!(TcSnapEvent);
 
 /// A packet the kernel freed as dropped (tracepoint `skb:kfree_skb`).
 #[repr(C)]

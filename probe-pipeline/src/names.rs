@@ -71,6 +71,13 @@ impl DropReasons {
     pub fn name(&self, code: u32) -> Option<&str> {
         self.0.get(&code).map(String::as_str)
     }
+
+    /// Every name, in the kernel's order (by value).
+    pub fn names(&self) -> Vec<&str> {
+        let mut all: Vec<(&u32, &String)> = self.0.iter().collect();
+        all.sort_unstable();
+        all.into_iter().map(|(_, n)| n.as_str()).collect()
+    }
 }
 
 /// Kernel function symbols, for turning a drop location into `function+0xoff`.

@@ -10,6 +10,7 @@ use crate::{
     event::{Event, EventBody},
     filter::{Filter, Follower},
     names::Names,
+    pcapng::PcapngWriter,
     record::RecordWriter,
     render::{
         Clock, Format, Renderer,
@@ -23,6 +24,8 @@ use crate::{
 pub enum SinkError {
     #[error("cannot write to standard output: {0}")]
     Output(io::Error),
+    #[error("cannot write the pcapng file: {0}")]
+    Pcapng(io::Error),
 }
 
 /// What the sink was asked to do.
@@ -56,6 +59,9 @@ pub struct Stats {
     pub outcomes: Tally,
     /// Journeys of rule verdicts only, not shown (see [`SinkOptions::verdicts_join_sightings`]).
     pub unjoined_verdicts: u64,
+    /// Packet blocks written to the pcapng file (`--pcapng`).
+    #[serde(skip)]
+    pub pcapng_packets: u64,
 }
 
 enum Mode {
@@ -78,6 +84,8 @@ pub struct Sink<W: Write> {
     /// Names for the numbers events carry; None when the events come named (a recording).
     names: Option<Names>,
     recorder: Option<RecordWriter<Box<dyn Write>>>,
+    /// Every timeline shown, also as pcapng blocks.
+    pcapng: Option<PcapngWriter<Box<dyn Write>>>,
     mode: Mode,
     netns: Option<u32>,
     limit: u64,
@@ -112,6 +120,7 @@ impl<W: Write> Sink<W> {
             topology,
             names,
             recorder: None,
+            pcapng: None,
             mode,
             netns: opts.netns,
             limit: opts.limit.unwrap_or(u64::MAX),
@@ -124,6 +133,17 @@ impl<W: Write> Sink<W> {
     /// Also writes every event shown into a recording.
     pub fn record_to(&mut self, recorder: RecordWriter<Box<dyn Write>>) {
         self.recorder = Some(recorder);
+    }
+
+    /// Also writes every timeline shown as pcapng blocks (timelines only: with `events`
+    /// nothing is correlated, so there is no packet id to give).
+    pub fn pcapng_to(&mut self, writer: PcapngWriter<Box<dyn Write>>) {
+        self.pcapng = Some(writer);
+    }
+
+    /// Packet blocks written to the pcapng file.
+    pub fn pcapng_packets(&self) -> Option<u64> {
+        self.pcapng.as_ref().map(|w| w.packets())
     }
 
     pub fn topology(&self) -> &Topology {
@@ -255,6 +275,10 @@ impl<W: Write> Sink<W> {
                 continue;
             }
             self.stats.timelines += 1;
+            if let Some(p) = self.pcapng.as_mut() {
+                p.write_journey(&j, &self.topology)
+                    .map_err(SinkError::Pcapng)?;
+            }
             let text = render_finished(&j, &self.topology, *style, &mut self.stats.outcomes);
             let result = self.out.write_all(text.as_bytes());
             written(&mut self.gone, result)?;
@@ -264,6 +288,9 @@ impl<W: Write> Sink<W> {
 
     /// Pushes what was written out to the reader. Returns whether the sink is done.
     pub fn flush(&mut self) -> Result<bool, SinkError> {
+        if let Some(p) = self.pcapng.as_mut() {
+            p.flush().map_err(SinkError::Pcapng)?;
+        }
         if !self.gone {
             let result = self.out.flush();
             written(&mut self.gone, result)?;
@@ -283,6 +310,7 @@ impl<W: Write> Sink<W> {
             self.write_journeys(rest)?;
         }
         self.flush()?;
+        self.stats.pcapng_packets = self.pcapng_packets().unwrap_or(0);
         Ok(self.stats)
     }
 }

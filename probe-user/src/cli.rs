@@ -39,7 +39,9 @@ pub enum Command {
         sudo probe trace -f 'host 172.17.0.2 and tcp port 80'\n  \
         sudo probe trace tcp port 80 and host 172.17.0.2   # the filter as trailing words\n  \
         sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
-        sudo probe trace --iface veth0 --tc-backend clsact")]
+        sudo probe trace --iface veth0 --tc-backend clsact\n  \
+        sudo probe trace --pcapng trace.pcapng --count 20   # then: wireshark trace.pcapng\n  \
+        sudo probe trace --pcapng trace.pcapng --snaplen 128 host 172.17.0.2")]
     Trace(TraceArgs),
     /// Measure how long packets take between observation points (per-hop latency), in the
     /// kernel, as log2 histograms printed every interval and in total at exit.
@@ -55,7 +57,8 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         sudo probe trace --record incident.probe --count 50\n  \
         probe replay incident.probe\n  \
-        probe replay incident.probe --json | jq 'select(.outcome == \"dropped\")'")]
+        probe replay incident.probe --json | jq 'select(.outcome == \"dropped\")'\n  \
+        probe replay incident.probe --pcapng incident.pcapng && tshark -r incident.pcapng")]
     Replay {
         /// The recording.
         file: PathBuf,
@@ -72,6 +75,11 @@ pub enum Command {
         /// it), always or never.
         #[arg(long, value_enum, default_value_t = ColorArg::Auto)]
         color: ColorArg,
+        /// Also write the timelines to FILE as pcapng (for Wireshark, tshark, tcpdump -r):
+        /// one packet block per sighting, the packet's number as its packet id. Real bytes
+        /// where the trace copied them (--snaplen), else headers rebuilt from the fields.
+        #[arg(long, value_name = "FILE", conflicts_with = "events")]
+        pcapng: Option<PathBuf>,
     },
     /// Remove what killed probes left in a network namespace: their tc filters and the clsact
     /// qdiscs they created (from their ledgers in /run/probe), and their nftables trace
@@ -107,6 +115,25 @@ pub enum Command {
         /// Write every schema into this directory (`probe.timeline.json`, ...).
         #[arg(long, value_name = "DIR", conflicts_with = "kind")]
         out: Option<std::path::PathBuf>,
+    },
+    /// Explain a drop: what a drop reason means (or the function that dropped, on kernels
+    /// without reasons), what probe shows as evidence, and what to look at next.
+    #[command(after_help = "Examples:\n  \
+        probe explain NO_SOCKET\n  \
+        probe explain PKT_TOO_BIG IP_RPFILTER\n  \
+        probe explain ip_error            # a drop location, on kernels before 5.17\n  \
+        probe explain --all               # every drop reason of this kernel\n  \
+        probe explain --all --json | jq 'select(.cause == null)'")]
+    Explain {
+        /// Drop reasons (NO_SOCKET), cause ids (no-socket) or kernel functions (ip_error).
+        #[arg(value_name = "REASON", required_unless_present = "all")]
+        terms: Vec<String>,
+        /// Every drop reason of the running kernel, with its cause or none.
+        #[arg(long, conflicts_with = "terms")]
+        all: bool,
+        /// JSON Lines, one per reason (schema probe.explain/1).
+        #[arg(long)]
+        json: bool,
     },
     /// Show what this kernel supports and which backend each observation point uses.
     #[command(after_help = "Examples:\n  \
@@ -189,6 +216,20 @@ pub struct TraceArgs {
     /// Also write every event shown to FILE, for `probe replay FILE` later or elsewhere.
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Also write the timelines to FILE as pcapng (for Wireshark, tshark, tcpdump -r): an
+    /// interface per observation point, a packet block per sighting with the packet's number
+    /// as its packet id, verdicts, drop reasons and the diagnosis as comments.
+    #[arg(long, value_name = "FILE", conflicts_with = "events")]
+    pub pcapng: Option<PathBuf>,
+    /// Copy the first BYTES of every packet tc sees into its event (at most 256), for
+    /// --pcapng and --record; off by default: headers are then rebuilt from decoded fields.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        conflicts_with = "no_tc",
+        value_parser = clap::value_parser!(u16).range(1..=probe_common::MAX_SNAPLEN as i64)
+    )]
+    pub snaplen: Option<u16>,
     /// Stop after this many timelines (or events, with --events).
     #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,

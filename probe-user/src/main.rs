@@ -39,15 +39,31 @@ fn run(command: Command) -> anyhow::Result<()> {
             events,
             filter,
             color,
+            pcapng,
         } => {
             let filter = filter.as_deref().map(Filter::parse).transpose()?;
-            let stats = cmd::replay::run(&file, format(json), events, filter, color.enabled())?;
+            let stats = cmd::replay::run(cmd::replay::ReplayOptions {
+                path: &file,
+                format: format(json),
+                events,
+                filter,
+                color: color.enabled(),
+                pcapng: pcapng.as_deref(),
+            })?;
             log::info!("{}", cmd::replay_summary(&stats));
+            if let Some(out) = &pcapng {
+                log::info!(
+                    "{} packet blocks written to {}",
+                    stats.pcapng_packets,
+                    out.display()
+                );
+            }
             if json {
                 print_all(cmd::replay_summary_json(&stats).as_bytes())?;
             }
             Ok(())
         }
+        Command::Explain { terms, all, json } => cmd::explain::run(&terms, all, json),
         Command::Doctor { json } => {
             let report = cmd::doctor::examine();
             if json {
@@ -148,6 +164,9 @@ fn latency(args: LatencyArgs) -> anyhow::Result<()> {
 
 fn trace(args: TraceArgs) -> anyhow::Result<()> {
     let a = args.attach;
+    if args.snaplen.is_some() && args.pcapng.is_none() && args.record.is_none() {
+        anyhow::bail!("--snaplen copies packet bytes for --pcapng or --record; give one of them");
+    }
     let filter = cmd::prepare(a.filter_expr().as_deref(), a.netns.as_deref())?;
     let ringbuf_bytes = args
         .ringbuf_kib
@@ -166,6 +185,8 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
         events: args.events,
         color: args.color.enabled(),
         record: args.record,
+        pcapng: args.pcapng.clone(),
+        snaplen: args.snaplen.unwrap_or(0),
         filter,
         format: format(args.json),
         count: args.count,
@@ -175,6 +196,13 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
     };
     let summary = cmd::trace::run(&opts)?;
     log::info!("{}", cmd::trace_summary(&summary, opts.events));
+    if let Some(out) = &args.pcapng {
+        log::info!(
+            "{} packet blocks written to {}",
+            summary.stats.pcapng_packets,
+            out.display()
+        );
+    }
     if opts.format == Format::Json {
         print_all(cmd::trace_summary_json(&summary).as_bytes())?;
     }

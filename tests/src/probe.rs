@@ -41,8 +41,15 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 impl ProbeRun {
     /// Starts `probe <args>` and waits until it reports that it is tracing.
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(probe_binary())
-            .args(args)
+        let mut cmd = Command::new(probe_binary());
+        cmd.args(args);
+        Self::start_command(cmd)
+    }
+
+    /// Starts `cmd`, a command that runs probe (e.g. inside a container), and waits until
+    /// probe reports that it is tracing.
+    pub fn start_command(mut cmd: Command) -> anyhow::Result<Self> {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

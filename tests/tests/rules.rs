@@ -2,9 +2,15 @@
 //! (what Docker writes) and native nftables tables (what firewalld writes), and the trace table
 //! probe adds is gone afterwards, even after a kill.
 
-use std::net::UdpSocket;
+use std::{
+    io::{BufRead as _, BufReader},
+    net::UdpSocket,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
 
-use probe_lab::{ProbeRun, TwoHosts, probe::json_lines, require_root};
+use probe_lab::{ProbeRun, TwoHosts, doctor::Doctor, probe::json_lines, require_root};
 use serde_json::Value;
 
 fn send(lab: &TwoHosts, port: u16) {
@@ -121,8 +127,10 @@ fn iptables_and_nftables_rules_are_named_with_their_verdicts() {
     assert!(probe_tables(&lab).is_empty(), "{:?}", probe_tables(&lab));
 }
 
+/// A killed probe leaves no trace table: the kernel removes a table created with the owner flag
+/// when probe's socket closes (Linux 5.12+); on older kernels the next probe sweeps it.
 #[test]
-fn trace_table_of_a_killed_probe_is_swept() {
+fn a_killed_probes_trace_table_is_gone() {
     require_root();
     let lab = TwoHosts::new().unwrap();
     let args = [
@@ -134,15 +142,21 @@ fn trace_table_of_a_killed_probe_is_swept() {
         "--no-routes",
         "--no-drops",
     ];
+    let owned = Doctor::run().unwrap().kernel_version().unwrap() >= (5, 12);
     let killed = ProbeRun::start(&args).unwrap();
+    assert_eq!(probe_tables(&lab).len(), 1, "the table while probe runs");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(killed.pid() as i32, libc::SIGKILL) };
     drop(killed);
-    assert_eq!(
-        probe_tables(&lab).len(),
-        1,
-        "a kill leaves the table behind"
-    );
+    if owned {
+        assert!(
+            probe_tables(&lab).is_empty(),
+            "the kernel removed the owned table with its socket: {:?}",
+            probe_tables(&lab)
+        );
+    } else {
+        assert_eq!(probe_tables(&lab).len(), 1, "a kill leaves the table here");
+    }
     let next = ProbeRun::start(&args).unwrap();
     assert_eq!(
         probe_tables(&lab).len(),
@@ -210,8 +224,9 @@ fn a_chain_policy_drop_is_diagnosed_as_the_policy() {
     );
 }
 
-/// A ruleset reload (`nft flush ruleset`, what an nftables service restart does) takes probe's
-/// trace table with it; probe puts it back, says so, and verdicts keep coming.
+/// A ruleset reload (`nft flush ruleset`, what an nftables service restart does) leaves probe's
+/// owned trace table alone (5.12+); where it takes the table with it, probe puts it back and says
+/// so. Either way verdicts keep coming.
 #[test]
 fn the_trace_table_comes_back_after_a_ruleset_flush() {
     require_root();
@@ -240,9 +255,18 @@ fn the_trace_table_comes_back_after_a_ruleset_flush() {
     .unwrap();
     send(&lab, 7005);
     lab.b.exec("nft", &["flush ruleset"]).unwrap();
-    run.wait_for_stderr("probe: warning: the nftables ruleset was replaced")
-        .unwrap();
-    assert_eq!(probe_tables(&lab).len(), 1, "trace table re-created");
+    if Doctor::run().unwrap().kernel_version().unwrap() < (5, 12) {
+        run.wait_for_stderr("probe: warning: the nftables ruleset was replaced")
+            .unwrap();
+        assert_eq!(probe_tables(&lab).len(), 1, "trace table re-created");
+    } else {
+        // A flush leaves tables owned by a socket alone: probe's is never gone.
+        assert_eq!(
+            probe_tables(&lab).len(),
+            1,
+            "the owned table survives a flush"
+        );
+    }
     // The firewall's own reload brings its table back.
     add_fw();
     send(&lab, 7005);
@@ -332,4 +356,118 @@ fn a_flood_under_rules_shows_no_verdict_only_timelines() {
         })
         .count();
     assert!(with_verdicts > 0, "{stderr}");
+}
+
+/// With a filter, probe's trace table marks only what the filter admits: the packets it
+/// matches, and the replies of their connections (by conntrack's tuples). `nft monitor trace`,
+/// which shows every packet marked for tracing, is the witness.
+#[test]
+fn with_a_filter_only_admitted_packets_are_marked_for_tracing() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    // Something to trace: a firewall counting both ports.
+    lab.b
+        .exec(
+            "nft",
+            &["add table inet fw; \
+                 add chain inet fw input { type filter hook input priority 10; policy accept; }; \
+                 add rule inet fw input udp dport { 7005, 7006 } counter accept"],
+        )
+        .unwrap();
+    let mut monitor = Command::new("ip")
+        .args(["netns", "exec", lab.b.name(), "nft", "monitor", "trace"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let out = monitor.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--rules",
+        "--no-tc",
+        "--no-routes",
+        "--json",
+        "--events",
+        "udp dst port 7005",
+    ])
+    .unwrap();
+    // An echo on 7005 in b: its reply (source port 7005) is admitted only through conntrack.
+    let echo = lab
+        .b
+        .run(|| UdpSocket::bind(("0.0.0.0", 7005)).unwrap())
+        .unwrap();
+    let echo_thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        for _ in 0..2 {
+            let (n, from) = echo.recv_from(&mut buf).unwrap();
+            echo.send_to(&buf[..n], from).unwrap();
+        }
+    });
+    let exchange = |port: u16| {
+        let dst = lab.b_addr;
+        lab.a
+            .run(move || {
+                let s = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s.send_to(b"marked?", (dst, port)).unwrap();
+                let sport = s.local_addr().unwrap().port();
+                if port == 7005 {
+                    let mut buf = [0u8; 64];
+                    s.recv_from(&mut buf).expect("the echo answers");
+                }
+                sport
+            })
+            .unwrap()
+    };
+    // The monitor is subscribed once it shows a first marked packet; then 7006, then 7005
+    // again: the monitor prints in order, so 7006 would show before the second 7005.
+    let wait_for = |what: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("nft monitor trace never showed {what}: {seen:#?}"));
+            let found = line.contains(what);
+            seen.push(line);
+            if found {
+                return seen;
+            }
+        }
+    };
+    let first = exchange(7005);
+    wait_for(&format!("udp sport {first} udp dport 7005"));
+    let other = exchange(7006);
+    let second = exchange(7005);
+    let between = wait_for(&format!("udp sport 7005 udp dport {second}"));
+    let (stdout, _) = run.stop().unwrap();
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    echo_thread.join().unwrap();
+    assert!(
+        !between.iter().any(|l| l.contains("udp dport 7006")),
+        "7006 was marked (source port {other}): {between:#?}"
+    );
+    assert!(
+        between
+            .iter()
+            .any(|l| l.contains(&format!("udp sport {second} udp dport 7005"))),
+        "{between:#?}"
+    );
+    // probe names the firewall's verdict for the admitted datagrams.
+    let events = json_lines(&stdout).unwrap();
+    let accepted = rule_events(&events, 7005)
+        .into_iter()
+        .filter(|e| e["table"] == "fw" && e["verdict"] == "accept")
+        .count();
+    assert_eq!(accepted, 2, "{events:#?}");
+    assert!(rule_events(&events, 7006).is_empty());
 }

@@ -708,3 +708,62 @@ fn vanished_interfaces_release_their_links() {
     }
     run.stop().unwrap();
 }
+
+/// `--snaplen`: the tc programs copy the packet's first bytes, through this kernel's verifier
+/// (the copy has a length known only at load time), and the pcapng export carries them: the
+/// datagram's payload is in the file, on both directions of the interface.
+#[test]
+fn snaplen_copies_the_packets_first_bytes_through_this_kernels_verifier() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let dir = std::env::temp_dir().join(format!("probe-snaplen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcapng = dir.join("trace.pcapng");
+    let pcapng_s = pcapng.to_str().unwrap().to_owned();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.a.name(),
+        "--iface",
+        TwoHosts::IFACE,
+        "--json",
+        "--snaplen",
+        "128",
+        "--pcapng",
+        &pcapng_s,
+    ])
+    .unwrap();
+    let dst = SocketAddr::from((lab.b_addr, UDP_PORT));
+    let marker = b"snaplen-marker-0123456789";
+    let receiver = lab.b.run(move || UdpSocket::bind(dst).unwrap()).unwrap();
+    lab.a
+        .run(move || {
+            let s = UdpSocket::bind(("0.0.0.0", CLIENT_UDP_PORT)).unwrap();
+            s.send_to(marker, dst).unwrap();
+        })
+        .unwrap();
+    let mut buf = [0u8; 64];
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    receiver.recv_from(&mut buf).expect("the datagram arrives");
+    let (stdout, stderr) = run.stop().unwrap();
+    let written = std::fs::read(&pcapng).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let timelines = json_lines(&stdout).unwrap();
+    assert!(
+        timelines
+            .iter()
+            .any(|t| t["first"]["dport"] == UDP_PORT && t["first"]["sport"] == CLIENT_UDP_PORT),
+        "{timelines:#?}\n{stderr}"
+    );
+    let copies = written
+        .windows(marker.len())
+        .filter(|w| *w == marker)
+        .count();
+    assert!(
+        copies >= 1,
+        "the payload is in the pcapng file ({} bytes)",
+        written.len()
+    );
+}

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod interrupt;
 mod lab;
 mod privilege;
@@ -90,6 +91,18 @@ enum Task {
     /// ...) into docs/schema, generated from the types that write the lines; run it after
     /// changing a line's fields (a unit test of probe-user fails until then).
     Schema,
+    /// Build a static probe (x86_64-unknown-linux-musl) and a container image holding only it,
+    /// from the Dockerfile at the workspace root; nothing is pulled.
+    #[command(after_help = "Examples:\n  \
+        cargo xtask image\n  \
+        docker run --rm --pid=host --net=host --cap-add SYS_ADMIN --cap-add NET_ADMIN \\\n      \
+        --cap-add SYSLOG -v /sys/kernel:/sys/kernel -v /run/probe:/run/probe \\\n      \
+        -v /run/netns:/run/netns probe:latest trace --netns NAME")]
+    Image {
+        /// The image's name and tag.
+        #[arg(long, default_value = image::DEFAULT_TAG)]
+        tag: String,
+    },
     /// Leave probe running under traffic and interface churn and check that its memory and
     /// descriptors stay flat (within 10%); writes target/bench/soak.md.
     #[command(after_help = "Examples:\n  \
@@ -161,6 +174,7 @@ fn main() -> ExitCode {
         Task::Soak { no_build, minutes } => bench::soak(no_build, minutes),
         Task::Man => tasks::man(),
         Task::Schema => tasks::schema(),
+        Task::Image { tag } => image::build(&tag),
         Task::Vm {
             kernel,
             tests,

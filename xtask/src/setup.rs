@@ -44,6 +44,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("xz", "xz-utils"),
     // The man-page test renders probe's pages with man(1).
     ("man", "man-db"),
+    // The pcapng test reads probe's files with Wireshark's reader (apt runs it
+    // non-interactively: wireshark-common's setuid question takes its default, no).
+    ("tshark", "tshark"),
 ];
 
 /// What the build needs to know about the set-up machine.

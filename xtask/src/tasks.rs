@@ -21,13 +21,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
@@ -77,6 +77,18 @@ pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()>
             .args(["test", "--no-run"])
             .env("PROBE_EBPF_TOOLCHAIN", &toolchain.rustup_toolchain),
     )?;
+    // The image test runs what users run: the static binary in its image.
+    let image = if !wants_test(extra, "image") {
+        None
+    } else if let Some(why) = crate::image::docker_unavailable() {
+        status(&format!("no image for the image test: {why}"));
+        None
+    } else {
+        Some(crate::image::build_with(
+            &toolchain,
+            crate::image::TEST_TAG,
+        )?)
+    };
     status("running the tests (as root: they create namespaces and load eBPF programs)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = as_root(cargo)
@@ -85,6 +97,7 @@ pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()>
         .args(extra)
         .env("PROBE_BIN", &bin)
         .env("PROBE_EBPF_TOOLCHAIN", &toolchain.rustup_toolchain)
+        .envs(image.as_ref().map(|tag| ("PROBE_IMAGE", tag)))
         .stdout(Stdio::piped())
         .spawn()?;
     // Passed through as it comes, and kept for the matrix table.
@@ -113,6 +126,16 @@ pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()>
         lines
     };
     vm::matrix(&lines, &vm::parse_results(&host_output, "host"))
+}
+
+/// Whether `cargo test <extra>` runs the test file `name`: always, unless `--test` picks others.
+fn wants_test(extra: &[String], name: &str) -> bool {
+    let picked: Vec<&str> = extra
+        .windows(2)
+        .filter(|w| w[0] == "--test")
+        .map(|w| w[1].as_str())
+        .collect();
+    picked.is_empty() || picked.contains(&name)
 }
 
 /// The subcommands that get a page of their own.

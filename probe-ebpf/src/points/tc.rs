@@ -3,12 +3,15 @@
 //! returns TC_ACT_UNSPEC ("continue"): the observer never changes a packet's fate.
 
 use aya_ebpf::{
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
-use probe_common::{EventHeader, HopPoint, PacketInfo, TcEvent, counter, direction, kind, mode};
+use probe_common::{
+    EventHeader, HopPoint, MAX_SNAPLEN, PacketInfo, TcEvent, TcSnapEvent, counter, direction, kind,
+    mode,
+};
 
 use crate::shared::{config, filter, latency, maps, packet};
 
@@ -64,31 +67,98 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
         return Ok(());
     }
 
+    // A load-time constant: with --snaplen off the verifier drops this branch, and the
+    // default path keeps its smaller event and its cost.
+    let snaplen = config::get(|c| &c.snaplen);
+    if snaplen != 0 {
+        return observe_with_bytes(
+            ctx,
+            sighting(kind::TC_SNAP, pkt, ifindex, mark, dir),
+            l2_len,
+            snaplen,
+        );
+    }
     let Some(mut entry) = maps::EVENTS.reserve::<TcEvent>(0) else {
-        if maps::bump(counter::RINGBUF_FULL) == 1 {
-            warn!(ctx, "event ring buffer full: events are being lost");
-        }
+        ring_full(ctx);
         return Err(());
     };
+    entry.write(sighting(kind::TC, pkt, ifindex, mark, dir));
+    entry.submit(0);
+    Ok(())
+}
+
+#[inline(always)]
+fn ring_full(ctx: &TcContext) {
+    if maps::bump(counter::RINGBUF_FULL) == 1 {
+        warn!(ctx, "event ring buffer full: events are being lost");
+    }
+}
+
+#[inline(always)]
+fn sighting(event_kind: u16, pkt: PacketInfo, ifindex: u32, mark: u32, dir: u8) -> TcEvent {
     // SAFETY: helpers without side effects.
     let (ts_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
     // bpf_get_netns_cookie is refused in tc programs before Linux 6.15, and the programs must
     // load everywhere: the namespace is told by the interface instead.
-    let netns_cookie = 0;
-    entry.write(TcEvent {
+    TcEvent {
         header: EventHeader {
             ts_ns,
-            kind: kind::TC,
+            kind: event_kind,
             flags: 0,
             cpu,
         },
         packet: pkt,
-        netns_cookie,
+        netns_cookie: 0,
         ifindex,
         mark,
         direction: dir,
         _pad: [0; 7],
-    });
+    }
+}
+
+/// `--snaplen`: the sighting and the packet's first `snaplen` bytes (fewer when the packet is
+/// shorter). Only reads the packet: it goes on untouched.
+#[inline(always)]
+fn observe_with_bytes(ctx: &TcContext, tc: TcEvent, l2_len: usize, snaplen: u16) -> Result<(), ()> {
+    let Some(mut entry) = maps::EVENTS.reserve::<TcSnapEvent>(0) else {
+        ring_full(ctx);
+        return Err(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at the reserved entry, sized and aligned for a TcSnapEvent; every
+    // field is written through it before the entry is submitted.
+    unsafe {
+        core::ptr::addr_of_mut!((*event).tc).write(tc);
+        core::ptr::addr_of_mut!((*event).l2_len).write(l2_len as u8);
+        core::ptr::addr_of_mut!((*event)._pad).write([0; 5]);
+        // Ring-buffer memory holds older events: zero it, so nothing past the packet is
+        // stale.
+        let words = core::ptr::addr_of_mut!((*event).data) as *mut u64;
+        for i in 0..MAX_SNAPLEN / 8 {
+            words.add(i).write_unaligned(0);
+        }
+    }
+    let len = ctx.len().min(u32::from(snaplen));
+    let mut copied = 0u16;
+    // The bounds the verifier needs for the helper's size argument.
+    if len >= 1 && len as usize <= MAX_SNAPLEN {
+        // SAFETY: the destination is the entry's `data`, MAX_SNAPLEN bytes long, and `len` is
+        // at most that; the helper checks the packet's side and fails instead of reading past
+        // it.
+        let rc = unsafe {
+            bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                0,
+                core::ptr::addr_of_mut!((*event).data) as *mut _,
+                len,
+            )
+        };
+        if rc == 0 {
+            copied = len as u16;
+        }
+    }
+    // SAFETY: as above.
+    unsafe { core::ptr::addr_of_mut!((*event).cap_len).write(copied) };
     entry.submit(0);
     Ok(())
 }

@@ -8,15 +8,16 @@ use std::{
 };
 
 use probe_common::{
-    ChainEvent, DropEvent, EventHeader, FibEvent, FibRuleEvent, NfEvent, PacketInfo, TcEvent,
-    chain_engine, direction, family, fib_source, kind, packet_flags, probe_source,
+    ChainEvent, DropEvent, EventHeader, FibEvent, FibRuleEvent, MAX_SNAPLEN, NfEvent, PacketInfo,
+    TcEvent, TcSnapEvent, chain_engine, direction, family, fib_source, kind, packet_flags,
+    probe_source,
 };
 use thiserror::Error;
 
 use crate::event::{
     ChainVerdict, Direction, DropSighting, Engine, Event, EventBody, Family, FibLookup,
-    FibRuleMatch, Hook, HookVerdict, IpHeader, L4Header, Mechanism, Packet, RuleAction, TcSighting,
-    TcpFlags, Transport, Verdict,
+    FibRuleMatch, Frame, Hook, HookVerdict, IpHeader, L4Header, LinkLayer, Mechanism, Packet,
+    RuleAction, TcSighting, TcpFlags, Transport, Verdict,
 };
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -35,6 +36,10 @@ pub enum DecodeError {
     BadDirection(u8),
     #[error("unknown address family {0}")]
     BadFamily(u8),
+    #[error("captured length {0} is over the {MAX_SNAPLEN}-byte maximum")]
+    BadCaptureLength(u16),
+    #[error("captured frame starts at link-layer offset {0}, expected 0 or 14")]
+    BadLinkLayer(u8),
 }
 
 /// Decodes one event exactly as a kernel program wrote it.
@@ -53,6 +58,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let cpu = header.u32(offset_of!(EventHeader, cpu));
     let body = match event_kind {
         kind::TC => EventBody::Tc(decode_tc(exact::<TcEvent>(buf, event_kind)?)?),
+        kind::TC_SNAP => EventBody::Tc(decode_tc_snap(exact::<TcSnapEvent>(buf, event_kind)?)?),
         kind::DROP => EventBody::Drop(decode_drop(exact::<DropEvent>(buf, event_kind)?)),
         kind::FIB => EventBody::Fib(decode_fib(exact::<FibEvent>(buf, event_kind)?)?),
         kind::NF => EventBody::Netfilter(decode_nf(exact::<NfEvent>(buf, event_kind)?)),
@@ -90,7 +96,28 @@ fn decode_tc(f: Fields<'_>) -> Result<TcSighting, DecodeError> {
         netns_cookie: f.u64(offset_of!(TcEvent, netns_cookie)),
         mark: f.u32(offset_of!(TcEvent, mark)),
         packet: decode_packet(f.at(offset_of!(TcEvent, packet))),
+        frame: None,
     })
+}
+
+/// A tc sighting with the packet's first bytes; the copied length is checked, never trusted.
+fn decode_tc_snap(f: Fields<'_>) -> Result<TcSighting, DecodeError> {
+    let mut tc = decode_tc(f.at(offset_of!(TcSnapEvent, tc)))?;
+    let cap_len = f.u16(offset_of!(TcSnapEvent, cap_len));
+    if usize::from(cap_len) > MAX_SNAPLEN {
+        return Err(DecodeError::BadCaptureLength(cap_len));
+    }
+    let link = match f.u8(offset_of!(TcSnapEvent, l2_len)) {
+        0 => LinkLayer::Ip,
+        14 => LinkLayer::Ethernet,
+        other => return Err(DecodeError::BadLinkLayer(other)),
+    };
+    let data = f.array::<MAX_SNAPLEN>(offset_of!(TcSnapEvent, data));
+    tc.frame = Some(Frame {
+        link,
+        bytes: data[..usize::from(cap_len)].to_vec(),
+    });
+    Ok(tc)
 }
 
 fn decode_drop(f: Fields<'_>) -> DropSighting {

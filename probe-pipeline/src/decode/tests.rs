@@ -353,6 +353,7 @@ fn any_field_values_under_a_valid_header_never_panic() {
         (kind::NF, size_of::<NfEvent>()),
         (kind::CHAIN, size_of::<ChainEvent>()),
         (kind::FIB_RULE, size_of::<FibRuleEvent>()),
+        (kind::TC_SNAP, size_of::<probe_common::TcSnapEvent>()),
     ];
     for (k, size) in kinds {
         for extra in [0, 8] {
@@ -363,4 +364,54 @@ fn any_field_values_under_a_valid_header_never_panic() {
             }
         }
     }
+}
+
+fn snap_event(cap_len: u16, l2_len: u8) -> probe_common::TcSnapEvent {
+    let mut tc = udp_event();
+    tc.header.kind = kind::TC_SNAP;
+    let mut data = [0u8; probe_common::MAX_SNAPLEN];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    probe_common::TcSnapEvent {
+        tc,
+        cap_len,
+        l2_len,
+        _pad: [0; 5],
+        data,
+    }
+}
+
+#[test]
+fn a_sighting_with_bytes_keeps_exactly_the_copied_ones() {
+    let event = decode(&bytes_of(&snap_event(42, 14))).unwrap();
+    let EventBody::Tc(tc) = event.body else {
+        panic!("not tc")
+    };
+    assert_eq!(tc.ifindex, 7);
+    assert_eq!(tc.packet.ip.unwrap().ip_id, 0x1234);
+    let frame = tc.frame.unwrap();
+    assert_eq!(frame.link, LinkLayer::Ethernet);
+    assert_eq!(frame.bytes, (0..42).collect::<Vec<u8>>());
+    let EventBody::Tc(tc) = decode(&bytes_of(&snap_event(0, 0))).unwrap().body else {
+        panic!("not tc")
+    };
+    assert_eq!(tc.frame.unwrap().link, LinkLayer::Ip);
+}
+
+#[test]
+fn a_capture_length_or_link_layer_out_of_range_is_an_error() {
+    let over = probe_common::MAX_SNAPLEN as u16 + 1;
+    assert_eq!(
+        decode(&bytes_of(&snap_event(over, 14))),
+        Err(DecodeError::BadCaptureLength(over))
+    );
+    assert_eq!(
+        decode(&bytes_of(&snap_event(10, 3))),
+        Err(DecodeError::BadLinkLayer(3))
+    );
+    // Sized as the smaller event: refused, not read past.
+    let mut short = bytes_of(&snap_event(10, 14));
+    short.truncate(size_of::<TcEvent>());
+    assert!(matches!(decode(&short), Err(DecodeError::WrongSize { .. })));
 }

@@ -52,6 +52,26 @@ pub struct TcSighting {
     pub netns_cookie: u64,
     pub mark: u32,
     pub packet: Packet,
+    /// The packet's first bytes, when the trace copied them (`--snaplen`). Not in JSON: a
+    /// recording keeps them in the raw event, and `--pcapng` writes them.
+    #[serde(skip)]
+    pub frame: Option<Frame>,
+}
+
+/// The first bytes of a packet as a tc classifier saw them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub link: LinkLayer,
+    pub bytes: Vec<u8>,
+}
+
+/// What a captured frame starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkLayer {
+    /// An Ethernet header (bridges, veths, physical NICs).
+    Ethernet,
+    /// The network header (tun, WireGuard).
+    Ip,
 }
 
 /// Transport protocol, by IP protocol number.

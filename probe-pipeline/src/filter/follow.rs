@@ -81,6 +81,7 @@ mod tests {
                     }),
                     truncated: false,
                 },
+                frame: None,
             }),
         }
     }

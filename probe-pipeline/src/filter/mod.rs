@@ -6,6 +6,7 @@
 //! `tcp`, `udp`, `icmp`, `icmp6`, `ip`, `ip6`, and `tcp|udp port N` (protocol and port). A bare
 //! address means `host ADDR`. `&&`, `||` and `!` work too. Errors name the position.
 
+mod clauses;
 mod compile;
 mod follow;
 
@@ -13,6 +14,7 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
+pub use clauses::{End, Literal, Test};
 pub use compile::TooLong;
 pub use follow::Follower;
 

@@ -14,7 +14,7 @@ pub struct Clock {
 
 impl Clock {
     /// Nanoseconds since the Unix epoch.
-    fn unix_ns(&self, monotonic_ns: u64) -> i128 {
+    pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
         monotonic_ns as i128 + i128::from(self.realtime_minus_monotonic_ns)
     }
 

@@ -131,6 +131,7 @@ pub fn run(opts: &LatencyOptions) -> anyhow::Result<Snapshot> {
         mode: mode::LATENCY,
         filter: opts.filter.as_ref(),
         ringbuf_bytes: probe_common::DEFAULT_RINGBUF_BYTES,
+        snaplen: 0,
         tc: Some((selector, opts.backend)),
         points: Vec::new(),
     })?;

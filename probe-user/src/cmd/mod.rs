@@ -2,6 +2,7 @@
 //! pipeline's sink, doctor asks every observation point.
 
 pub mod doctor;
+pub mod explain;
 pub mod latency;
 pub mod replay;
 pub mod trace;
@@ -22,6 +23,46 @@ pub fn prepare(filter: Option<&str>, ns: Option<&str>) -> anyhow::Result<Option<
         netns::enter(ns)?;
     }
     Ok(filter)
+}
+
+/// The pcapng output's file, created (or emptied) before any work starts, so a path that
+/// cannot be written is said at once.
+pub fn pcapng_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    if path.is_dir() {
+        anyhow::bail!(
+            "cannot write the pcapng file {}: it is a directory",
+            path.display()
+        );
+    }
+    std::fs::File::create(path)
+        .with_context(|| format!("cannot create the pcapng file {}", path.display()))
+}
+
+/// The pcapng writer over `file`, its section header already on disk.
+pub fn pcapng_writer(
+    path: &std::path::Path,
+    file: std::fs::File,
+    meta: &probe_pipeline::record::Metadata,
+) -> anyhow::Result<probe_pipeline::pcapng::PcapngWriter<Box<dyn std::io::Write>>> {
+    use anyhow::Context as _;
+    let origin = probe_pipeline::pcapng::Origin {
+        application: format!("probe {}", env!("CARGO_PKG_VERSION")),
+        os: if meta.kernel.is_empty() {
+            String::new()
+        } else {
+            format!("Linux {}", meta.kernel)
+        },
+        host: meta.host.clone(),
+    };
+    let out: Box<dyn std::io::Write> = Box::new(std::io::BufWriter::new(file));
+    let clock = meta.clock.unwrap_or_default();
+    let mut writer = probe_pipeline::pcapng::PcapngWriter::new(out, clock, &origin)
+        .with_context(|| format!("cannot write the pcapng file {}", path.display()))?;
+    writer
+        .flush()
+        .with_context(|| format!("cannot write the pcapng file {}", path.display()))?;
+    Ok(writer)
 }
 
 /// Removes what killed probes left in this namespace; what was removed, one line each.

@@ -16,18 +16,35 @@ use probe_pipeline::{
 
 use crate::session::clock;
 
-pub fn run(
-    path: &Path,
-    format: Format,
-    events: bool,
-    filter: Option<Filter>,
-    color: bool,
-) -> anyhow::Result<Stats> {
+/// What `probe replay` was asked for.
+pub struct ReplayOptions<'a> {
+    pub path: &'a Path,
+    pub format: Format,
+    pub events: bool,
+    pub filter: Option<Filter>,
+    pub color: bool,
+    /// Also write the timelines to this file as pcapng.
+    pub pcapng: Option<&'a Path>,
+}
+
+pub fn run(o: ReplayOptions<'_>) -> anyhow::Result<Stats> {
+    let ReplayOptions {
+        path,
+        format,
+        events,
+        filter,
+        color,
+        pcapng,
+    } = o;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut reader = RecordReader::new(BufReader::new(file))
         .with_context(|| format!("cannot replay {}", path.display()))?;
+    let pcapng = pcapng
+        .map(|out| super::pcapng_file(out).map(|file| (out, file)))
+        .transpose()?;
     let topology = reader.meta.topology.clone();
+    let opts_clock = reader.meta.clock.unwrap_or_else(clock::now);
     let opts = SinkOptions {
         format,
         events,
@@ -39,7 +56,7 @@ pub fn run(
         // A recording made with --rules alone holds only verdicts.
         verdicts_join_sightings: reader.meta.sightings_besides_verdicts,
         // Times as the recording machine's clock told them (older recordings: this one's).
-        clock: reader.meta.clock.unwrap_or_else(clock::now),
+        clock: opts_clock,
     };
     // The reader names events from the recording's own tables as it reads them.
     let mut sink = Sink::new(
@@ -48,6 +65,12 @@ pub fn run(
         topology,
         None,
     );
+    if let Some((out, file)) = pcapng {
+        let mut meta = reader.meta.clone();
+        // Times as the recording machine told them, as the timelines print them.
+        meta.clock = Some(opts_clock);
+        sink.pcapng_to(super::pcapng_writer(out, file, &meta)?);
+    }
     loop {
         // Matched in place: an event is a few hundred bytes, and wrapping the result in
         // another one (`with_context`) would copy each.

@@ -46,6 +46,10 @@ pub struct TraceOptions {
     pub color: bool,
     /// Write the events to this file for `probe replay`.
     pub record: Option<PathBuf>,
+    /// Write the timelines to this file as pcapng, for Wireshark and tcpdump.
+    pub pcapng: Option<PathBuf>,
+    /// Bytes of each packet tc copies into its event (0: none; headers are rebuilt).
+    pub snaplen: u16,
     /// Only packets matching this (and what follows from them).
     pub filter: Option<Filter>,
     pub format: Format,
@@ -96,10 +100,17 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         .as_deref()
         .map(|path| recording_file(path).map(|file| (path, file)))
         .transpose()?;
+    // Created before anything is loaded too: a path that cannot be written is said at once.
+    let pcapng = opts
+        .pcapng
+        .as_deref()
+        .map(|path| super::pcapng_file(path).map(|file| (path, file)))
+        .transpose()?;
     let mut session = Session::start(StartOptions {
         mode: probe_common::mode::EVENTS,
         filter: opts.filter.as_ref(),
         ringbuf_bytes: opts.ringbuf_bytes,
+        snaplen: opts.snaplen,
         tc: opts.tc.then_some((selector, opts.backend)),
         points: points::selected(p),
     })?;
@@ -122,7 +133,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     // Subscribe before adding the table, so no trace message is missed.
     let mut rule_tracing = if opts.rules {
         let socket = rules::TraceSocket::open()?;
-        let table = rules::TraceTable::install()?;
+        let table = rules::TraceTable::install(opts.filter.as_ref())?;
         used.push(format!("nftables rules (table inet {})", table.name()));
         Some(RuleTracing {
             tracer: rules::Tracer::new(table.name()),
@@ -142,7 +153,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
     // Docker's names for containers' veths, namespaces and addresses (none without Docker).
     let docker = docker::Watcher::start();
     session.topology.containers = docker.containers().clone();
-    let mut sink = sink(opts, &session, record)?;
+    let mut sink = sink(opts, &session, record, pcapng)?;
     let mut summary = session::runtime()?.block_on(stream(
         (ring, logger),
         Loop {
@@ -177,6 +188,7 @@ fn sink(
     opts: &TraceOptions,
     session: &Session,
     record: Option<(&std::path::Path, std::fs::File)>,
+    pcapng: Option<(&std::path::Path, std::fs::File)>,
 ) -> anyhow::Result<Sink<io::BufWriter<io::Stdout>>> {
     let names = names(&session.kernel);
     let clock = clock::now();
@@ -221,6 +233,9 @@ fn sink(
             .flush()
             .with_context(|| format!("cannot write the recording {}", path.display()))?;
         sink.record_to(writer);
+    }
+    if let Some((path, file)) = pcapng {
+        sink.pcapng_to(super::pcapng_writer(path, file, &meta)?);
     }
     Ok(sink)
 }

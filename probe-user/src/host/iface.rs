@@ -99,7 +99,7 @@ fn hardware_type(name: &str) -> io::Result<u16> {
         *dst = src as libc::c_char;
     }
     // SAFETY: req is a valid ifreq with a NUL-terminated name (name.len() < IFNAMSIZ).
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR as _, &mut req) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

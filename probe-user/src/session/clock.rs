@@ -18,7 +18,8 @@ pub fn monotonic_now_ns() -> u64 {
 pub fn now() -> Clock {
     let mono = read(libc::CLOCK_MONOTONIC);
     let real = read(libc::CLOCK_REALTIME);
-    let secs = real.div_euclid(1_000_000_000) as libc::time_t;
+    // The type is left to localtime_r: time_t's width differs between libcs (musl's is changing).
+    let secs = real.div_euclid(1_000_000_000) as _;
     // SAFETY: localtime_r writes into our struct only.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     unsafe { libc::localtime_r(&secs, &mut tm) };

@@ -90,11 +90,17 @@ pub fn load(ringbuf_bytes: u32, layout: &KernelLayout, config: &Config) -> Resul
     Ok(loader.load(OBJECT)?)
 }
 
-/// The programs' configuration for a mode and an optional filter. A filter too long for the
-/// kernel is left to userspace alone, with a warning: nothing is lost, it only costs more.
-pub fn config(run_mode: u8, filter: Option<&probe_pipeline::filter::Filter>) -> Config {
+/// The programs' configuration for a mode, an optional filter and the bytes tc copies of each
+/// packet (0: none). A filter too long for the kernel is left to userspace alone, with a
+/// warning: nothing is lost, it only costs more.
+pub fn config(
+    run_mode: u8,
+    filter: Option<&probe_pipeline::filter::Filter>,
+    snaplen: u16,
+) -> Config {
     let mut config = Config {
         mode: run_mode,
+        snaplen,
         ..Config::DEFAULT
     };
     match filter.map(|f| f.compile()) {

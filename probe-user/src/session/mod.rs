@@ -30,6 +30,8 @@ pub struct StartOptions<'a> {
     pub mode: u8,
     pub filter: Option<&'a Filter>,
     pub ringbuf_bytes: u32,
+    /// Bytes of each packet tc copies into its event (`--snaplen`); 0: none.
+    pub snaplen: u16,
     /// tc on interfaces: which, and how; None leaves tc out.
     pub tc: Option<(tc::Selector, tc::BackendChoice)>,
     /// The points attached once at start (drops, routes, netfilter).
@@ -80,7 +82,7 @@ impl Session {
         for m in &missing {
             log::debug!("not available on this kernel: {m}");
         }
-        let config = ebpf::config(opts.mode, opts.filter);
+        let config = ebpf::config(opts.mode, opts.filter, opts.snaplen);
         let mut bpf = ebpf::load(opts.ringbuf_bytes, &layout, &config)?;
         let mut topology = host::topology(&host::links());
         let watch = match opts.tc {

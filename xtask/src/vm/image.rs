@@ -161,7 +161,7 @@ fn decompress_modules(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Copies a binary and every shared library it needs into `dest` at the same paths.
-fn pack_binary(bin: &Path, dest: &Path, guest_path: &str) -> anyhow::Result<()> {
+pub(crate) fn pack_binary(bin: &Path, dest: &Path, guest_path: &str) -> anyhow::Result<()> {
     let target = dest.join(guest_path.trim_start_matches('/'));
     std::fs::create_dir_all(target.parent().context("path without parent")?)?;
     std::fs::copy(bin, &target).with_context(|| format!("cannot pack {}", bin.display()))?;

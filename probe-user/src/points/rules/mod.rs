@@ -2,13 +2,17 @@
 //! mechanism behind `nft monitor trace`. probe adds a small table of its own whose only rules
 //! set `nftrace` on packets, listens to the kernel's trace messages (NFNLGRP_NFTRACE) and names
 //! the table, chain, rule and verdict, for native nftables (firewalld) and iptables-nft (Docker)
-//! alike. The table is deleted on exit, and stale ones of dead probe processes on start.
+//! alike. The table is owned by probe's netlink socket where the kernel allows it (5.12+), so
+//! the kernel deletes it with the socket; else probe deletes it on exit, and stale ones of dead
+//! probe processes on start.
 
 /// As `probe doctor` lists this point.
 pub const NAME: &str = "rule verdicts (--rules)";
 /// Its only mechanism.
 pub const BACKEND: &str = "nftables trace (NFNLGRP_NFTRACE)";
 
+mod batch;
+mod marking;
 mod socket;
 mod table;
 

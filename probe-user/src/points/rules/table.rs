@@ -1,43 +1,97 @@
-//! probe's own nftables table, which marks packets for tracing, and the `nft` command that
-//! adds and deletes it.
+//! probe's own nftables table, which marks packets for tracing (added over netlink, owned by
+//! probe's socket where the kernel allows it), and the `nft` command that sweeps stale ones and
+//! lists other tables' rules.
 
 use std::process::{Command, Stdio};
 
-use super::{NftraceError, TABLE_PREFIX};
+use probe_pipeline::filter::{Filter, Literal};
 
-/// probe's own table: sets nftrace on every packet entering (prerouting) or leaving (output)
-/// this namespace's stack, before anything else (priority -350, ahead of raw and conntrack).
+use super::{
+    NftraceError, TABLE_PREFIX,
+    batch::{
+        Attr, Batch, NFPROTO_INET, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE,
+        NFT_MSG_NEWTABLE, NftSocket,
+    },
+    marking::{self, Source},
+};
+
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+/// The table belongs to the socket that created it (Linux 5.12+).
+const NFT_TABLE_F_OWNER: u32 = 0x2;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NF_INET_PRE_ROUTING: u32 = 0;
+const NF_INET_LOCAL_OUT: u32 = 3;
+/// Ahead of raw (-300) and conntrack (-200): packets are marked before anything decides.
+const PRIORITY: i32 = -350;
+/// After conntrack (-200), ahead of mangle (-150) and DNAT (-100): connections are marked by
+/// their tuples before NAT rewrites a packet.
+const CT_PRIORITY: i32 = -160;
+
+/// probe's own table: sets nftrace on the packets entering (prerouting) or leaving (output)
+/// this namespace's stack that the filter admits (every one without a filter), before anything
+/// else.
 pub struct TraceTable {
     name: String,
+    socket: NftSocket,
+    /// Created with the owner flag: the kernel deletes it when `socket` closes.
+    owned: bool,
+    /// The filter's clauses, one marking rule each; None marks every packet.
+    clauses: Option<Vec<Vec<Literal>>>,
 }
 
 impl TraceTable {
-    pub fn install() -> Result<Self, NftraceError> {
+    pub fn install(filter: Option<&Filter>) -> Result<Self, NftraceError> {
         for line in sweep_stale() {
             log::info!("{line}");
         }
-        let table = Self {
-            name: format!("{TABLE_PREFIX}{}", std::process::id()),
+        let clauses = marking::clauses(filter).unwrap_or_else(|why| {
+            log::info!("--rules traces every packet in the kernel: {why}");
+            None
+        });
+        let socket = NftSocket::open().map_err(add_error)?;
+        let name = format!("{TABLE_PREFIX}{}", std::process::id());
+        let owned = match add(&socket, &name, true, clauses.as_deref()) {
+            Ok(()) => true,
+            // Kernels before 5.12 refuse the owner flag (as an unknown flag: EINVAL; later ones
+            // say EOPNOTSUPP for flags they lack); then probe deletes its table itself. A batch
+            // is all or nothing, so the retry starts from scratch.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                log::info!(
+                    "this kernel has no owned nftables tables (Linux 5.12+): probe deletes inet \
+                     {name} on exit, and the next probe removes it if this one is killed"
+                );
+                add(&socket, &name, false, clauses.as_deref()).map_err(add_error)?;
+                false
+            }
+            Err(e) => return Err(add_error(e)),
         };
-        table.add()?;
-        Ok(table)
+        Ok(Self {
+            name,
+            socket,
+            owned,
+            clauses,
+        })
     }
 
     /// Adds the table again, after something (`nft flush ruleset`, a firewall reload) removed
     /// it.
     pub fn reinstall(&self) -> Result<(), NftraceError> {
-        self.add()
-    }
-
-    fn add(&self) -> Result<(), NftraceError> {
-        let name = &self.name;
-        let script = format!(
-            "table inet {name} {{\n\
-               chain prerouting {{ type filter hook prerouting priority -350; meta nftrace set 1; }}\n\
-               chain output {{ type filter hook output priority -350; meta nftrace set 1; }}\n\
-             }}\n"
-        );
-        nft_stdin(&script).map_err(NftraceError::AddTable)
+        add(
+            &self.socket,
+            &self.name,
+            self.owned,
+            self.clauses.as_deref(),
+        )
+        .map_err(add_error)
     }
 
     pub fn name(&self) -> &str {
@@ -45,9 +99,97 @@ impl TraceTable {
     }
 }
 
+/// Adds the table `name` with its chains and marking rules, in one batch.
+fn add(
+    socket: &NftSocket,
+    name: &str,
+    owned: bool,
+    clauses: Option<&[Vec<Literal>]>,
+) -> std::io::Result<()> {
+    let mut batch = Batch::new();
+    let mut table = vec![Attr::string(NFTA_TABLE_NAME, name)];
+    if owned {
+        table.push(Attr::be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER));
+    }
+    batch.add(NFT_MSG_NEWTABLE, NFPROTO_INET, &table);
+    let mut chains = vec![
+        (
+            "prerouting",
+            NF_INET_PRE_ROUTING,
+            PRIORITY,
+            vec![Source::Headers],
+        ),
+        ("output", NF_INET_LOCAL_OUT, PRIORITY, vec![Source::Headers]),
+    ];
+    if clauses.is_some() {
+        // Replies and NATed packets of admitted connections, by the connection's two tuples.
+        let both = vec![Source::Conntrack(0), Source::Conntrack(1)];
+        chains.push((
+            "prerouting_ct",
+            NF_INET_PRE_ROUTING,
+            CT_PRIORITY,
+            both.clone(),
+        ));
+        chains.push(("output_ct", NF_INET_LOCAL_OUT, CT_PRIORITY, both));
+    }
+    for (chain, hook, priority, sources) in chains {
+        batch.add(
+            NFT_MSG_NEWCHAIN,
+            NFPROTO_INET,
+            &[
+                Attr::string(NFTA_CHAIN_TABLE, name),
+                Attr::string(NFTA_CHAIN_NAME, chain),
+                Attr::Nested(
+                    NFTA_CHAIN_HOOK,
+                    vec![
+                        Attr::be32(NFTA_HOOK_HOOKNUM, hook),
+                        Attr::be32(NFTA_HOOK_PRIORITY, priority as u32),
+                    ],
+                ),
+                Attr::string(NFTA_CHAIN_TYPE, "filter"),
+            ],
+        );
+        let mut rules: Vec<Vec<Attr>> = Vec::new();
+        for source in sources {
+            // A clause that reads no tuple is the same rule for both directions: once is enough.
+            for rule in marking::rules(clauses, source) {
+                if !rules.contains(&rule) {
+                    rules.push(rule);
+                }
+            }
+        }
+        for expressions in rules {
+            batch.add(
+                NFT_MSG_NEWRULE,
+                NFPROTO_INET,
+                &[
+                    Attr::string(NFTA_RULE_TABLE, name),
+                    Attr::string(NFTA_RULE_CHAIN, chain),
+                    Attr::Nested(NFTA_RULE_EXPRESSIONS, expressions),
+                ],
+            );
+        }
+    }
+    socket.request(batch)
+}
+
+fn add_error(e: std::io::Error) -> NftraceError {
+    NftraceError::AddTable(e.to_string())
+}
+
 impl Drop for TraceTable {
     fn drop(&mut self) {
-        if let Err(e) = nft(&["delete", "table", "inet", &self.name]) {
+        if self.owned {
+            // The kernel removes it with the socket, which closes right after this.
+            return;
+        }
+        let mut batch = Batch::new();
+        batch.add(
+            NFT_MSG_DELTABLE,
+            NFPROTO_INET,
+            &[Attr::string(NFTA_TABLE_NAME, &self.name)],
+        );
+        if let Err(e) = self.socket.request(batch) {
             log::warn!("could not delete nftables table inet {}: {e}", self.name);
         }
     }
@@ -87,29 +229,6 @@ pub(super) fn nft(args: &[&str]) -> Result<String, String> {
         .map_err(|e| NftraceError::NoNft(e).to_string())?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
-fn nft_stdin(script: &str) -> Result<(), String> {
-    use std::io::Write as _;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| NftraceError::NoNft(e).to_string())?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(script.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }

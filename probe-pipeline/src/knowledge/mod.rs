@@ -1,0 +1,170 @@
+//! What a drop means: for each of the kernel's drop reasons (`enum skb_drop_reason`) and, for
+//! kernels without reasons (5.10), for the function that freed the packet, a stable cause id,
+//! what happened in plain words, what probe can attach as evidence, and what to look at next.
+//!
+//! The knowledge is data (`reasons.rs`), not code: one row per cause with the reasons it
+//! covers. A reason no row names still gets a sentence (the kernel's name and where it was
+//! freed) and is listed as uncovered by `probe explain --all`.
+
+mod reasons;
+
+use serde::Serialize;
+
+/// Evidence a diagnosis can carry next to a cause: what probe reads from the timeline or the
+/// host when the cause is met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fact {
+    /// The routing decision: table, result, route type (unreachable, blackhole, prohibit).
+    Route,
+    /// The output device's MTU, the packet's size and its DF flag.
+    Mtu,
+    /// rp_filter of the input interface (and `all`).
+    RpFilter,
+    /// net.ipv4.ip_forward / net.ipv6.conf.all.forwarding.
+    Forwarding,
+    /// net.bridge.bridge-nf-call-iptables (br_netfilter).
+    BridgeNetfilter,
+    /// net.ipv4.conf.*.route_localnet.
+    RouteLocalnet,
+    /// The netfilter rule or chain policy that decided.
+    Rule,
+    /// The connection's conntrack state.
+    Conntrack,
+    /// The neighbour (ARP/NDP) entry of the next hop.
+    Neighbour,
+    /// The queueing discipline of the device.
+    Qdisc,
+    /// The local sockets bound to the destination (or their absence).
+    Socket,
+    /// The ICMP error the host answered with.
+    IcmpError,
+}
+
+/// One cause of drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Cause {
+    /// Stable, for scripts and dashboards: `no-socket`, `netfilter`, `mtu`, ...
+    pub id: &'static str,
+    /// What happened, in plain words, without the kernel's vocabulary.
+    pub explanation: &'static str,
+    /// What probe can attach as evidence.
+    pub facts: &'static [Fact],
+    /// What to look at or do next.
+    pub next: &'static str,
+}
+
+/// A row of the knowledge: a cause and the reason names (or freeing functions) it covers.
+struct Row {
+    cause: Cause,
+    /// Drop-reason names (without `SKB_DROP_REASON_`); a trailing `*` covers a prefix.
+    reasons: &'static [&'static str],
+    /// Functions that free with this cause on kernels without reasons (5.10).
+    functions: &'static [&'static str],
+}
+
+fn covers(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+/// The cause of the kernel's drop reason `name` (as the running kernel spells it).
+pub fn by_reason(name: &str) -> Option<&'static Cause> {
+    let name = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(name);
+    reasons::ROWS
+        .iter()
+        .find(|r| r.reasons.iter().any(|p| covers(p, name)))
+        .map(|r| &r.cause)
+}
+
+/// The cause of a drop by the function that freed the packet, for kernels without reasons.
+/// `location` may carry an offset (`ip_error+0x94`).
+pub fn by_function(location: &str) -> Option<&'static Cause> {
+    let function = location.split('+').next().unwrap_or(location);
+    reasons::ROWS
+        .iter()
+        .find(|r| r.functions.contains(&function))
+        .map(|r| &r.cause)
+}
+
+/// The cause of a drop: its reason where the kernel gave a specific one, else where it was
+/// freed.
+pub fn cause(reason: Option<&str>, location: Option<&str>) -> Option<&'static Cause> {
+    let specific =
+        reason.filter(|r| !matches!(*r, "NOT_SPECIFIED" | "SKB_DROP_REASON_NOT_SPECIFIED"));
+    specific
+        .and_then(by_reason)
+        .or_else(|| location.and_then(by_function))
+}
+
+/// Every cause, for `probe explain --all`.
+pub fn all() -> impl Iterator<Item = (&'static Cause, &'static [&'static str])> {
+    reasons::ROWS.iter().map(|r| (&r.cause, r.reasons))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_every_row_says_something() {
+        let mut ids: Vec<&str> = reasons::ROWS.iter().map(|r| r.cause.id).collect();
+        ids.sort_unstable();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "duplicate cause ids");
+        for r in reasons::ROWS {
+            let c = &r.cause;
+            assert!(
+                c.id.chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-'),
+                "{}",
+                c.id
+            );
+            assert!(c.explanation.len() > 20 && c.next.len() > 20, "{}", c.id);
+            assert!(!r.reasons.is_empty() || !r.functions.is_empty(), "{}", c.id);
+        }
+    }
+
+    #[test]
+    fn no_reason_belongs_to_two_causes() {
+        for (i, a) in reasons::ROWS.iter().enumerate() {
+            for b in &reasons::ROWS[i + 1..] {
+                for p in a.reasons {
+                    for q in b.reasons {
+                        let clash = covers(p, q.trim_end_matches('*'))
+                            || covers(q, p.trim_end_matches('*'));
+                        assert!(!clash, "{p} ({}) and {q} ({})", a.cause.id, b.cause.id);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_and_locations_find_their_cause() {
+        assert_eq!(by_reason("NO_SOCKET").unwrap().id, "no-socket");
+        assert_eq!(
+            by_reason("SKB_DROP_REASON_NETFILTER_DROP").unwrap().id,
+            "netfilter"
+        );
+        assert_eq!(by_reason("TCP_MD5FAILURE").unwrap().id, "tcp-auth");
+        assert_eq!(by_function("ip_error+0x94").unwrap().id, "no-route");
+        // A specific reason wins; NOT_SPECIFIED falls back to the location.
+        assert_eq!(
+            cause(Some("NOT_SPECIFIED"), Some("ip_error+0x94"))
+                .unwrap()
+                .id,
+            "no-route"
+        );
+        assert_eq!(
+            cause(Some("PKT_TOO_BIG"), Some("ip_forward+0x2c0"))
+                .unwrap()
+                .id,
+            "mtu"
+        );
+        assert!(cause(Some("SOMETHING_NEW"), Some("somewhere+0x1")).is_none());
+    }
+}

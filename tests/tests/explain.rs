@@ -1,0 +1,85 @@
+//! `probe explain`: the knowledge behind diagnoses covers every drop reason of the running
+//! kernel (read from it, as trace reads them), and a term it does not know is a clear error.
+
+use std::process::Command;
+
+use probe_lab::{doctor::Doctor, probe::json_lines, probe_binary, require_root};
+
+fn explain(args: &[&str]) -> std::process::Output {
+    Command::new(probe_binary())
+        .arg("explain")
+        .args(args)
+        .output()
+        .expect("cannot run probe explain")
+}
+
+#[test]
+fn every_drop_reason_of_this_kernel_is_explained() {
+    require_root();
+    let (major, minor) = Doctor::run().unwrap().kernel_version().unwrap();
+    let out = explain(&["--all", "--json"]);
+    if (major, minor) < (5, 17) {
+        // No reasons before 5.17: drops are explained by the function that freed them.
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("kernels before 5.17"), "{stderr}");
+        let by_function = explain(&["ip_error+0x94", "nf_hook_slow"]);
+        let text = String::from_utf8_lossy(&by_function.stdout);
+        assert!(by_function.status.success(), "{text}");
+        assert!(text.contains("ip_error+0x94: no-route"), "{text}");
+        assert!(text.contains("nf_hook_slow: netfilter"), "{text}");
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    // The kernel's own list, as the tracepoint prints it.
+    let format =
+        std::fs::read_to_string("/sys/kernel/tracing/events/skb/kfree_skb/format").unwrap();
+    let in_kernel = format
+        .split("print fmt")
+        .nth(1)
+        .unwrap()
+        .matches("{ ")
+        .count();
+    assert!(lines.len() > 50, "{} reasons", lines.len());
+    assert!(
+        lines.len() + 2 >= in_kernel,
+        "{} of {in_kernel}",
+        lines.len()
+    );
+    let unexplained: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["cause"].is_null())
+        .map(|l| l["term"].as_str().unwrap())
+        .collect();
+    assert!(unexplained.is_empty(), "not explained: {unexplained:?}");
+    for l in &lines {
+        assert_eq!(l["schema"], "probe.explain/1");
+        let cause = &l["cause"];
+        assert!(cause["id"].as_str().is_some_and(|id| !id.is_empty()), "{l}");
+        assert!(cause["next"].as_str().is_some_and(|n| n.len() > 20), "{l}");
+    }
+}
+
+#[test]
+fn a_reason_is_explained_in_words_and_an_unknown_one_is_an_error() {
+    let out = explain(&["NO_SOCKET", "ip_rpfilter"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("NO_SOCKET: no-socket"), "{text}");
+    assert!(text.contains("ip_rpfilter: rp-filter"), "{text}");
+    assert!(text.contains("next "), "{text}");
+    let out = explain(&["NO_SUCH_REASON"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("probe: error: no explanation for NO_SUCH_REASON"),
+        "{stderr}"
+    );
+    // Nothing to explain is a usage error.
+    assert_eq!(explain(&[]).status.code(), Some(2));
+}
