@@ -105,11 +105,13 @@ pub enum Command {
         /// `trace`, `latency`, ...; none: the page of probe itself.
         subcommand: Option<String>,
     },
-    /// Print the JSON Schema of one kind of line (timeline, event, latency, doctor, summary),
+    /// Print the JSON Schema of one kind of line (timeline, event, latency, doctor, explain,
+    /// summary),
     /// or write them all into a directory, as `cargo xtask schema` does into docs/schema.
     #[command(hide = true)]
     Schema {
-        /// `timeline`, `event`, `latency`, `doctor` or `summary` (or `probe.timeline/1`, ...).
+        /// `timeline`, `event`, `latency`, `doctor`, `explain` or `summary` (or
+        /// `probe.timeline/1`, ...).
         #[arg(required_unless_present = "out")]
         kind: Option<String>,
         /// Write every schema into this directory (`probe.timeline.json`, ...).

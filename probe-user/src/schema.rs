@@ -18,7 +18,7 @@ pub struct Kind {
 }
 
 /// Every kind of line, in the order the docs list them.
-pub const KINDS: [Kind; 5] = [
+pub const KINDS: [Kind; 6] = [
     Kind {
         name: "timeline",
         schema_name: timeline::SCHEMA,
@@ -38,6 +38,11 @@ pub const KINDS: [Kind; 5] = [
         name: "doctor",
         schema_name: cmd::doctor::SCHEMA,
         schema: cmd::doctor::line_schema,
+    },
+    Kind {
+        name: "explain",
+        schema_name: cmd::explain::SCHEMA,
+        schema: cmd::explain::line_schema,
     },
     Kind {
         name: "summary",

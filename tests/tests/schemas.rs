@@ -1,6 +1,6 @@
 //! Every JSON line probe writes validates against the published schema its `schema` field
-//! names (docs/schema/probe.KIND.json): live traces, sightings, replays of a recording, latency
-//! and doctor. The schemas are strict: a real line with a field removed, renamed or added, or
+//! names (docs/schema/probe.KIND.json): live traces, sightings, replays of a recording, latency,
+//! doctor and explain. The schemas are strict: a real line with a field removed, renamed or added, or
 //! naming another schema version, fails.
 
 use std::{collections::BTreeMap, net::UdpSocket, path::Path, process::Command, time::Duration};
@@ -40,6 +40,7 @@ impl Schemas {
             [
                 "probe.doctor/1",
                 "probe.event/1",
+                "probe.explain/1",
                 "probe.latency/1",
                 "probe.summary/1",
                 "probe.timeline/1"
@@ -415,4 +416,37 @@ fn doctor_report_validates() {
     let mut v = report;
     v["features"][0]["available"] = "yes".into();
     schemas.assert_fails(doctor, "available as a string", &v);
+}
+
+#[test]
+fn explain_lines_validate() {
+    let schemas = Schemas::load();
+    // A reason probe knows, one it does not (cause null), and every reason of this kernel.
+    let run = |args: &[&str]| {
+        let out = Command::new(probe_binary())
+            .arg("explain")
+            .args(args)
+            .arg("--json")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let stdout = run(&["NO_SOCKET", "NOT_A_REASON"]);
+    let seen = schemas.validate_lines(&stdout);
+    assert_eq!(count(&seen, "probe.explain/1"), 2, "{stdout}");
+    let all = run(&["--all"]);
+    let seen = schemas.validate_lines(&all);
+    assert!(count(&seen, "probe.explain/1") > 10, "{all}");
+    let known: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert!(known["cause"].is_object(), "{known}");
+    let explain = "probe.explain/1";
+    let mut v = known.clone();
+    v["cause"].as_object_mut().unwrap().remove("id");
+    schemas.assert_fails(explain, "a cause without id", &v);
+    let mut v = known.clone();
+    v["cause"]["facts"] = serde_json::json!(["guesswork"]);
+    schemas.assert_fails(explain, "an unknown fact", &v);
+    let mut v = known;
+    v.as_object_mut().unwrap().remove("cause");
+    schemas.assert_fails(explain, "no cause at all", &v);
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 /// Evidence a diagnosis can carry next to a cause: what probe reads from the timeline or the
 /// host when the cause is met.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Fact {
     /// The routing decision: table, result, route type (unreachable, blackhole, prohibit).
@@ -42,7 +42,8 @@ pub enum Fact {
 }
 
 /// One cause of drops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Cause {
     /// Stable, for scripts and dashboards: `no-socket`, `netfilter`, `mtu`, ...
     pub id: &'static str,

@@ -4,13 +4,16 @@
 
 use anyhow::bail;
 use probe_pipeline::knowledge::{self, Cause};
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::{kernel::Kernel, points::drops};
 
 /// One line of `probe explain --json`.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Explained<'a> {
+    #[schemars(schema_with = "line_name")]
     pub schema: &'static str,
     /// The reason or function asked about (or the kernel's reason, with --all).
     pub term: &'a str,
@@ -19,6 +22,15 @@ pub struct Explained<'a> {
 }
 
 pub const SCHEMA: &str = "probe.explain/1";
+
+fn line_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    probe_pipeline::schema::const_name(SCHEMA)
+}
+
+/// The JSON Schema of an explain line.
+pub fn line_schema() -> schemars::Schema {
+    probe_pipeline::schema::line::<Explained>(SCHEMA)
+}
 
 /// The cause of a term: a drop-reason name (any case, with or without `SKB_DROP_REASON_`), a
 /// cause id, or a kernel function (`ip_error`, `ip_error+0x94`).
