@@ -138,10 +138,15 @@ fn observe_with_bytes(ctx: &TcContext, tc: TcEvent, l2_len: usize, snaplen: u16)
             words.add(i).write_unaligned(0);
         }
     }
-    let len = ctx.len().min(u32::from(snaplen));
+    let wanted = ctx.len().min(u32::from(snaplen));
     let mut copied = 0u16;
-    // The bounds the verifier needs for the helper's size argument.
-    if len >= 1 && len as usize <= MAX_SNAPLEN {
+    // The helper's size must be provably 1..=MAX_SNAPLEN. Written as a mask plus one, so that
+    // older verifiers (5.10), which lose a lower bound checked on another register, see it on
+    // this one: (x & (MAX - 1)) + 1 is 1..=MAX. For 1..=MAX it is `wanted` itself, and the
+    // compiler cannot fold it away, not knowing `snaplen`'s range.
+    const _: () = assert!(MAX_SNAPLEN.is_power_of_two());
+    let len = (wanted.wrapping_sub(1) & (MAX_SNAPLEN as u32 - 1)) + 1;
+    if wanted != 0 {
         // SAFETY: the destination is the entry's `data`, MAX_SNAPLEN bytes long, and `len` is
         // at most that; the helper checks the packet's side and fails instead of reading past
         // it.
