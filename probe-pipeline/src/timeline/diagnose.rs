@@ -10,6 +10,7 @@ use crate::{
         ChainVerdict, DecidedBy, Direction, DropSighting, EventBody, FibLookup, FibRuleMatch, Hook,
         HookVerdict, RuleVerdict, TcSighting, Verdict,
     },
+    knowledge::{self, Cause},
     render::facts,
     topology::Topology,
 };
@@ -34,11 +35,18 @@ pub enum Outcome {
 pub struct Diagnosis {
     pub outcome: Outcome,
     pub text: String,
+    /// For a drop: what caused it, from the knowledge of drop causes (its stable id, the
+    /// evidence to look at, the next step).
+    pub cause: Option<&'static Cause>,
 }
 
 impl Diagnosis {
     fn new(outcome: Outcome, text: String) -> Self {
-        Self { outcome, text }
+        Self {
+            outcome,
+            text,
+            cause: None,
+        }
     }
 }
 
@@ -69,6 +77,19 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> Diagnosis {
 impl Case<'_> {
     fn rev_find<'b, T>(&'b self, f: impl Fn(&'b EventBody) -> Option<T>) -> Option<T> {
         self.j.hops.iter().rev().find_map(|h| f(&h.event.body))
+    }
+
+    /// ` (route table main: EHOSTUNREACH)`: the failed routing decision a drop followed.
+    fn failed_route(&self) -> String {
+        self.rev_find(|b| match b {
+            EventBody::Fib(f) if f.failed() => Some(format!(
+                " (route table {}: {})",
+                table_of(f),
+                f.error.as_deref().unwrap_or("no route")
+            )),
+            _ => None,
+        })
+        .unwrap_or_default()
     }
 
     /// The successful routing decision last made for the packet.
@@ -123,15 +144,32 @@ fn dropped(c: &Case<'_>) -> Option<Diagnosis> {
     });
     let parties = containers_involved(j, c.topo);
     let after_nat = &c.after_nat;
-    let text = match (by_rule, by_hook) {
-        (Some(rule), _) => format!("dropped by {rule}{after_nat} (reason {reason}){parties}"),
-        (None, Some(hook)) => format!("dropped at {hook}{after_nat} (reason {reason}){parties}"),
-        (None, None) => format!(
+    // A rule or hook that dropped is netfilter's doing, whatever the reason says (5.10 has none).
+    let cause = if by_rule.is_some() || by_hook.is_some() {
+        knowledge::by_reason("NETFILTER_DROP")
+    } else {
+        knowledge::cause(drop.reason.as_deref(), drop.location_sym.as_deref())
+    };
+    let text = match (by_rule, by_hook, cause) {
+        (Some(rule), _, _) => format!("dropped by {rule}{after_nat} (reason {reason}){parties}"),
+        (None, Some(hook), _) => {
+            format!("dropped at {hook}{after_nat} (reason {reason}){parties}")
+        }
+        (None, None, Some(cause)) => format!(
+            "dropped{after_nat}{}: {}{} (reason {reason}){parties}",
+            drop_location(drop),
+            cause.explanation,
+            c.failed_route()
+        ),
+        (None, None, None) => format!(
             "dropped{after_nat}: reason {reason}{}{parties}",
             drop_location(drop)
         ),
     };
-    Some(Diagnosis::new(Outcome::Dropped, text))
+    Some(Diagnosis {
+        cause,
+        ..Diagnosis::new(Outcome::Dropped, text)
+    })
 }
 
 /// `inet firewalld/filter_FORWARD (forward) rule 2 [... drop]`, or `... (forward) policy drop`

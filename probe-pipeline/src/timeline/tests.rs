@@ -84,7 +84,7 @@ fn dnat_is_one_journey_with_the_rewrite() {
     ]);
     assert_eq!(j.hops.len(), 2);
     assert_eq!(j.rewrites.len(), 1);
-    let Diagnosis { outcome, text } = diagnose(&j, &topo());
+    let Diagnosis { outcome, text, .. } = diagnose(&j, &topo());
     assert_eq!(outcome, diagnose::Outcome::Delivered);
     assert_eq!(
         text,
@@ -234,7 +234,7 @@ fn drop_names_the_rule() {
     );
     let drop = netfilter_drop(5_000, 1, p.clone());
     let j = one(vec![tc(1_000, 4, Direction::Ingress, p), drop, rule]);
-    let Diagnosis { outcome, text } = diagnose(&j, &topo());
+    let Diagnosis { outcome, text, .. } = diagnose(&j, &topo());
     assert_eq!(outcome, diagnose::Outcome::Dropped);
     assert!(
         text.starts_with("dropped by ip filter/FORWARD (forward) rule 20"),
@@ -330,7 +330,7 @@ fn unroutable_lookup_stands_alone_and_ordinary_misses_do_not() {
     ));
     let done = c.flush();
     assert_eq!(done.len(), 1, "{done:#?}");
-    let Diagnosis { outcome, text } = diagnose(&done[0], &topo());
+    let Diagnosis { outcome, text, .. } = diagnose(&done[0], &topo());
     assert_eq!(outcome, diagnose::Outcome::Unroutable);
     assert!(text.contains("ENETUNREACH"), "{text}");
 }
@@ -372,7 +372,7 @@ fn docker_names_the_containers_veth_and_what_is_seen_inside() {
         tc(41_000, 4, Direction::Egress, syn_out.clone()),
         tc(42_000, 9, Direction::Ingress, syn_out),
     ]);
-    let Diagnosis { outcome, text } = diagnose(&j, &t);
+    let Diagnosis { outcome, text, .. } = diagnose(&j, &t);
     assert_eq!(outcome, diagnose::Outcome::Delivered);
     assert_eq!(
         text,
@@ -419,10 +419,10 @@ fn drop_between_containers_names_both() {
             }),
         },
     ]);
-    let Diagnosis { outcome, text } = diagnose(&j, &t);
+    let Diagnosis { outcome, text, .. } = diagnose(&j, &t);
     assert_eq!(outcome, diagnose::Outcome::Dropped);
     assert!(
-        text.ends_with("reason NETFILTER_DROP; container app → container db"),
+        text.ends_with("(reason NETFILTER_DROP); container app → container db"),
         "{text}"
     );
 }
@@ -443,7 +443,7 @@ fn policy_drop_journey() -> Journey {
 
 #[test]
 fn a_policy_drop_names_the_chain_and_its_policy() {
-    let Diagnosis { outcome, text } = diagnose(&policy_drop_journey(), &topo());
+    let Diagnosis { outcome, text, .. } = diagnose(&policy_drop_journey(), &topo());
     assert_eq!(outcome, Outcome::Dropped);
     assert_eq!(
         text,
@@ -569,4 +569,44 @@ fn lost_events_are_said_in_text_too() {
     assert!(j.events_lost);
     let text = render_text(&j, &topo(), false);
     assert!(text.contains("events were lost"), "{text}");
+}
+
+/// A drop the kernel gives no specific reason for is explained by where it happened: an
+/// unreachable route's drop in ip_error reads as no route, with the failed lookup, and carries
+/// its cause.
+#[test]
+fn a_drop_is_explained_from_the_knowledge_of_causes() {
+    let syn = tcp("172.17.0.2", 41000, "10.9.9.9", 80, 1, TcpFlags::SYN);
+    let j = one(vec![
+        tc(1_000, 4, Direction::Ingress, syn.clone()),
+        fib(1_500, "10.9.9.9", 80, 254, None, -113),
+        Event {
+            ts_ns: 2_000,
+            cpu: 0,
+            body: EventBody::Drop(DropSighting {
+                skb: 1,
+                reason_code: 2,
+                reason: Some("NOT_SPECIFIED".into()),
+                location: 0,
+                location_sym: Some("ip_error+0x94".into()),
+                ifindex: 4,
+                netns: 0,
+                packet: syn,
+            }),
+        },
+    ]);
+    let d = diagnose(&j, &topo());
+    assert_eq!(d.outcome, diagnose::Outcome::Dropped);
+    assert_eq!(d.cause.map(|c| c.id), Some("no-route"));
+    assert!(
+        d.text
+            .starts_with("dropped in ip_error+0x94: no route leads where it was going"),
+        "{}",
+        d.text
+    );
+    assert!(
+        d.text.contains(": EHOSTUNREACH) (reason NOT_SPECIFIED)"),
+        "{}",
+        d.text
+    );
 }
