@@ -12,6 +12,7 @@ use super::{
     facts::{container, place, what, write_place},
 };
 use crate::{
+    event::Event,
     timeline::{Diagnosis, Hop, Journey, Outcome, Rewrite, Tally, Tuple, diagnose},
     topology::Topology,
 };
@@ -76,8 +77,20 @@ pub fn render_text(j: &Journey, topo: &Topology, color: bool) -> String {
     text(j, topo, color, diagnose(j, topo))
 }
 
+/// The time of the journey's first timestamped hop: what its other times are measured from.
+fn start_of(j: &Journey) -> u64 {
+    j.hops
+        .iter()
+        .find(|h| !h.untimed)
+        .or(j.hops.first())
+        .map_or(0, |h| h.ts_ns)
+}
+
+/// Width of the time columns of a text row (`   +0.041ms   Δ40µs    `).
+const TIME_COLUMNS: usize = 23;
+
 fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> String {
-    let start = j.hops.first().map_or(0, |h| h.ts_ns);
+    let start = start_of(j);
     let head = j
         .first
         .map(|t: Tuple| t.to_string())
@@ -88,14 +101,20 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
     // One scratch string for the padded columns, reused across hops.
     let mut cell = String::with_capacity(64);
     for (i, h) in j.hops.iter().enumerate() {
-        s.push_str(if h.inferred { "  ~+" } else { "   +" });
-        cell.clear();
-        fmt_ns(&mut cell, h.ts_ns.saturating_sub(start));
-        push_padded(&mut s, &cell, 9);
-        s.push_str(" Δ");
-        cell.clear();
-        fmt_delta(&mut cell, h.ts_ns.saturating_sub(prev));
-        push_padded(&mut s, &cell, 8);
+        if h.untimed {
+            // The kernel gave no time: none is shown, and Δ skips the row.
+            push_padded(&mut s, "   (untimed)", TIME_COLUMNS);
+        } else {
+            s.push_str(if h.inferred { "  ~+" } else { "   +" });
+            cell.clear();
+            fmt_ns(&mut cell, h.ts_ns.saturating_sub(start));
+            push_padded(&mut s, &cell, 9);
+            s.push_str(" Δ");
+            cell.clear();
+            fmt_delta(&mut cell, h.ts_ns.saturating_sub(prev));
+            push_padded(&mut s, &cell, 8);
+            prev = h.ts_ns;
+        }
         s.push(' ');
         cell.clear();
         write_place(&mut cell, &h.event, topo);
@@ -115,7 +134,6 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
             let _ = write!(s, "   ({on}{}{off})", r.note());
         }
         s.push('\n');
-        prev = h.ts_ns;
     }
     let (on, off) = if color {
         let c = match diagnosis.outcome {
@@ -143,17 +161,49 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
 
 #[derive(Serialize)]
 struct JsonHop<'a> {
-    /// Nanoseconds since the journey's first sighting, and since the previous hop.
-    t_ns: u64,
-    dt_ns: u64,
+    /// Nanoseconds since the journey's first timestamped hop, and since the previous
+    /// timestamped hop; null for an untimed hop.
+    t_ns: Option<u64>,
+    dt_ns: Option<u64>,
     #[serde(rename = "where")]
     place: String,
     what: String,
     /// The Docker container whose interface or namespace this hop is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<&'a str>,
-    #[serde(flatten)]
-    hop: &'a Hop,
+    /// CLOCK_MONOTONIC time of the sighting; null for an untimed hop.
+    ts_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tuple: Option<Tuple>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    inferred: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    untimed: bool,
+    /// The older name of `untimed`, kept for consumers that read it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    approx_time: bool,
+    event: HopEvent<'a>,
+}
+
+/// A hop's sighting as `--events` prints it; an untimed one with `ts_ns` null.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum HopEvent<'a> {
+    Timed(&'a Event),
+    Untimed(serde_json::Value),
+}
+
+impl<'a> HopEvent<'a> {
+    fn of(h: &'a Hop) -> Self {
+        if !h.untimed {
+            return HopEvent::Timed(&h.event);
+        }
+        let mut v = serde_json::to_value(&h.event).unwrap_or_default();
+        if let Some(ts) = v.get_mut("ts_ns") {
+            *ts = serde_json::Value::Null;
+        }
+        HopEvent::Untimed(v)
+    }
 }
 
 #[derive(Serialize)]
@@ -181,21 +231,29 @@ pub fn render_json(j: &Journey, topo: &Topology) -> String {
 }
 
 fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis, clock: &Clock) -> String {
-    let start = j.hops.first().map_or(0, |h| h.ts_ns);
+    let start = start_of(j);
     let mut prev = start;
     let hops = j
         .hops
         .iter()
         .map(|h| {
+            let ts = (!h.untimed).then_some(h.ts_ns);
             let hop = JsonHop {
-                t_ns: h.ts_ns.saturating_sub(start),
-                dt_ns: h.ts_ns.saturating_sub(prev),
+                t_ns: ts.map(|ts| ts.saturating_sub(start)),
+                dt_ns: ts.map(|ts| ts.saturating_sub(prev)),
                 place: place(&h.event, topo),
                 what: what(&h.event),
                 container: container(&h.event, topo),
-                hop: h,
+                ts_ns: ts,
+                tuple: h.tuple,
+                inferred: h.inferred,
+                untimed: h.untimed,
+                approx_time: h.untimed,
+                event: HopEvent::of(h),
             };
-            prev = h.ts_ns;
+            if let Some(ts) = ts {
+                prev = ts;
+            }
             hop
         })
         .collect();

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     bounded::BoundedMap,
-    event::{Event, EventBody, L4Header, Packet},
+    event::{Event, EventBody, Hook, L4Header, Packet},
     identity,
 };
 
@@ -274,7 +274,7 @@ impl Correlator {
                         ts_ns: l.ts_ns,
                         tuple: None,
                         inferred: true,
-                        approx_time: false,
+                        untimed: false,
                         event: l,
                     });
                 } else {
@@ -302,26 +302,19 @@ impl Correlator {
     }
 
     fn attach(&mut self, i: usize, mut event: Event, tuple: Option<Tuple>, inferred: bool) {
-        let approx_time = matches!(event.body, EventBody::Rule(_));
-        if let (false, Some(t), 0) = (approx_time, tuple, self.live[i].flow) {
+        // nftables trace messages carry no timestamp and arrive after the fact: they are placed
+        // by their hook when the journey ends (see `order_untimed`).
+        let untimed = matches!(event.body, EventBody::Rule(_));
+        if let (false, Some(t), 0) = (untimed, tuple, self.live[i].flow) {
             self.live[i].flow = self.flow_of(t);
         }
         let j = &mut self.live[i];
-        if approx_time {
-            // nftables trace messages carry no timestamp, and arrive after the fact. Rules run
-            // between a packet's arrival and its exit, so place them after the last arrival-side
-            // hop (not after an egress or a drop); ties keep their order.
-            event.ts_ns = j
-                .hops
-                .iter()
-                .filter(|h| !is_exit(&h.event))
-                .map(|h| h.ts_ns)
-                .max()
-                .unwrap_or(j.last_ns);
+        if untimed {
+            event.ts_ns = j.last_ns;
         }
         // The tuple a rule saw belongs to its hook's moment, not to now: only sightings with
         // their own timestamps tell a rewrite.
-        if let (false, Some(t), Some(cur)) = (approx_time, tuple, j.current)
+        if let (false, Some(t), Some(cur)) = (untimed, tuple, j.current)
             && t != cur
         {
             j.rewrites.push(Rewrite {
@@ -349,14 +342,14 @@ impl Correlator {
         {
             j.ended = true;
         }
-        if !approx_time {
+        if !untimed {
             j.last_ns = j.last_ns.max(event.ts_ns);
         }
         j.hops.push(Hop {
             ts_ns: event.ts_ns,
             tuple,
             inferred,
-            approx_time,
+            untimed,
             event,
         });
     }
@@ -457,26 +450,14 @@ impl Correlator {
             }
         }
         // Rule verdicts may have come before the sightings around them were read: now that the
-        // journey is complete, put them after its last arrival-side sighting.
-        let anchor = j
-            .hops
-            .iter()
-            .filter(|h| !h.approx_time && !h.inferred && !is_exit(&h.event))
-            .map(|h| h.ts_ns)
-            .max();
-        if let Some(anchor) = anchor {
-            for h in j.hops.iter_mut().filter(|h| h.approx_time) {
-                h.ts_ns = anchor + 1;
-                h.event.ts_ns = anchor + 1;
-            }
-        }
-        j.hops.sort_by_key(|h| h.ts_ns);
+        // journey is complete, place them by their hook among the timestamped sightings.
+        j.hops = order_untimed(std::mem::take(&mut j.hops));
         // Rewrites point at the first hop that saw the new tuple, in the final order.
         for r in j.rewrites.iter_mut() {
             if let Some(i) = j
                 .hops
                 .iter()
-                .position(|h| !h.approx_time && h.tuple == Some(r.after))
+                .position(|h| !h.untimed && h.tuple == Some(r.after))
             {
                 r.at_hop = i;
             }
@@ -502,6 +483,63 @@ impl Correlator {
         }
         self.take_finished()
     }
+}
+
+/// The hops in their final order: the timestamped ones by time, and each untimed one (an
+/// nftables verdict) where its hook runs between them. Prerouting (and netdev ingress) runs
+/// after the packet arrived (its last tc ingress before it left), before routing; input,
+/// forward and output run after routing, and postrouting last, all before the packet's exit
+/// (its first tc egress or drop). Untimed hops take the time of the hop they follow as their
+/// ordering key; ties keep the order the kernel reported them in.
+fn order_untimed(hops: Vec<Hop>) -> Vec<Hop> {
+    let (mut timed, untimed): (Vec<Hop>, Vec<Hop>) = hops.into_iter().partition(|h| !h.untimed);
+    timed.sort_by_key(|h| h.ts_ns);
+    if untimed.is_empty() {
+        return timed;
+    }
+    let exit = timed
+        .iter()
+        .position(|h| is_exit(&h.event))
+        .unwrap_or(timed.len());
+    let arrival = timed[..exit].iter().rposition(|h| {
+        matches!(&h.event.body, EventBody::Tc(t) if t.direction == crate::event::Direction::Ingress)
+    });
+    // The slot is the number of timestamped hops before the untimed one.
+    let mut placed: Vec<(usize, u8, Hop)> = untimed
+        .into_iter()
+        .map(|h| {
+            let hook = match &h.event.body {
+                EventBody::Rule(r) => r.hook,
+                _ => None,
+            };
+            let (slot, rank) = match hook {
+                Some(Hook::Prerouting | Hook::Ingress) => (arrival.map_or(0, |a| a + 1), 0),
+                Some(Hook::Postrouting) => (exit, 2),
+                _ => (exit, 1),
+            };
+            (slot, rank, h)
+        })
+        .collect();
+    placed.sort_by_key(|(slot, rank, _)| (*slot, *rank));
+    let mut out = Vec::with_capacity(timed.len() + placed.len());
+    let mut untimed = placed.into_iter().peekable();
+    for (i, h) in timed.into_iter().enumerate() {
+        while let Some((_, _, mut u)) = untimed.next_if(|(slot, _, _)| *slot <= i) {
+            // Before the first timestamped hop, the ordering key is that hop's time.
+            u.ts_ns = out.last().map_or(h.ts_ns, |p: &Hop| p.ts_ns);
+            u.event.ts_ns = u.ts_ns;
+            out.push(u);
+        }
+        out.push(h);
+    }
+    for (_, _, mut u) in untimed {
+        if let Some(p) = out.last() {
+            u.ts_ns = p.ts_ns;
+            u.event.ts_ns = p.ts_ns;
+        }
+        out.push(u);
+    }
+    out
 }
 
 fn lookup_dst(e: &Event) -> Option<(IpAddr, u16)> {

@@ -569,3 +569,76 @@ fn lost_events_are_said_in_text_too() {
     let text = render_text(&j, &topo(), false);
     assert!(text.contains("events were lost"), "{text}");
 }
+
+/// A verdict of `family table/chain` at `hook`, accepting `p`.
+fn accept_at(hook: Hook, chain: &str, p: Packet) -> Event {
+    let mut e = rule_verdict(
+        Family::Inet,
+        ("fw", chain),
+        (DecidedBy::Policy, None, None),
+        Verdict::Accept,
+        p,
+    );
+    if let EventBody::Rule(r) = &mut e.body {
+        r.hook = Some(hook);
+    }
+    // The receive time: not a kernel time, never to be shown.
+    e.ts_ns = 999_999;
+    e
+}
+
+#[test]
+fn untimed_verdicts_sit_by_their_hook_and_show_no_time() {
+    let p = tcp("10.0.0.1", 5000, "10.0.0.2", 80, 1, TcpFlags::SYN);
+    // The verdicts are read before the sightings around them.
+    let j = one(vec![
+        accept_at(Hook::Postrouting, "post", p.clone()),
+        accept_at(Hook::Forward, "fwd", p.clone()),
+        accept_at(Hook::Prerouting, "pre", p.clone()),
+        tc(1_000, 2, Direction::Ingress, p.clone()),
+        fib(3_000, "10.0.0.2", 80, 254, Some("veth-web"), 0),
+        tc(10_000, 4, Direction::Egress, p),
+    ]);
+    let order: Vec<String> = j
+        .hops
+        .iter()
+        .map(|h| crate::render::facts::place(&h.event, &topo()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "eth0 ingress",
+            "inet fw/pre (prerouting)",
+            "route table 254",
+            "inet fw/fwd (forward)",
+            "inet fw/post (postrouting)",
+            "veth-web egress"
+        ]
+    );
+    let text = render_text(&j, &topo(), false);
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows[2].starts_with("   (untimed)"), "{text}");
+    assert!(!rows[2].contains('Δ') && !rows[2].contains("ms"), "{text}");
+    // Δ of the row after an untimed one is measured from the timestamped row before it.
+    assert!(rows[3].contains("Δ2µs"), "{text}");
+    assert!(
+        rows[6].contains("+0.009ms") && rows[6].contains("Δ7µs"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render_json(&j, &topo())).unwrap();
+    let hops = json["hops"].as_array().unwrap();
+    let mut prev: Option<u64> = None;
+    for h in hops {
+        if h["untimed"] == true {
+            assert!(h["t_ns"].is_null() && h["dt_ns"].is_null() && h["ts_ns"].is_null());
+            assert!(h["event"]["ts_ns"].is_null(), "{h:#}");
+            assert_eq!(h["approx_time"], true);
+            continue;
+        }
+        let ts = h["ts_ns"].as_u64().unwrap();
+        assert_eq!(h["t_ns"].as_u64().unwrap(), ts - 1_000);
+        assert_eq!(h["dt_ns"].as_u64().unwrap(), ts - prev.unwrap_or(ts));
+        prev = Some(ts);
+    }
+    assert_eq!(hops.iter().filter(|h| h["untimed"] == true).count(), 3);
+}
