@@ -222,6 +222,8 @@ fn decode_fib(f: Fields<'_>) -> Result<FibLookup, DecodeError> {
             fib_source::TP_FIB6 => Mechanism::Fib6Tracepoint,
             _ => Mechanism::Unknown,
         },
+        tried: Vec::new(),
+        rule_pref: None,
     })
 }
 

@@ -115,9 +115,17 @@ pub struct Correlator {
     by_sig: FastMap<Signature, SigIds>,
     /// Routing lookups not yet matched to a packet.
     lookups: VecDeque<Event>,
+    /// Routing decisions still being assembled, at most one per CPU: the kernel probes table
+    /// after table for one decision, back to back on one CPU. Each is the latest lookup, with
+    /// the earlier ones in its `tried`.
+    deciding: Vec<Event>,
     finished: Vec<Journey>,
     next_expire_ns: u64,
 }
+
+/// Most time between two lookups of one routing decision (they follow each other within
+/// microseconds on one CPU).
+const DECISION_GAP_NS: u64 = 1_000_000;
 
 /// Event time between two looks for journeys that ended.
 const EXPIRE_EVERY_NS: u64 = 5_000_000;
@@ -134,6 +142,7 @@ impl Correlator {
             by_skb: FastMap::default(),
             by_sig: FastMap::default(),
             lookups: VecDeque::new(),
+            deciding: Vec::new(),
             finished: Vec::new(),
             next_expire_ns: 0,
         }
@@ -147,7 +156,8 @@ impl Correlator {
     pub fn push(&mut self, event: Event) {
         let now = event.ts_ns;
         match &event.body {
-            EventBody::Fib(_) | EventBody::FibRule(_) => self.push_lookup(event),
+            EventBody::Fib(_) => self.push_fib(event),
+            EventBody::FibRule(_) => self.push_fib_rule(event),
             EventBody::Chain(c) => {
                 let skb = c.skb;
                 match self.find_by_skb(skb) {
@@ -156,6 +166,8 @@ impl Correlator {
                 }
             }
             _ => {
+                // A packet's sighting comes after the routing decisions made for it.
+                self.close_decisions(|_| true);
                 let packet = identity::packet_of(&event);
                 let skb = match &event.body {
                     EventBody::Drop(d) => Some(d.skb),
@@ -354,9 +366,80 @@ impl Correlator {
         });
     }
 
+    /// A table lookup: the next step of the decision being made on its CPU, or the first of a
+    /// new one.
+    fn push_fib(&mut self, event: Event) {
+        let cpu = event.cpu;
+        if let Some(k) = self.deciding.iter().position(|d| d.cpu == cpu) {
+            let continues = match (&self.deciding[k].body, &event.body) {
+                (EventBody::Fib(prev), EventBody::Fib(next)) => {
+                    event.ts_ns.saturating_sub(self.deciding[k].ts_ns) <= DECISION_GAP_NS
+                        && prev.continues_with(next)
+                }
+                _ => false,
+            };
+            let prev = self.deciding.swap_remove(k);
+            if continues {
+                let mut event = event;
+                if let (EventBody::Fib(mut p), EventBody::Fib(n)) = (prev.body, &mut event.body) {
+                    let mut tried = std::mem::take(&mut p.tried);
+                    tried.push(p.as_try(prev.ts_ns));
+                    n.tried = tried;
+                    n.rule_pref = n.rule_pref.or(p.rule_pref);
+                }
+                self.deciding.push(event);
+                return;
+            }
+            self.push_lookup(prev);
+        }
+        self.deciding.push(event);
+    }
+
+    /// The policy rule that chose the table: reported when the rules lookup returns, after the
+    /// table lookups it made. It completes the decision on its CPU; without one it is a row.
+    fn push_fib_rule(&mut self, event: Event) {
+        let EventBody::FibRule(r) = &event.body else {
+            return;
+        };
+        let k = self.deciding.iter().position(|d| {
+            d.cpu == event.cpu
+                && matches!(&d.body, EventBody::Fib(f) if f.dst == r.dst)
+                && event.ts_ns.saturating_sub(d.ts_ns) <= DECISION_GAP_NS
+        });
+        match k {
+            Some(k) => {
+                let mut d = self.deciding.swap_remove(k);
+                if let EventBody::Fib(f) = &mut d.body {
+                    f.rule_pref = Some(r.pref);
+                }
+                self.push_lookup(d);
+            }
+            None => {
+                self.close_decisions(|d| d.cpu == event.cpu);
+                self.push_lookup(event);
+            }
+        }
+    }
+
+    /// Decisions that are complete (`done`) go where lookups go: to their packet's journey,
+    /// or to wait for it.
+    fn close_decisions(&mut self, done: impl Fn(&Event) -> bool) {
+        if self.deciding.is_empty() {
+            return;
+        }
+        let (closed, open): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.deciding)
+            .into_iter()
+            .partition(|d| done(d));
+        self.deciding = open;
+        for d in closed {
+            self.push_lookup(d);
+        }
+    }
+
     fn push_lookup(&mut self, event: Event) {
         // A lookup right after a packet's last sighting (forwarding, reply routing) belongs to
-        // that packet; otherwise it waits for the packet it was made for.
+        // that packet, unless it has left already (then it is the next packet's); otherwise it
+        // waits for the packet it was made for.
         let now = event.ts_ns;
         let window = self.limits.lookup_window_ns;
         let target = lookup_dst(&event);
@@ -366,6 +449,7 @@ impl Correlator {
                 && now.saturating_sub(j.last_ns) <= window
                 && j.current
                     .is_some_and(|t| Some((t.dst, t.dport)) == target || Some((t.dst, 0)) == target)
+                && !j.hops.iter().any(|h| is_exit(&h.event))
         });
         match found.map(|i| i + skip) {
             Some(i) => self.attach(i, event, None, true),
@@ -409,6 +493,7 @@ impl Correlator {
             return;
         }
         self.next_expire_ns = now + EXPIRE_EVERY_NS;
+        self.close_decisions(|d| now.saturating_sub(d.ts_ns) > DECISION_GAP_NS);
         let linger = self.limits.linger_ns;
         while let Some(l) = self.lookups.front() {
             if now.saturating_sub(l.ts_ns) > self.limits.lookup_window_ns {
@@ -474,6 +559,7 @@ impl Correlator {
 
     /// Ends everything (the trace stops).
     pub fn flush(&mut self) -> Vec<Journey> {
+        self.close_decisions(|_| true);
         while let Some(l) = self.lookups.pop_front() {
             self.standalone(l);
         }
