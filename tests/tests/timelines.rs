@@ -223,6 +223,8 @@ fn udp_delivered(client: &Netns, server: &Netns, dst: std::net::IpAddr, port: u1
 #[test]
 fn one_route_row_per_routing_decision_ipv4_and_ipv6() {
     require_root();
+    // Routing lookups carry no namespace: another lab's with the same addresses would mix in.
+    let _serial = probe_lab::one_lab_at_a_time();
     let lab = probe_lab::Routed::new().unwrap().with_ipv6().unwrap();
     for (dst, port) in [
         (std::net::IpAddr::from(probe_lab::Routed::SERVER), 7301u16),
@@ -321,4 +323,92 @@ fn check_text_decisions(stdout: &str, port: u16) {
         "{stdout}"
     );
     assert!(!stdout.contains("not routed"), "{stdout}");
+}
+
+/// The gateway of a route row is the next hop's own: the client's default route names its
+/// gateway; a directly connected route (the client's to the router, the router's to the server)
+/// names none. The tracepoint record's gateway fields are left unwritten for such a route and
+/// held leftovers of earlier events (`via 56.0.0.0`).
+#[test]
+fn route_rows_show_the_real_gateway_or_none_ipv4_and_ipv6() {
+    require_root();
+    // Routing lookups carry no namespace: another lab's with the same addresses would mix in.
+    let _serial = probe_lab::one_lab_at_a_time();
+    let lab = probe_lab::Routed::new().unwrap().with_ipv6().unwrap();
+    let v4 = |a: std::net::Ipv4Addr| std::net::IpAddr::from(a);
+    let v6 = |a: std::net::Ipv6Addr| std::net::IpAddr::from(a);
+    for (server, router, gateway, port) in [
+        (
+            v4(probe_lab::Routed::SERVER),
+            v4("10.203.1.1".parse().unwrap()),
+            "10.203.1.1",
+            7311u16,
+        ),
+        (
+            v6(probe_lab::Routed::SERVER6),
+            v6("fd03:1::1".parse().unwrap()),
+            "fd03:1::1",
+            7312u16,
+        ),
+    ] {
+        // The route rows of the timelines of datagrams sent `rounds` times to each target.
+        let trace = |targets: &[(std::net::IpAddr, &Netns)], rounds: usize| {
+            let run = ProbeRun::start(&["trace", "--netns", lab.router.name(), "--json"]).unwrap();
+            for _ in 0..rounds {
+                for (dst, receiver) in targets {
+                    udp_delivered(&lab.client, receiver, *dst, port);
+                }
+            }
+            let (stdout, _) = run.stop().unwrap();
+            let timelines = json_lines(&stdout).unwrap();
+            let routes: Vec<Value> = timelines
+                .iter()
+                .filter(|t| t["first"]["dport"] == port)
+                .flat_map(|t| t["hops"].as_array().unwrap())
+                .filter(|h| h["event"]["kind"] == "fib" && h["event"]["err"] == 0)
+                .cloned()
+                .collect();
+            routes
+        };
+        let routes = if server.is_ipv4() {
+            // Several datagrams to both, so that the connected route's lookup follows lookups
+            // with a gateway and other events (the leftovers came from those).
+            trace(&[(server, &lab.server), (router, &lab.router)], 3)
+        } else {
+            // IPv6 datagrams carry no identity: one at a time keeps their timelines apart.
+            let mut r = trace(&[(server, &lab.server)], 1);
+            r.extend(trace(&[(router, &lab.router)], 1));
+            r
+        };
+        let timelines = &routes;
+        // The client's own decisions are output lookups (the kernel sets iif to loopback's 1).
+        let client = |h: &&Value, dst: std::net::IpAddr| {
+            h["event"]["dev"] == "eth0"
+                && h["event"]["iif"] == 1
+                && h["event"]["dst"] == dst.to_string()
+        };
+        let via_gateway: Vec<&Value> = routes.iter().filter(|h| client(h, server)).collect();
+        let connected: Vec<&Value> = routes
+            .iter()
+            .filter(|h| client(h, router) || h["event"]["dev"] == "to-server")
+            .collect();
+        assert!(
+            !via_gateway.is_empty() && connected.len() >= 2,
+            "{timelines:#?}"
+        );
+        for h in via_gateway {
+            assert_eq!(h["event"]["gateway"], gateway, "{h:#}");
+            assert!(
+                h["what"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(&format!("-> dev eth0 via {gateway}")),
+                "{h:#}"
+            );
+        }
+        for h in connected {
+            assert!(h["event"].get("gateway").is_none(), "{h:#}");
+            assert!(!h["what"].as_str().unwrap().contains(" via "), "{h:#}");
+        }
+    }
 }

@@ -397,6 +397,8 @@ pub enum Mechanism {
     FibTracepoint,
     #[serde(rename = "tracepoint:fib6:fib6_table_lookup")]
     Fib6Tracepoint,
+    #[serde(rename = "raw_tracepoint:fib_table_lookup")]
+    FibRawTracepoint,
     #[serde(rename = "fexit:nf_hook_slow")]
     FexitNfHookSlow,
     #[serde(rename = "kretprobe:nf_hook_slow")]
