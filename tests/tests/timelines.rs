@@ -93,6 +93,17 @@ fn dnat_connection_is_one_flow_with_the_rewrite_and_the_reply_linked() {
                 && h["event"]["chain"] == "DOCKER"
                 && h["event"]["table"] == "nat")
     );
+    // The forwarding decision, made for the rewritten destination, is the packet's.
+    assert!(
+        syn["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["event"]["kind"] == "fib"
+                && h["event"]["dst"] == web.to_string()
+                && h["event"]["dev"] == "docker0"),
+        "{syn:#}"
+    );
     // Hops are in time order with their gaps; rule verdicts have no kernel time and show none.
     let hops = syn["hops"].as_array().unwrap();
     let mut last = 0;

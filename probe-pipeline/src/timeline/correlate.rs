@@ -303,6 +303,30 @@ impl Correlator {
         self.attach(i, event, tuple, false);
     }
 
+    /// Moves the waiting lookups for `t` made between journey `i`'s first sighting and `now`
+    /// into it.
+    fn take_lookups_for(&mut self, i: usize, t: Tuple, now: u64) {
+        let Some(since) = self.live[i].hops.iter().map(|h| h.ts_ns).min() else {
+            return;
+        };
+        let mut k = 0;
+        while k < self.lookups.len() {
+            let l = &self.lookups[k];
+            if lookup_matches(l, &t) && l.ts_ns >= since && l.ts_ns <= now {
+                let l = self.lookups.remove(k).expect("index in range");
+                self.live[i].hops.push(Hop {
+                    ts_ns: l.ts_ns,
+                    tuple: None,
+                    inferred: true,
+                    untimed: false,
+                    event: l,
+                });
+            } else {
+                k += 1;
+            }
+        }
+    }
+
     fn flow_of(&mut self, t: Tuple) -> u64 {
         if let Some(&f) = self.flows.get(&t).or_else(|| self.flows.get(&t.reversed())) {
             return f;
@@ -338,6 +362,9 @@ impl Correlator {
             let flow = j.flow;
             // Replies to the rewritten tuple belong to the same flow.
             self.flows.insert(t, flow);
+            // The routing decision made after the rewrite (a DNAT in prerouting) was for the
+            // new destination, which no journey showed yet: it waited for its packet.
+            self.take_lookups_for(i, t, event.ts_ns);
         }
         let j = &mut self.live[i];
         if j.current.is_none() {

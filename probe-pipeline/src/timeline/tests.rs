@@ -787,3 +787,30 @@ fn no_route_in_any_table_is_unroutable() {
     tally.add(&done[0], outcome);
     assert_eq!(tally.unroutable, 1);
 }
+
+#[test]
+fn the_decision_after_a_dnat_joins_the_rewritten_packet() {
+    let syn_in = tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, TcpFlags::SYN);
+    let syn_out = tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, TcpFlags::SYN);
+    // The forwarding lookup is made for the new destination, before any sighting shows it.
+    let mut forward = lookup(2_000, "203.0.113.2", "172.17.0.2", MAIN, Some("docker0"), 0);
+    if let EventBody::Fib(f) = &mut forward.body {
+        f.dport = 0;
+        f.proto = Transport::Other(0);
+    }
+    let j = one(vec![
+        tc(1_000, 2, Direction::Ingress, syn_in),
+        forward,
+        tc(3_000, 4, Direction::Egress, syn_out),
+    ]);
+    let places: Vec<String> = j
+        .hops
+        .iter()
+        .map(|h| crate::render::facts::place(&h.event, &topo()))
+        .collect();
+    assert_eq!(
+        places,
+        ["eth0 ingress", "route table main", "veth-web egress"]
+    );
+    assert_eq!(j.rewrites[0].at_hop, 2);
+}
