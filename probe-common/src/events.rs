@@ -179,6 +179,8 @@ pub mod fib_source {
     pub const TP_FIB4: u8 = 1;
     /// Tracepoint `fib6:fib6_table_lookup` (IPv6).
     pub const TP_FIB6: u8 = 2;
+    /// Raw tracepoint `fib_table_lookup` (IPv4), reading the next hop itself.
+    pub const RAW_TP_FIB4: u8 = 3;
 }
 
 /// A routing table lookup and its result.

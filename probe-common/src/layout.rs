@@ -52,6 +52,75 @@ impl FibTpLayout {
     };
 }
 
+/// Where the raw tracepoint `fib_table_lookup(u32 tb_id, const struct flowi4 *flp, const
+/// struct fib_nh_common *nhc, int err)` finds what it reads, from BTF: the record of the
+/// ordinary tracepoint does not say whether the next hop has a gateway (the kernel leaves the
+/// gateway fields unwritten when it has none), the next hop itself does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fib4RawLayout {
+    // struct flowi4
+    pub oif: u16,
+    pub iif: u16,
+    /// `flowic_tos`, or `flowic_dscp` on kernels that store the DS field instead.
+    pub tos: u16,
+    pub scope: u16,
+    pub proto: u16,
+    pub flags: u16,
+    pub saddr: u16,
+    pub daddr: u16,
+    pub sport: u16,
+    pub dport: u16,
+    // struct fib_nh_common
+    pub nhc_gw_family: u16,
+    pub nhc_gw: u16,
+    pub nhc_dev: u16,
+    // struct net_device
+    pub dev_name: u16,
+}
+pod!(Fib4RawLayout);
+
+impl Fib4RawLayout {
+    pub const ABSENT: Self = Self {
+        oif: ABSENT,
+        iif: ABSENT,
+        tos: ABSENT,
+        scope: ABSENT,
+        proto: ABSENT,
+        flags: ABSENT,
+        saddr: ABSENT,
+        daddr: ABSENT,
+        sport: ABSENT,
+        dport: ABSENT,
+        nhc_gw_family: ABSENT,
+        nhc_gw: ABSENT,
+        nhc_dev: ABSENT,
+        dev_name: ABSENT,
+    };
+
+    /// Every offset is known: the raw tracepoint can stand in for the ordinary one.
+    pub fn complete(&self) -> bool {
+        [
+            self.oif,
+            self.iif,
+            self.tos,
+            self.scope,
+            self.proto,
+            self.flags,
+            self.saddr,
+            self.daddr,
+            self.sport,
+            self.dport,
+            self.nhc_gw_family,
+            self.nhc_gw,
+            self.nhc_dev,
+            self.dev_name,
+        ]
+        .iter()
+        .all(|&o| o != ABSENT)
+    }
+}
+
 /// Offsets of kernel struct members and tracepoint fields the programs read, taken from the
 /// running kernel's BTF and tracefs at load time. [`ABSENT`] where the kernel lacks one.
 #[repr(C)]
@@ -105,6 +174,7 @@ pub struct KernelLayout {
     pub fibops_family: u16,
     pub fib4: FibTpLayout,
     pub fib6: FibTpLayout,
+    pub fib4_raw: Fib4RawLayout,
 }
 pod!(KernelLayout);
 
@@ -147,6 +217,7 @@ impl KernelLayout {
         fibops_family: ABSENT,
         fib4: FibTpLayout::ABSENT,
         fib6: FibTpLayout::ABSENT,
+        fib4_raw: Fib4RawLayout::ABSENT,
     };
 }
 

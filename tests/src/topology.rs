@@ -1,7 +1,7 @@
 //! Small networks made of namespaces: two hosts on a veth pair, and a Docker-like bridge with
 //! "containers".
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 
@@ -98,6 +98,56 @@ impl Routed {
             router,
             server,
         })
+    }
+
+    pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd03, 1, 0, 0, 0, 0, 0, 2);
+    pub const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd03, 2, 0, 0, 0, 0, 0, 2);
+
+    /// Adds IPv6 to the same links: client fd03:1::2 via fd03:1::1, server fd03:2::2 via
+    /// fd03:2::1 (addresses without duplicate detection, so they are usable at once).
+    pub fn with_ipv6(self) -> anyhow::Result<Self> {
+        for ns in [&self.client, &self.router, &self.server] {
+            sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "0")?;
+        }
+        for (peer, router_if, net) in [
+            (&self.client, Self::TO_CLIENT, 1),
+            (&self.server, Self::TO_SERVER, 2),
+        ] {
+            sysctl(
+                &self.router,
+                &format!("net.ipv6.conf.{router_if}.disable_ipv6"),
+                "0",
+            )?;
+            sysctl(peer, "net.ipv6.conf.eth0.disable_ipv6", "0")?;
+            self.router.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("fd03:{net}::1/64"),
+                "dev",
+                router_if,
+                "nodad",
+            ])?;
+            peer.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("fd03:{net}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            peer.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd03:{net}::1"),
+            ])?;
+        }
+        sysctl(&self.router, "net.ipv6.conf.all.forwarding", "1")?;
+        Ok(self)
     }
 }
 

@@ -52,7 +52,9 @@ fn backends_follow_the_kernel_version() {
     );
     let routes = doctor.backend("routing decisions").unwrap_or_default();
     assert!(
-        routes.starts_with("tracepoint fib:fib_table_lookup"),
+        (routes.starts_with("raw tracepoint fib_table_lookup")
+            || routes.starts_with("tracepoint fib:fib_table_lookup"))
+            && routes.contains("fib6:fib6_table_lookup"),
         "{routes}"
     );
 

@@ -471,3 +471,97 @@ fn with_a_filter_only_admitted_packets_are_marked_for_tracing() {
     assert_eq!(accepted, 2, "{events:#?}");
     assert!(rule_events(&events, 7006).is_empty());
 }
+
+/// nftables trace verdicts carry no kernel time: a `--rules` timeline shows none for them,
+/// places them by their hook after the packet's arrival, and measures every Δ between the
+/// kernel's own timestamps.
+#[test]
+fn untimed_verdicts_show_no_time_and_leave_the_deltas_to_kernel_times() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    lab.b
+        .exec(
+            "nft",
+            &["add table inet fw; \
+                 add chain inet fw pre { type filter hook prerouting priority 10; policy accept; }; \
+                 add chain inet fw input { type filter hook input priority 10; policy accept; }; \
+                 add rule inet fw input udp dport 7010 counter accept"],
+        )
+        .unwrap();
+    let send_one = || {
+        let dst = lab.b_addr;
+        lab.a
+            .run(move || {
+                let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+                sock.connect((dst, 7010)).unwrap();
+                sock.send(b"untimed").unwrap();
+            })
+            .unwrap();
+    };
+    let trace = |json: bool| {
+        let mut args = vec![
+            "trace",
+            "--netns",
+            lab.b.name(),
+            "--rules",
+            "-f",
+            "udp port 7010",
+        ];
+        if json {
+            args.push("--json");
+        }
+        let run = ProbeRun::start(&args).unwrap();
+        send_one();
+        run.stop().unwrap().0
+    };
+
+    let stdout = trace(true);
+    let timelines = json_lines(&stdout).unwrap();
+    let t = timelines
+        .iter()
+        .find(|t| {
+            t["first"]["dport"] == 7010
+                && t["hops"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["event"]["kind"] == "rule")
+        })
+        .unwrap_or_else(|| panic!("no timeline with verdicts for 7010 in {timelines:#?}"));
+    let hops = t["hops"].as_array().unwrap();
+    let mut first: Option<u64> = None;
+    let mut prev: Option<u64> = None;
+    let mut untimed = 0;
+    for h in hops {
+        if h["event"]["kind"] == "rule" {
+            untimed += 1;
+            assert_eq!(h["untimed"], true, "{h:#}");
+            for field in ["t_ns", "dt_ns", "ts_ns"] {
+                assert!(h[field].is_null(), "{field} of an untimed hop: {h:#}");
+            }
+            assert!(h["event"]["ts_ns"].is_null(), "{h:#}");
+            // Rules run after the packet arrived: a timestamped sighting comes first.
+            assert!(prev.is_some(), "a verdict before any sighting: {t:#}");
+            continue;
+        }
+        assert!(h.get("untimed").is_none(), "{h:#}");
+        let ts = h["ts_ns"].as_u64().unwrap();
+        let start = *first.get_or_insert(ts);
+        assert_eq!(h["t_ns"].as_u64().unwrap(), ts - start, "{t:#}");
+        assert_eq!(
+            h["dt_ns"].as_u64().unwrap(),
+            ts - prev.unwrap_or(ts),
+            "{t:#}"
+        );
+        prev = Some(ts);
+    }
+    assert!(untimed >= 2, "prerouting and input verdicts: {t:#}");
+
+    let text = trace(false);
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains("inet fw/")).collect();
+    assert!(rows.len() >= 2, "{text}");
+    for row in rows {
+        assert!(row.starts_with("   (untimed) "), "{row}");
+        assert!(!row.contains('Δ') && !row.contains("ms "), "{row}");
+    }
+}

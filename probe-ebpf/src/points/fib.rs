@@ -2,16 +2,135 @@
 //! `fib_table_lookup`) and `fib6:fib6_table_lookup` (IPv6, `fib6_table_lookup`). Each fires once
 //! per table consulted, with the result: table, output device, gateway or error. Field offsets
 //! come from the tracepoints' format files at load time.
+//!
+//! For IPv4 the raw tracepoint `fib_table_lookup` is preferred where BTF gives the offsets: the
+//! ordinary record leaves its gateway fields unwritten when the next hop has no gateway (they
+//! then hold whatever an earlier event left in the buffer, `via 56.0.0.0`), while the raw
+//! tracepoint reads the next hop's gateway family itself.
 
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel_buf},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
-use probe_common::{ABSENT, EventHeader, FibEvent, FibTpLayout, counter, family, fib_source, kind};
+use probe_common::{
+    ABSENT, EventHeader, Fib4RawLayout, FibEvent, FibTpLayout, counter, family, fib_source, kind,
+};
 
-use crate::shared::{filter, layout, maps};
+use crate::shared::{
+    filter,
+    layout::{self, read_kernel},
+    maps,
+};
+
+/// `nhc_gw_family` values.
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// Raw tracepoint `fib_table_lookup(u32 tb_id, const struct flowi4 *flp,
+/// const struct fib_nh_common *nhc, int err)`.
+#[raw_tracepoint(tracepoint = "fib_table_lookup")]
+pub fn fib_table_lookup_raw(ctx: RawTracePointContext) -> i32 {
+    let l = layout::get(|l| &l.fib4_raw);
+    let _ = try_fib_raw(&ctx, &l);
+    0
+}
+
+#[inline(always)]
+fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32> {
+    let tb_id = ctx.arg::<u64>(0) as u32;
+    let flp = ctx.arg::<u64>(1);
+    let nhc = ctx.arg::<u64>(2);
+    let err = ctx.arg::<u64>(3) as i32;
+    if flp == 0 {
+        return Err(-1);
+    }
+    let Some(mut entry) = maps::EVENTS.reserve::<FibEvent>(0) else {
+        maps::bump(counter::RINGBUF_FULL);
+        return Err(-1);
+    };
+    // SAFETY: the entry is reserved memory of exactly size_of::<FibEvent>(); every field is
+    // written below before submit.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    // SAFETY: helpers without preconditions.
+    let (ts_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    ev.header = EventHeader {
+        ts_ns,
+        kind: kind::FIB,
+        flags: 0,
+        cpu,
+    };
+    ev.src = [0; 16];
+    ev.dst = [0; 16];
+    ev.gw = [0; 16];
+    ev.dev_name = [0; 16];
+    let saddr: [u8; 4] = read_kernel(flp, l.saddr).unwrap_or_default();
+    let daddr: [u8; 4] = read_kernel(flp, l.daddr).unwrap_or_default();
+    ev.src[..4].copy_from_slice(&saddr);
+    ev.dst[..4].copy_from_slice(&daddr);
+    ev.gw_family = family::OTHER;
+    if nhc == 0 {
+        // No next hop (the lookup failed): the tracepoint names the device "-".
+        ev.dev_name[0] = b'-';
+    } else {
+        // The gateway is the next hop's, of its own family (an IPv4 route may have an IPv6
+        // next hop); none when the route is directly connected.
+        match read_kernel::<u8>(nhc, l.nhc_gw_family).unwrap_or_default() {
+            AF_INET => {
+                let gw: [u8; 4] = read_kernel(nhc, l.nhc_gw).unwrap_or_default();
+                ev.gw[..4].copy_from_slice(&gw);
+                ev.gw_family = family::IPV4;
+            }
+            AF_INET6 => {
+                ev.gw = read_kernel(nhc, l.nhc_gw).unwrap_or_default();
+                ev.gw_family = family::IPV6;
+            }
+            _ => {}
+        }
+        let dev = read_kernel::<u64>(nhc, l.nhc_dev).unwrap_or_default();
+        if dev == 0 {
+            ev.dev_name[0] = b'-';
+        } else {
+            ev.dev_name = read_kernel(dev, l.dev_name).unwrap_or_default();
+        }
+    }
+    ev.table = tb_id;
+    ev.err = err;
+    ev.oif = read_kernel::<i32>(flp, l.oif).unwrap_or_default();
+    ev.iif = read_kernel::<i32>(flp, l.iif).unwrap_or_default();
+    ev.proto = read_kernel::<u8>(flp, l.proto).unwrap_or_default();
+    // Ports as the tracepoint gives them: TCP and UDP only, in host order.
+    if ev.proto == IPPROTO_TCP || ev.proto == IPPROTO_UDP {
+        ev.sport = u16::from_be(read_kernel::<u16>(flp, l.sport).unwrap_or_default());
+        ev.dport = u16::from_be(read_kernel::<u16>(flp, l.dport).unwrap_or_default());
+    } else {
+        ev.sport = 0;
+        ev.dport = 0;
+    }
+    ev.family = family::IPV4;
+    ev.tos = read_kernel::<u8>(flp, l.tos).unwrap_or_default();
+    ev.scope = read_kernel::<u8>(flp, l.scope).unwrap_or_default();
+    ev.flags = read_kernel::<u8>(flp, l.flags).unwrap_or_default();
+    ev.source = fib_source::RAW_TP_FIB4;
+    ev._pad = [0; 5];
+    let admitted = filter::admit_tuple(&filter::Fields {
+        saddr: &ev.src,
+        daddr: &ev.dst,
+        sport: ev.sport,
+        dport: ev.dport,
+        l4_proto: ev.proto,
+        family: family::IPV4,
+    });
+    if !admitted {
+        entry.discard(0);
+        return Ok(());
+    }
+    entry.submit(0);
+    Ok(())
+}
 
 #[tracepoint]
 pub fn fib_table_lookup(ctx: TracePointContext) -> u32 {

@@ -247,8 +247,11 @@ fn decode_fib(f: Fields<'_>) -> Result<FibLookup, DecodeError> {
         source: match f.u8(offset_of!(FibEvent, source)) {
             fib_source::TP_FIB4 => Mechanism::FibTracepoint,
             fib_source::TP_FIB6 => Mechanism::Fib6Tracepoint,
+            fib_source::RAW_TP_FIB4 => Mechanism::FibRawTracepoint,
             _ => Mechanism::Unknown,
         },
+        tried: Vec::new(),
+        rule_pref: None,
     })
 }
 

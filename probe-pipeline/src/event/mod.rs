@@ -314,6 +314,34 @@ pub struct FibLookup {
     pub flags: u8,
     /// The mechanism that reported it, e.g. `tracepoint:fib:fib_table_lookup`.
     pub source: Mechanism,
+    /// In a timeline, this lookup is a routing decision: the lookups the kernel made for it
+    /// before this one, in order (tables without a route, the try before a source address or
+    /// port was chosen). Empty for a lone lookup and in `--events` output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<FibTry>,
+    /// The priority of the `ip rule` that chose the deciding table, when the kernel reported it
+    /// (`fib_rules_lookup`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_pref: Option<u32>,
+}
+
+/// One earlier lookup of a routing decision (see [`FibLookup::tried`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct FibTry {
+    /// CLOCK_MONOTONIC time of the lookup.
+    pub ts_ns: u64,
+    pub table: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_name: Option<String>,
+    /// 0 when the table had a route, else a negative errno.
+    pub err: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The source address the lookup was made with (unspecified before one was chosen).
+    pub src: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dev: Option<String>,
 }
 
 /// Linux errno values routing reports (the same on every architecture probe runs on).
@@ -348,9 +376,61 @@ impl FibLookup {
         self.err == -errno::EAGAIN
     }
 
-    /// The lookup failed for good (unreachable, prohibited, no route at all).
+    /// The decision found no route: its deciding lookup failed (unreachable, prohibited) or
+    /// was a table without a route with no other table after it.
     pub fn failed(&self) -> bool {
-        self.err != 0 && !self.is_table_miss()
+        self.err != 0
+    }
+
+    /// This lookup as an earlier try of a decision.
+    pub fn as_try(&self, ts_ns: u64) -> FibTry {
+        FibTry {
+            ts_ns,
+            table: self.table,
+            table_name: self.table_name.clone(),
+            err: self.err,
+            error: self.error.clone(),
+            src: self.src,
+            dev: self.dev.clone(),
+        }
+    }
+
+    /// The deciding table's name, or its number.
+    pub fn table_label(&self) -> String {
+        self.table_name
+            .clone()
+            .unwrap_or_else(|| self.table.to_string())
+    }
+
+    /// The other tables the decision tried first, each named once, in order: `local`.
+    pub fn tables_before(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in self.tried.iter().filter(|t| t.table != self.table) {
+            let name = t.table_name.clone().unwrap_or_else(|| t.table.to_string());
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// Whether `next`, made right after this lookup on the same CPU, is a further lookup of the
+    /// same routing decision: the next table after a table without a route (IPv4 reports
+    /// EAGAIN; IPv6 reports EHOSTUNREACH for a table's empty result), or the same route asked
+    /// again once the source address or the source port was chosen.
+    pub fn continues_with(&self, next: &FibLookup) -> bool {
+        let same_flow = self.dst == next.dst
+            && self.dport == next.dport
+            && self.proto == next.proto
+            && self.iif == next.iif
+            && (self.sport == next.sport || self.sport == 0);
+        if !same_flow {
+            return false;
+        }
+        let after_miss = self.err != 0;
+        let source_chosen = self.src.is_unspecified() && !next.src.is_unspecified();
+        let port_chosen = self.src == next.src && self.sport == 0 && next.sport != 0;
+        after_miss || (self.err == 0 && (source_chosen || port_chosen))
     }
 }
 
@@ -361,6 +441,8 @@ pub enum Mechanism {
     FibTracepoint,
     #[serde(rename = "tracepoint:fib6:fib6_table_lookup")]
     Fib6Tracepoint,
+    #[serde(rename = "raw_tracepoint:fib_table_lookup")]
+    FibRawTracepoint,
     #[serde(rename = "fexit:nf_hook_slow")]
     FexitNfHookSlow,
     #[serde(rename = "kretprobe:nf_hook_slow")]

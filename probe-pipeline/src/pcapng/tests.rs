@@ -154,6 +154,8 @@ fn fib(ts: u64) -> Event {
             scope: 0,
             flags: 0,
             source: Mechanism::FibTracepoint,
+            rule_pref: None,
+            tried: Vec::new(),
         }),
     }
 }

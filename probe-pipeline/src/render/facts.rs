@@ -25,6 +25,22 @@ pub fn write_place(out: &mut String, e: &Event, topo: &Topology) {
         EventBody::Fib(f) => {
             out.push_str("route table ");
             write_table(out, f.table, f.table_name.as_deref());
+            // One row per decision: the tables tried before the deciding one, and the rule.
+            let before = f.tables_before();
+            let rule = f.rule_pref.map(|p| format!("rule pref {p}"));
+            if !before.is_empty() || rule.is_some() {
+                out.push_str(" (");
+                if !before.is_empty() {
+                    let _ = write!(out, "after {}", before.join(", "));
+                }
+                if let Some(rule) = rule {
+                    if !before.is_empty() {
+                        out.push_str("; ");
+                    }
+                    out.push_str(&rule);
+                }
+                out.push(')');
+            }
         }
         EventBody::FibRule(r) => {
             let _ = write!(out, "ip rule pref {}", r.pref);

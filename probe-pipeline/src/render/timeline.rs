@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 
 use schemars::JsonSchema;
+
+use crate::knowledge::Cause;
 use serde::Serialize;
 
 use super::{
@@ -13,6 +15,7 @@ use super::{
     facts::{container, place, what, write_place},
 };
 use crate::{
+    event::Event,
     timeline::{Diagnosis, Hop, Journey, Outcome, Rewrite, Tally, Tuple, diagnose},
     topology::Topology,
 };
@@ -77,8 +80,20 @@ pub fn render_text(j: &Journey, topo: &Topology, color: bool) -> String {
     text(j, topo, color, diagnose(j, topo))
 }
 
+/// The time of the journey's first timestamped hop: what its other times are measured from.
+fn start_of(j: &Journey) -> u64 {
+    j.hops
+        .iter()
+        .find(|h| !h.untimed)
+        .or(j.hops.first())
+        .map_or(0, |h| h.ts_ns)
+}
+
+/// Width of the time columns of a text row (`   +0.041ms   Δ40µs    `).
+const TIME_COLUMNS: usize = 23;
+
 fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> String {
-    let start = j.hops.first().map_or(0, |h| h.ts_ns);
+    let start = start_of(j);
     let head = j
         .first
         .map(|t: Tuple| t.to_string())
@@ -89,14 +104,20 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
     // One scratch string for the padded columns, reused across hops.
     let mut cell = String::with_capacity(64);
     for (i, h) in j.hops.iter().enumerate() {
-        s.push_str(if h.inferred { "  ~+" } else { "   +" });
-        cell.clear();
-        fmt_ns(&mut cell, h.ts_ns.saturating_sub(start));
-        push_padded(&mut s, &cell, 9);
-        s.push_str(" Δ");
-        cell.clear();
-        fmt_delta(&mut cell, h.ts_ns.saturating_sub(prev));
-        push_padded(&mut s, &cell, 8);
+        if h.untimed {
+            // The kernel gave no time: none is shown, and Δ skips the row.
+            push_padded(&mut s, "   (untimed)", TIME_COLUMNS);
+        } else {
+            s.push_str(if h.inferred { "  ~+" } else { "   +" });
+            cell.clear();
+            fmt_ns(&mut cell, h.ts_ns.saturating_sub(start));
+            push_padded(&mut s, &cell, 9);
+            s.push_str(" Δ");
+            cell.clear();
+            fmt_delta(&mut cell, h.ts_ns.saturating_sub(prev));
+            push_padded(&mut s, &cell, 8);
+            prev = h.ts_ns;
+        }
         s.push(' ');
         cell.clear();
         write_place(&mut cell, &h.event, topo);
@@ -116,7 +137,6 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
             let _ = write!(s, "   ({on}{}{off})", r.note());
         }
         s.push('\n');
-        prev = h.ts_ns;
     }
     let (on, off) = if color {
         let c = match diagnosis.outcome {
@@ -139,23 +159,69 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
         ""
     };
     let _ = writeln!(s, "  => {on}{}{off}{evicted}{lost}", diagnosis.text);
+    if let Some(cause) = diagnosis.cause {
+        let _ = writeln!(s, "     next: {} (probe explain {})", cause.next, cause.id);
+    }
     s
 }
 
 #[derive(Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 struct JsonHop<'a> {
-    /// Nanoseconds since the journey's first sighting, and since the previous hop.
-    t_ns: u64,
-    dt_ns: u64,
+    /// Nanoseconds since the journey's first timestamped hop, and since the previous
+    /// timestamped hop; null for an untimed hop.
+    t_ns: Option<u64>,
+    dt_ns: Option<u64>,
     #[serde(rename = "where")]
     place: String,
     what: String,
     /// The Docker container whose interface or namespace this hop is on.
     #[serde(skip_serializing_if = "Option::is_none")]
     container: Option<&'a str>,
+    /// CLOCK_MONOTONIC time of the sighting; null for an untimed hop.
+    ts_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tuple: Option<Tuple>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    inferred: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    untimed: bool,
+    /// The older name of `untimed`, kept for consumers that read it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    approx_time: bool,
+    event: HopEvent<'a>,
+}
+
+/// A hop's sighting as `--events` prints it; an untimed one with `ts_ns` null.
+#[derive(Serialize, JsonSchema)]
+#[serde(untagged)]
+enum HopEvent<'a> {
+    Timed(&'a Event),
+    Untimed(UntimedEvent<'a>),
+}
+
+/// A sighting the kernel gave no time for: as [`Event`], with `ts_ns` null.
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct UntimedEvent<'a> {
+    #[schemars(with = "()")]
+    ts_ns: Option<u64>,
+    cpu: u32,
     #[serde(flatten)]
-    hop: &'a Hop,
+    body: &'a crate::event::EventBody,
+}
+
+impl<'a> HopEvent<'a> {
+    fn of(h: &'a Hop) -> Self {
+        if !h.untimed {
+            return HopEvent::Timed(&h.event);
+        }
+        HopEvent::Untimed(UntimedEvent {
+            ts_ns: None,
+            cpu: h.event.cpu,
+            body: &h.event.body,
+        })
+    }
 }
 
 /// One journey (`probe trace --json`, `probe replay --json`).
@@ -173,6 +239,9 @@ struct JsonJourney<'a> {
     first: Option<Tuple>,
     outcome: Outcome,
     diagnosis: String,
+    /// For a drop: its cause (`probe explain ID` says more).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<&'static Cause>,
     rewrites: &'a [Rewrite],
     hops: Vec<JsonHop<'a>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -196,21 +265,29 @@ pub fn render_json(j: &Journey, topo: &Topology) -> String {
 }
 
 fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis, clock: &Clock) -> String {
-    let start = j.hops.first().map_or(0, |h| h.ts_ns);
+    let start = start_of(j);
     let mut prev = start;
     let hops = j
         .hops
         .iter()
         .map(|h| {
+            let ts = (!h.untimed).then_some(h.ts_ns);
             let hop = JsonHop {
-                t_ns: h.ts_ns.saturating_sub(start),
-                dt_ns: h.ts_ns.saturating_sub(prev),
+                t_ns: ts.map(|ts| ts.saturating_sub(start)),
+                dt_ns: ts.map(|ts| ts.saturating_sub(prev)),
                 place: place(&h.event, topo),
                 what: what(&h.event),
                 container: container(&h.event, topo),
-                hop: h,
+                ts_ns: ts,
+                tuple: h.tuple,
+                inferred: h.inferred,
+                untimed: h.untimed,
+                approx_time: h.untimed,
+                event: HopEvent::of(h),
             };
-            prev = h.ts_ns;
+            if let Some(ts) = ts {
+                prev = ts;
+            }
             hop
         })
         .collect();
@@ -222,6 +299,7 @@ fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis, clock: &Clock) -> St
         first: j.first,
         outcome: diagnosis.outcome,
         diagnosis: diagnosis.text,
+        cause: diagnosis.cause,
         rewrites: &j.rewrites,
         hops,
         evicted: j.evicted,

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     bounded::BoundedMap,
-    event::{Event, EventBody, L4Header, Packet},
+    event::{Event, EventBody, Hook, L4Header, Packet},
     identity,
 };
 
@@ -115,9 +115,17 @@ pub struct Correlator {
     by_sig: FastMap<Signature, SigIds>,
     /// Routing lookups not yet matched to a packet.
     lookups: VecDeque<Event>,
+    /// Routing decisions still being assembled, at most one per CPU: the kernel probes table
+    /// after table for one decision, back to back on one CPU. Each is the latest lookup, with
+    /// the earlier ones in its `tried`.
+    deciding: Vec<Event>,
     finished: Vec<Journey>,
     next_expire_ns: u64,
 }
+
+/// Most time between two lookups of one routing decision (they follow each other within
+/// microseconds on one CPU).
+const DECISION_GAP_NS: u64 = 1_000_000;
 
 /// Event time between two looks for journeys that ended.
 const EXPIRE_EVERY_NS: u64 = 5_000_000;
@@ -134,6 +142,7 @@ impl Correlator {
             by_skb: FastMap::default(),
             by_sig: FastMap::default(),
             lookups: VecDeque::new(),
+            deciding: Vec::new(),
             finished: Vec::new(),
             next_expire_ns: 0,
         }
@@ -147,7 +156,8 @@ impl Correlator {
     pub fn push(&mut self, event: Event) {
         let now = event.ts_ns;
         match &event.body {
-            EventBody::Fib(_) | EventBody::FibRule(_) => self.push_lookup(event),
+            EventBody::Fib(_) => self.push_fib(event),
+            EventBody::FibRule(_) => self.push_fib_rule(event),
             EventBody::Chain(c) => {
                 let skb = c.skb;
                 match self.find_by_skb(skb) {
@@ -156,6 +166,8 @@ impl Correlator {
                 }
             }
             _ => {
+                // A packet's sighting comes after the routing decisions made for it.
+                self.close_decisions(|_| true);
                 let packet = identity::packet_of(&event);
                 let skb = match &event.body {
                     EventBody::Drop(d) => Some(d.skb),
@@ -274,7 +286,7 @@ impl Correlator {
                         ts_ns: l.ts_ns,
                         tuple: None,
                         inferred: true,
-                        approx_time: false,
+                        untimed: false,
                         event: l,
                     });
                 } else {
@@ -291,6 +303,30 @@ impl Correlator {
         self.attach(i, event, tuple, false);
     }
 
+    /// Moves the waiting lookups for `t` made between journey `i`'s first sighting and `now`
+    /// into it.
+    fn take_lookups_for(&mut self, i: usize, t: Tuple, now: u64) {
+        let Some(since) = self.live[i].hops.iter().map(|h| h.ts_ns).min() else {
+            return;
+        };
+        let mut k = 0;
+        while k < self.lookups.len() {
+            let l = &self.lookups[k];
+            if lookup_matches(l, &t) && l.ts_ns >= since && l.ts_ns <= now {
+                let l = self.lookups.remove(k).expect("index in range");
+                self.live[i].hops.push(Hop {
+                    ts_ns: l.ts_ns,
+                    tuple: None,
+                    inferred: true,
+                    untimed: false,
+                    event: l,
+                });
+            } else {
+                k += 1;
+            }
+        }
+    }
+
     fn flow_of(&mut self, t: Tuple) -> u64 {
         if let Some(&f) = self.flows.get(&t).or_else(|| self.flows.get(&t.reversed())) {
             return f;
@@ -302,26 +338,19 @@ impl Correlator {
     }
 
     fn attach(&mut self, i: usize, mut event: Event, tuple: Option<Tuple>, inferred: bool) {
-        let approx_time = matches!(event.body, EventBody::Rule(_));
-        if let (false, Some(t), 0) = (approx_time, tuple, self.live[i].flow) {
+        // nftables trace messages carry no timestamp and arrive after the fact: they are placed
+        // by their hook when the journey ends (see `order_untimed`).
+        let untimed = matches!(event.body, EventBody::Rule(_));
+        if let (false, Some(t), 0) = (untimed, tuple, self.live[i].flow) {
             self.live[i].flow = self.flow_of(t);
         }
         let j = &mut self.live[i];
-        if approx_time {
-            // nftables trace messages carry no timestamp, and arrive after the fact. Rules run
-            // between a packet's arrival and its exit, so place them after the last arrival-side
-            // hop (not after an egress or a drop); ties keep their order.
-            event.ts_ns = j
-                .hops
-                .iter()
-                .filter(|h| !is_exit(&h.event))
-                .map(|h| h.ts_ns)
-                .max()
-                .unwrap_or(j.last_ns);
+        if untimed {
+            event.ts_ns = j.last_ns;
         }
         // The tuple a rule saw belongs to its hook's moment, not to now: only sightings with
         // their own timestamps tell a rewrite.
-        if let (false, Some(t), Some(cur)) = (approx_time, tuple, j.current)
+        if let (false, Some(t), Some(cur)) = (untimed, tuple, j.current)
             && t != cur
         {
             j.rewrites.push(Rewrite {
@@ -333,6 +362,9 @@ impl Correlator {
             let flow = j.flow;
             // Replies to the rewritten tuple belong to the same flow.
             self.flows.insert(t, flow);
+            // The routing decision made after the rewrite (a DNAT in prerouting) was for the
+            // new destination, which no journey showed yet: it waited for its packet.
+            self.take_lookups_for(i, t, event.ts_ns);
         }
         let j = &mut self.live[i];
         if j.current.is_none() {
@@ -349,21 +381,92 @@ impl Correlator {
         {
             j.ended = true;
         }
-        if !approx_time {
+        if !untimed {
             j.last_ns = j.last_ns.max(event.ts_ns);
         }
         j.hops.push(Hop {
             ts_ns: event.ts_ns,
             tuple,
             inferred,
-            approx_time,
+            untimed,
             event,
         });
     }
 
+    /// A table lookup: the next step of the decision being made on its CPU, or the first of a
+    /// new one.
+    fn push_fib(&mut self, event: Event) {
+        let cpu = event.cpu;
+        if let Some(k) = self.deciding.iter().position(|d| d.cpu == cpu) {
+            let continues = match (&self.deciding[k].body, &event.body) {
+                (EventBody::Fib(prev), EventBody::Fib(next)) => {
+                    event.ts_ns.saturating_sub(self.deciding[k].ts_ns) <= DECISION_GAP_NS
+                        && prev.continues_with(next)
+                }
+                _ => false,
+            };
+            let prev = self.deciding.swap_remove(k);
+            if continues {
+                let mut event = event;
+                if let (EventBody::Fib(mut p), EventBody::Fib(n)) = (prev.body, &mut event.body) {
+                    let mut tried = std::mem::take(&mut p.tried);
+                    tried.push(p.as_try(prev.ts_ns));
+                    n.tried = tried;
+                    n.rule_pref = n.rule_pref.or(p.rule_pref);
+                }
+                self.deciding.push(event);
+                return;
+            }
+            self.push_lookup(prev);
+        }
+        self.deciding.push(event);
+    }
+
+    /// The policy rule that chose the table: reported when the rules lookup returns, after the
+    /// table lookups it made. It completes the decision on its CPU; without one it is a row.
+    fn push_fib_rule(&mut self, event: Event) {
+        let EventBody::FibRule(r) = &event.body else {
+            return;
+        };
+        let k = self.deciding.iter().position(|d| {
+            d.cpu == event.cpu
+                && matches!(&d.body, EventBody::Fib(f) if f.dst == r.dst)
+                && event.ts_ns.saturating_sub(d.ts_ns) <= DECISION_GAP_NS
+        });
+        match k {
+            Some(k) => {
+                let mut d = self.deciding.swap_remove(k);
+                if let EventBody::Fib(f) = &mut d.body {
+                    f.rule_pref = Some(r.pref);
+                }
+                self.push_lookup(d);
+            }
+            None => {
+                self.close_decisions(|d| d.cpu == event.cpu);
+                self.push_lookup(event);
+            }
+        }
+    }
+
+    /// Decisions that are complete (`done`) go where lookups go: to their packet's journey,
+    /// or to wait for it.
+    fn close_decisions(&mut self, done: impl Fn(&Event) -> bool) {
+        if self.deciding.is_empty() {
+            return;
+        }
+        let (closed, open): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.deciding)
+            .into_iter()
+            .partition(|d| done(d));
+        self.deciding = open;
+        for d in closed {
+            self.push_lookup(d);
+        }
+    }
+
     fn push_lookup(&mut self, event: Event) {
         // A lookup right after a packet's last sighting (forwarding, reply routing) belongs to
-        // that packet; otherwise it waits for the packet it was made for.
+        // that packet, unless it has left already (then it is the next packet's); otherwise it
+        // waits for the packet it was made for.
         let now = event.ts_ns;
         let window = self.limits.lookup_window_ns;
         let target = lookup_dst(&event);
@@ -373,6 +476,7 @@ impl Correlator {
                 && now.saturating_sub(j.last_ns) <= window
                 && j.current
                     .is_some_and(|t| Some((t.dst, t.dport)) == target || Some((t.dst, 0)) == target)
+                && !j.hops.iter().any(|h| is_exit(&h.event))
         });
         match found.map(|i| i + skip) {
             Some(i) => self.attach(i, event, None, true),
@@ -416,6 +520,7 @@ impl Correlator {
             return;
         }
         self.next_expire_ns = now + EXPIRE_EVERY_NS;
+        self.close_decisions(|d| now.saturating_sub(d.ts_ns) > DECISION_GAP_NS);
         let linger = self.limits.linger_ns;
         while let Some(l) = self.lookups.front() {
             if now.saturating_sub(l.ts_ns) > self.limits.lookup_window_ns {
@@ -457,26 +562,14 @@ impl Correlator {
             }
         }
         // Rule verdicts may have come before the sightings around them were read: now that the
-        // journey is complete, put them after its last arrival-side sighting.
-        let anchor = j
-            .hops
-            .iter()
-            .filter(|h| !h.approx_time && !h.inferred && !is_exit(&h.event))
-            .map(|h| h.ts_ns)
-            .max();
-        if let Some(anchor) = anchor {
-            for h in j.hops.iter_mut().filter(|h| h.approx_time) {
-                h.ts_ns = anchor + 1;
-                h.event.ts_ns = anchor + 1;
-            }
-        }
-        j.hops.sort_by_key(|h| h.ts_ns);
+        // journey is complete, place them by their hook among the timestamped sightings.
+        j.hops = order_untimed(std::mem::take(&mut j.hops));
         // Rewrites point at the first hop that saw the new tuple, in the final order.
         for r in j.rewrites.iter_mut() {
             if let Some(i) = j
                 .hops
                 .iter()
-                .position(|h| !h.approx_time && h.tuple == Some(r.after))
+                .position(|h| !h.untimed && h.tuple == Some(r.after))
             {
                 r.at_hop = i;
             }
@@ -493,6 +586,7 @@ impl Correlator {
 
     /// Ends everything (the trace stops).
     pub fn flush(&mut self) -> Vec<Journey> {
+        self.close_decisions(|_| true);
         while let Some(l) = self.lookups.pop_front() {
             self.standalone(l);
         }
@@ -502,6 +596,63 @@ impl Correlator {
         }
         self.take_finished()
     }
+}
+
+/// The hops in their final order: the timestamped ones by time, and each untimed one (an
+/// nftables verdict) where its hook runs between them. Prerouting (and netdev ingress) runs
+/// after the packet arrived (its last tc ingress before it left), before routing; input,
+/// forward and output run after routing, and postrouting last, all before the packet's exit
+/// (its first tc egress or drop). Untimed hops take the time of the hop they follow as their
+/// ordering key; ties keep the order the kernel reported them in.
+fn order_untimed(hops: Vec<Hop>) -> Vec<Hop> {
+    let (mut timed, untimed): (Vec<Hop>, Vec<Hop>) = hops.into_iter().partition(|h| !h.untimed);
+    timed.sort_by_key(|h| h.ts_ns);
+    if untimed.is_empty() {
+        return timed;
+    }
+    let exit = timed
+        .iter()
+        .position(|h| is_exit(&h.event))
+        .unwrap_or(timed.len());
+    let arrival = timed[..exit].iter().rposition(|h| {
+        matches!(&h.event.body, EventBody::Tc(t) if t.direction == crate::event::Direction::Ingress)
+    });
+    // The slot is the number of timestamped hops before the untimed one.
+    let mut placed: Vec<(usize, u8, Hop)> = untimed
+        .into_iter()
+        .map(|h| {
+            let hook = match &h.event.body {
+                EventBody::Rule(r) => r.hook,
+                _ => None,
+            };
+            let (slot, rank) = match hook {
+                Some(Hook::Prerouting | Hook::Ingress) => (arrival.map_or(0, |a| a + 1), 0),
+                Some(Hook::Postrouting) => (exit, 2),
+                _ => (exit, 1),
+            };
+            (slot, rank, h)
+        })
+        .collect();
+    placed.sort_by_key(|(slot, rank, _)| (*slot, *rank));
+    let mut out = Vec::with_capacity(timed.len() + placed.len());
+    let mut untimed = placed.into_iter().peekable();
+    for (i, h) in timed.into_iter().enumerate() {
+        while let Some((_, _, mut u)) = untimed.next_if(|(slot, _, _)| *slot <= i) {
+            // Before the first timestamped hop, the ordering key is that hop's time.
+            u.ts_ns = out.last().map_or(h.ts_ns, |p: &Hop| p.ts_ns);
+            u.event.ts_ns = u.ts_ns;
+            out.push(u);
+        }
+        out.push(h);
+    }
+    for (_, _, mut u) in untimed {
+        if let Some(p) = out.last() {
+            u.ts_ns = p.ts_ns;
+            u.event.ts_ns = p.ts_ns;
+        }
+        out.push(u);
+    }
+    out
 }
 
 fn lookup_dst(e: &Event) -> Option<(IpAddr, u16)> {

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use super::{Journey, is_exit};
 use crate::{
     event::{
-        ChainVerdict, DecidedBy, Direction, DropSighting, EventBody, FibLookup, FibRuleMatch, Hook,
-        HookVerdict, RuleVerdict, TcSighting, Verdict,
+        ChainVerdict, DecidedBy, Direction, DropSighting, EventBody, FibLookup, Hook, HookVerdict,
+        RuleVerdict, TcSighting, Verdict,
     },
     knowledge::{self, Cause},
     render::facts,
@@ -103,16 +103,18 @@ impl Case<'_> {
     /// ` (rule pref N)` when a policy rule other than the default chose the table.
     fn by_rule(&self) -> String {
         self.rev_find(|b| match b {
-            EventBody::FibRule(r) if r.pref != 0 => Some(r),
+            EventBody::Fib(f) if f.err == 0 && f.dev.is_some() => f.rule_pref,
+            EventBody::FibRule(r) => Some(r.pref),
             _ => None,
         })
-        .map(|r: &FibRuleMatch| format!(" (rule pref {})", r.pref))
+        .filter(|&p| p != 0)
+        .map(|p| format!(" (rule pref {p})"))
         .unwrap_or_default()
     }
 }
 
 fn table_of(f: &FibLookup) -> String {
-    f.table_name.clone().unwrap_or_else(|| f.table.to_string())
+    f.table_label()
 }
 
 /// Dropped: name the rule or the chain's policy, else the hook/chain, else the kernel's reason
@@ -290,20 +292,30 @@ fn local_delivery(c: &Case<'_>) -> Option<Diagnosis> {
     ))
 }
 
+/// A routing decision that found no route, and nothing was sent. Tables without a route that
+/// the kernel tried before the one that decided are part of the decision, not failures.
 fn unroutable(c: &Case<'_>) -> Option<Diagnosis> {
     let f = c.j.hops.iter().find_map(|h| match &h.event.body {
         EventBody::Fib(f) if f.failed() => Some(f),
         _ => None,
     })?;
-    Some(Diagnosis::new(
-        Outcome::Unroutable,
+    let text = if f.is_table_miss() {
+        let mut tables = f.tables_before();
+        tables.push(table_of(f));
+        format!(
+            "not routed: no route for {} (tables tried: {})",
+            f.dst,
+            tables.join(", ")
+        )
+    } else {
         format!(
             "not routed: {} for {} (table {})",
             f.error.as_deref().unwrap_or("error"),
             f.dst,
             table_of(f)
-        ),
-    ))
+        )
+    };
+    Some(Diagnosis::new(Outcome::Unroutable, text))
 }
 
 fn incomplete(c: &Case<'_>) -> Diagnosis {

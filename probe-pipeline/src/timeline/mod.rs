@@ -30,6 +30,8 @@ pub use crate::tuple::Tuple;
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Hop {
+    /// CLOCK_MONOTONIC time of the sighting. For an untimed hop, the time of the timestamped
+    /// sighting it was placed after: an ordering key only, never shown as its time.
     pub ts_ns: u64,
     /// The packet's tuple as seen here (absent for routing lookups and chain verdicts).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,9 +39,10 @@ pub struct Hop {
     /// Joined by destination and time rather than by the packet itself.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inferred: bool,
-    /// The time is when probe received the sighting (nftables trace), not when it happened.
+    /// The kernel gave no time for this sighting (nftables trace verdicts): it is placed by its
+    /// hook between the timestamped sightings, and no time is shown for it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub approx_time: bool,
+    pub untimed: bool,
     pub event: Event,
 }
 

@@ -292,6 +292,8 @@ fn fib(ts: u64, dst: &str, dport: u16, table: u32, dev: Option<&str>, err: i32) 
             scope: 0,
             flags: 0,
             source: Mechanism::FibTracepoint,
+            tried: Vec::new(),
+            rule_pref: None,
         }),
     }
 }
@@ -609,4 +611,247 @@ fn a_drop_is_explained_from_the_knowledge_of_causes() {
         "{}",
         d.text
     );
+}
+
+/// A verdict of `family table/chain` at `hook`, accepting `p`.
+fn accept_at(hook: Hook, chain: &str, p: Packet) -> Event {
+    let mut e = rule_verdict(
+        Family::Inet,
+        ("fw", chain),
+        (DecidedBy::Policy, None, None),
+        Verdict::Accept,
+        p,
+    );
+    if let EventBody::Rule(r) = &mut e.body {
+        r.hook = Some(hook);
+    }
+    // The receive time: not a kernel time, never to be shown.
+    e.ts_ns = 999_999;
+    e
+}
+
+#[test]
+fn untimed_verdicts_sit_by_their_hook_and_show_no_time() {
+    let p = tcp("10.0.0.1", 5000, "10.0.0.2", 80, 1, TcpFlags::SYN);
+    // The verdicts are read before the sightings around them.
+    let j = one(vec![
+        accept_at(Hook::Postrouting, "post", p.clone()),
+        accept_at(Hook::Forward, "fwd", p.clone()),
+        accept_at(Hook::Prerouting, "pre", p.clone()),
+        tc(1_000, 2, Direction::Ingress, p.clone()),
+        fib(3_000, "10.0.0.2", 80, 254, Some("veth-web"), 0),
+        tc(10_000, 4, Direction::Egress, p),
+    ]);
+    let order: Vec<String> = j
+        .hops
+        .iter()
+        .map(|h| crate::render::facts::place(&h.event, &topo()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "eth0 ingress",
+            "inet fw/pre (prerouting)",
+            "route table 254",
+            "inet fw/fwd (forward)",
+            "inet fw/post (postrouting)",
+            "veth-web egress"
+        ]
+    );
+    let text = render_text(&j, &topo(), false);
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows[2].starts_with("   (untimed)"), "{text}");
+    assert!(!rows[2].contains('Δ') && !rows[2].contains("ms"), "{text}");
+    // Δ of the row after an untimed one is measured from the timestamped row before it.
+    assert!(rows[3].contains("Δ2µs"), "{text}");
+    assert!(
+        rows[6].contains("+0.009ms") && rows[6].contains("Δ7µs"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render_json(&j, &topo())).unwrap();
+    let hops = json["hops"].as_array().unwrap();
+    let mut prev: Option<u64> = None;
+    for h in hops {
+        if h["untimed"] == true {
+            assert!(h["t_ns"].is_null() && h["dt_ns"].is_null() && h["ts_ns"].is_null());
+            assert!(h["event"]["ts_ns"].is_null(), "{h:#}");
+            assert_eq!(h["approx_time"], true);
+            continue;
+        }
+        let ts = h["ts_ns"].as_u64().unwrap();
+        assert_eq!(h["t_ns"].as_u64().unwrap(), ts - 1_000);
+        assert_eq!(h["dt_ns"].as_u64().unwrap(), ts - prev.unwrap_or(ts));
+        prev = Some(ts);
+    }
+    assert_eq!(hops.iter().filter(|h| h["untimed"] == true).count(), 3);
+}
+
+/// A table lookup with a source address and a table name, as the kernel reports them.
+fn lookup(ts: u64, src: &str, dst: &str, table: (u32, &str), dev: Option<&str>, err: i32) -> Event {
+    let mut e = fib(ts, dst, 80, table.0, dev, err);
+    if let EventBody::Fib(f) = &mut e.body {
+        f.src = src.parse().unwrap();
+        f.table_name = Some(table.1.into());
+    }
+    e
+}
+
+const LOCAL: (u32, &str) = (255, "local");
+const MAIN: (u32, &str) = (254, "main");
+
+fn route_rows(j: &Journey) -> Vec<&Hop> {
+    j.hops
+        .iter()
+        .filter(|h| matches!(h.event.body, EventBody::Fib(_)))
+        .collect()
+}
+
+#[test]
+fn a_local_miss_then_a_main_hit_is_one_decision() {
+    let eagain = -crate::event::errno::EAGAIN;
+    let syn = tcp("10.0.0.1", 5000, "10.0.0.2", 80, 1, TcpFlags::SYN);
+    let j = one(vec![
+        lookup(1_000, "10.0.0.1", "10.0.0.2", LOCAL, None, eagain),
+        lookup(1_500, "10.0.0.1", "10.0.0.2", MAIN, Some("eth0"), 0),
+        tc(3_000, 2, Direction::Egress, syn),
+    ]);
+    let rows = route_rows(&j);
+    assert_eq!(rows.len(), 1, "{j:#?}");
+    let EventBody::Fib(f) = &rows[0].event.body else {
+        unreachable!()
+    };
+    assert_eq!(f.table, 254);
+    assert_eq!(f.tried.len(), 1);
+    assert_eq!(f.tried[0].table, 255);
+    let text = render_text(&j, &topo(), false);
+    assert!(text.contains("route table main (after local) "), "{text}");
+    assert!(!text.contains("no route"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&render_json(&j, &topo())).unwrap();
+    assert_eq!(json["hops"][0]["where"], "route table main (after local)");
+    assert_eq!(json["hops"][0]["event"]["tried"][0]["table_name"], "local");
+    assert_eq!(json["hops"][0]["event"]["tried"][0]["err"], eagain);
+    assert_eq!(json["outcome"], "left");
+}
+
+#[test]
+fn ipv6_local_table_misses_around_source_selection_are_one_decision() {
+    // ip6_dst_lookup_tail: local (empty: EHOSTUNREACH), main, then both again once the source
+    // address is chosen.
+    let unreach = -crate::event::errno::EHOSTUNREACH;
+    let mut c = Correlator::new(Limits::default());
+    for (ts, src, table, dev, err) in [
+        (1_000, "::", LOCAL, None, unreach),
+        (1_200, "::", MAIN, Some("eth0"), 0),
+        (1_400, "fd00::1", LOCAL, None, unreach),
+        (1_600, "fd00::1", MAIN, Some("eth0"), 0),
+    ] {
+        c.push(lookup(ts, src, "fd00::2", table, dev, err));
+    }
+    // No packet follows (it was not seen): the decision stands for nothing, and is no error.
+    let done = c.flush();
+    assert!(done.is_empty(), "{done:#?}");
+
+    let mut c = Correlator::new(Limits::default());
+    for (ts, src, table, dev, err) in [
+        (1_000, "::", LOCAL, None, unreach),
+        (1_200, "::", MAIN, Some("eth0"), 0),
+        (1_400, "fd00::1", LOCAL, None, unreach),
+        (1_600, "fd00::1", MAIN, Some("eth0"), 0),
+    ] {
+        c.push(lookup(ts, src, "fd00::2", table, dev, err));
+    }
+    let mut p = tcp("fd00::1", 5000, "fd00::2", 80, 1, TcpFlags::SYN);
+    p.ethertype = 0x86dd;
+    c.push(tc(3_000, 2, Direction::Egress, p));
+    let done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    let rows = route_rows(&done[0]);
+    assert_eq!(rows.len(), 1, "{done:#?}");
+    let EventBody::Fib(f) = &rows[0].event.body else {
+        unreachable!()
+    };
+    assert_eq!(f.tried.len(), 3);
+    assert_eq!(f.src, "fd00::1".parse::<IpAddr>().unwrap());
+    let Diagnosis { outcome, .. } = diagnose(&done[0], &topo());
+    assert_eq!(outcome, Outcome::Left);
+}
+
+#[test]
+fn a_retry_after_source_selection_folds_but_the_next_packet_is_its_own_decision() {
+    let mut c = Correlator::new(Limits::default());
+    c.push(lookup(1_000, "0.0.0.0", "10.0.0.2", MAIN, Some("eth0"), 0));
+    c.push(lookup(1_300, "10.0.0.1", "10.0.0.2", MAIN, Some("eth0"), 0));
+    c.push(tc(
+        2_000,
+        2,
+        Direction::Egress,
+        tcp("10.0.0.1", 5000, "10.0.0.2", 80, 1, TcpFlags::SYN),
+    ));
+    // The next packet's own lookup (an unconnected socket routes every datagram).
+    c.push(lookup(9_000, "0.0.0.0", "10.0.0.2", MAIN, Some("eth0"), 0));
+    let mut second = tcp("10.0.0.1", 5000, "10.0.0.2", 80, 2, TcpFlags::ACK);
+    if let Some(ip) = second.ip.as_mut() {
+        ip.ip_id = 4343;
+    }
+    c.push(tc(10_000, 2, Direction::Egress, second));
+    let done = c.flush();
+    assert_eq!(done.len(), 2, "{done:#?}");
+    for j in &done {
+        assert_eq!(route_rows(j).len(), 1, "{j:#?}");
+    }
+    let EventBody::Fib(f) = &route_rows(&done[0])[0].event.body else {
+        unreachable!()
+    };
+    assert_eq!(f.tried.len(), 1);
+    assert!(f.tried[0].src.is_unspecified());
+    // The same table tried twice is not "after" itself.
+    assert!(render_text(&done[0], &topo(), false).contains("route table main "));
+    assert!(!render_text(&done[0], &topo(), false).contains("(after"));
+}
+
+#[test]
+fn no_route_in_any_table_is_unroutable() {
+    let eagain = -crate::event::errno::EAGAIN;
+    let mut c = Correlator::new(Limits::default());
+    c.push(lookup(1_000, "0.0.0.0", "10.9.9.9", LOCAL, None, eagain));
+    c.push(lookup(1_200, "0.0.0.0", "10.9.9.9", MAIN, None, eagain));
+    let done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    assert_eq!(route_rows(&done[0]).len(), 1);
+    let Diagnosis { outcome, text, .. } = diagnose(&done[0], &topo());
+    assert_eq!(outcome, Outcome::Unroutable);
+    assert_eq!(
+        text,
+        "not routed: no route for 10.9.9.9 (tables tried: local, main)"
+    );
+    let mut tally = Tally::default();
+    tally.add(&done[0], outcome);
+    assert_eq!(tally.unroutable, 1);
+}
+
+#[test]
+fn the_decision_after_a_dnat_joins_the_rewritten_packet() {
+    let syn_in = tcp("203.0.113.2", 40000, "203.0.113.1", 8080, 7, TcpFlags::SYN);
+    let syn_out = tcp("203.0.113.2", 40000, "172.17.0.2", 80, 7, TcpFlags::SYN);
+    // The forwarding lookup is made for the new destination, before any sighting shows it.
+    let mut forward = lookup(2_000, "203.0.113.2", "172.17.0.2", MAIN, Some("docker0"), 0);
+    if let EventBody::Fib(f) = &mut forward.body {
+        f.dport = 0;
+        f.proto = Transport::Other(0);
+    }
+    let j = one(vec![
+        tc(1_000, 2, Direction::Ingress, syn_in),
+        forward,
+        tc(3_000, 4, Direction::Egress, syn_out),
+    ]);
+    let places: Vec<String> = j
+        .hops
+        .iter()
+        .map(|h| crate::render::facts::place(&h.event, &topo()))
+        .collect();
+    assert_eq!(
+        places,
+        ["eth0 ingress", "route table main", "veth-web egress"]
+    );
+    assert_eq!(j.rewrites[0].at_hop, 2);
 }

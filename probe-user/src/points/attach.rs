@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf,
-    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
 };
 use probe_common::ABSENT;
 
@@ -41,6 +41,18 @@ pub fn tracepoint(
         .try_into()?;
     p.load()?;
     p.attach(category, name)?;
+    Ok(())
+}
+
+/// A raw tracepoint: the tracepoint's arguments rather than its record; attaches without
+/// trampolines, so also where fentry does not.
+pub fn raw_tracepoint(bpf: &mut Ebpf, program: &str, name: &str) -> Result<(), ProgramError> {
+    let p: &mut RawTracePoint = bpf
+        .program_mut(program)
+        .ok_or(ProgramError::UnexpectedProgramType)?
+        .try_into()?;
+    p.load()?;
+    p.attach(name)?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! kprobes the policy routing rule (`fib_rules_lookup`) that chose the table.
 
 use aya::Ebpf;
-use probe_common::{FibTpLayout, KernelLayout, names as prog};
+use probe_common::{Fib4RawLayout, FibTpLayout, KernelLayout, names as prog};
 
 use super::{Outcome, Point, attach};
 use crate::kernel::{Kernel, tracefs::Format};
@@ -28,6 +28,12 @@ impl Point for Decisions {
     }
 
     fn prepare(&self, kernel: &Kernel, layout: &mut KernelLayout, missing: &mut Vec<String>) {
+        if let Some(btf) = kernel.btf() {
+            // Not missing when absent: the ordinary tracepoint stands in, without trustworthy
+            // gateways.
+            let mut unused = Vec::new();
+            layout.fib4_raw = raw_layout(btf, &mut unused);
+        }
         let Some(tracefs) = kernel.tracefs() else {
             return;
         };
@@ -42,15 +48,58 @@ impl Point for Decisions {
         }
     }
 
-    fn attach(&self, bpf: &mut Ebpf, kernel: &Kernel, _: &KernelLayout) -> Outcome {
-        attach::tracepoints(
-            bpf,
-            kernel,
-            &[
-                (prog::TP_FIB_LOOKUP, "fib", "fib_table_lookup"),
-                (prog::TP_FIB6_LOOKUP, "fib6", "fib6_table_lookup"),
-            ],
-        )
+    fn attach(&self, bpf: &mut Ebpf, kernel: &Kernel, layout: &KernelLayout) -> Outcome {
+        // IPv4 through the raw tracepoint where BTF gave its offsets: it reads the next hop's
+        // gateway family, which the ordinary record does not carry.
+        let raw = if layout.fib4_raw.complete() {
+            match attach::raw_tracepoint(bpf, prog::RAW_TP_FIB_LOOKUP, "fib_table_lookup") {
+                Ok(()) => true,
+                Err(e) => {
+                    log::debug!("raw tracepoint fib_table_lookup: {}", attach::short(&e));
+                    false
+                }
+            }
+        } else {
+            false
+        };
+        let mut points = vec![(prog::TP_FIB6_LOOKUP, "fib6", "fib6_table_lookup")];
+        if !raw {
+            points.insert(0, (prog::TP_FIB_LOOKUP, "fib", "fib_table_lookup"));
+        }
+        match attach::tracepoints(bpf, kernel, &points) {
+            Outcome::Attached(what) if raw => {
+                Outcome::Attached(format!("raw tracepoint fib_table_lookup, {what}"))
+            }
+            Outcome::Unavailable(_) if raw => {
+                Outcome::Attached("raw tracepoint fib_table_lookup".into())
+            }
+            other => other,
+        }
+    }
+}
+
+/// Offsets the raw tracepoint reads (struct flowi4, fib_nh_common, net_device).
+fn raw_layout(btf: &crate::kernel::btf::Btf, missing: &mut Vec<String>) -> Fib4RawLayout {
+    let mut m = |ty: &str, path: &str| attach::offset(btf, ty, path, missing);
+    let tos = match m("flowi4", "__fl_common.flowic_tos") {
+        probe_common::ABSENT => m("flowi4", "__fl_common.flowic_dscp"),
+        o => o,
+    };
+    Fib4RawLayout {
+        oif: m("flowi4", "__fl_common.flowic_oif"),
+        iif: m("flowi4", "__fl_common.flowic_iif"),
+        tos,
+        scope: m("flowi4", "__fl_common.flowic_scope"),
+        proto: m("flowi4", "__fl_common.flowic_proto"),
+        flags: m("flowi4", "__fl_common.flowic_flags"),
+        saddr: m("flowi4", "saddr"),
+        daddr: m("flowi4", "daddr"),
+        sport: m("flowi4", "uli.ports.sport"),
+        dport: m("flowi4", "uli.ports.dport"),
+        nhc_gw_family: m("fib_nh_common", "nhc_gw_family"),
+        nhc_gw: m("fib_nh_common", "nhc_gw"),
+        nhc_dev: m("fib_nh_common", "nhc_dev"),
+        dev_name: m("net_device", "name"),
     }
 }
 
