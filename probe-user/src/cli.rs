@@ -165,8 +165,9 @@ pub struct AttachArgs {
     /// A packet admitted once is followed through NAT, and its connection's replies with it.
     #[arg(short = 'f', long, value_name = "EXPR", conflicts_with = "expression")]
     pub filter: Option<String>,
-    /// The filter as trailing words, as tcpdump takes it: `probe trace tcp port 80`.
-    #[arg(value_name = "EXPRESSION", trailing_var_arg = true)]
+    /// The filter as trailing words, as tcpdump takes it: `probe trace tcp port 80` (options
+    /// may come after it too: `probe trace udp port 53 --json`).
+    #[arg(value_name = "EXPRESSION")]
     pub expression: Vec<String>,
     /// Network namespace to work in: a name from `ip netns list`, or a path such as
     /// /proc/PID/ns/net.

@@ -1,9 +1,11 @@
 //! `probe explain`: the knowledge behind diagnoses covers every drop reason of the running
 //! kernel (read from it, as trace reads them), and a term it does not know is a clear error.
 
-use std::process::Command;
+use std::{net::UdpSocket, process::Command};
 
-use probe_lab::{doctor::Doctor, probe::json_lines, probe_binary, require_root};
+use probe_lab::{
+    ProbeRun, TwoHosts, doctor::Doctor, probe::json_lines, probe_binary, require_root,
+};
 
 fn explain(args: &[&str]) -> std::process::Output {
     Command::new(probe_binary())
@@ -82,4 +84,57 @@ fn a_reason_is_explained_in_words_and_an_unknown_one_is_an_error() {
     );
     // Nothing to explain is a usage error.
     assert_eq!(explain(&[]).status.code(), Some(2));
+}
+
+/// A datagram to a port nobody listens on: its timeline ends with the cause in plain words,
+/// its id in JSON, and the next step in text.
+#[test]
+fn a_drop_reads_as_its_cause_with_a_next_step() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let args = |json: bool| {
+        let mut a = vec![
+            "trace".to_owned(),
+            "--netns".into(),
+            lab.b.name().into(),
+            "--iface".into(),
+            TwoHosts::IFACE.into(),
+            "udp port 7999".into(),
+        ];
+        if json {
+            a.push("--json".into());
+        }
+        a
+    };
+    for json in [true, false] {
+        let args = args(json);
+        let run = ProbeRun::start(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let dst = lab.b_addr;
+        lab.a
+            .run(move || {
+                UdpSocket::bind(("0.0.0.0", 0))
+                    .unwrap()
+                    .send_to(b"anyone?", (dst, 7999))
+                    .unwrap();
+            })
+            .unwrap();
+        let (stdout, stderr) = run.stop().unwrap();
+        if json {
+            let timelines = json_lines(&stdout).unwrap();
+            let dropped = timelines
+                .iter()
+                .find(|t| t["outcome"] == "dropped")
+                .unwrap_or_else(|| panic!("no drop in {timelines:#?}\n{stderr}"));
+            assert_eq!(dropped["cause"]["id"], "no-socket", "{dropped:#}");
+            let d = dropped["diagnosis"].as_str().unwrap();
+            assert!(d.contains("no socket listens on"), "{d}");
+            assert!(d.contains("(reason NO_SOCKET)"), "{d}");
+        } else {
+            assert!(
+                stdout.contains("     next: check that the service runs")
+                    && stdout.contains("(probe explain no-socket)"),
+                "{stdout}"
+            );
+        }
+    }
 }
