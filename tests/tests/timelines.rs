@@ -149,7 +149,7 @@ fn dropped_packet_ends_with_the_rule_and_the_reason() {
     });
     // The exit summary counts the drop by reason and the function that dropped it.
     assert!(
-        summary.contains("1 dropped (1 NETFILTER_DROP in n"),
+        summary.contains("1 dropped (1 netfilter: NETFILTER_DROP in n"),
         "{summary}"
     );
     let dropped = journeys

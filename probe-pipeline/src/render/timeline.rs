@@ -43,7 +43,7 @@ pub struct Style {
 /// outcome in `tally`, from the same diagnosis the output shows.
 pub fn render_finished(j: &Journey, topo: &Topology, style: Style, tally: &mut Tally) -> String {
     let diagnosis = diagnose(j, topo);
-    tally.add(j, diagnosis.outcome);
+    tally.add(j, diagnosis.outcome, diagnosis.cause.map(|c| c.id));
     if style.json {
         json(j, topo, diagnosis, &style.clock) + "\n"
     } else {

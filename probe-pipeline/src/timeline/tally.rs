@@ -1,5 +1,5 @@
-//! What a trace or a replay saw, in a line: timelines by outcome, and drops by reason and the
-//! kernel function that dropped them.
+//! What a trace or a replay saw, in a line: timelines by outcome, and drops by cause, reason
+//! and the kernel function that dropped them.
 
 use std::collections::BTreeMap;
 
@@ -14,13 +14,14 @@ pub struct Tally {
     pub dropped: u64,
     pub unroutable: u64,
     pub incomplete: u64,
-    /// "REASON in function" → count.
+    /// "cause-id: REASON in function" → count (without the id when the cause is unknown).
     #[serde(rename = "drops_by_cause")]
     pub drops: BTreeMap<String, u64>,
 }
 
 impl Tally {
-    pub fn add(&mut self, j: &Journey, outcome: Outcome) {
+    /// Counts a finished journey; `cause`: the id of its drop's cause, if known.
+    pub fn add(&mut self, j: &Journey, outcome: Outcome, cause: Option<&str>) {
         match outcome {
             Outcome::Delivered => self.delivered += 1,
             Outcome::Left => self.left += 1,
@@ -42,15 +43,18 @@ impl Tally {
                     }
                     _ => None,
                 });
-                *self
-                    .drops
-                    .entry(place.unwrap_or_else(|| "by a netfilter verdict".to_owned()))
-                    .or_default() += 1;
+                let place = place.unwrap_or_else(|| "by a netfilter verdict".to_owned());
+                let key = match cause {
+                    Some(id) => format!("{id}: {place}"),
+                    None => place,
+                };
+                *self.drops.entry(key).or_default() += 1;
             }
         }
     }
 
-    /// "7 delivered, 3 left the host, 2 dropped (2 NETFILTER_DROP in nf_hook_slow)", or None
+    /// "7 delivered, 3 left the host, 2 dropped (2 netfilter: NETFILTER_DROP in nf_hook_slow)",
+    /// or None
     /// when there was nothing.
     pub fn describe(&self) -> Option<String> {
         let mut parts = Vec::new();

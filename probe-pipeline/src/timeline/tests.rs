@@ -457,7 +457,18 @@ fn a_policy_drop_names_the_chain_and_its_policy() {
 fn assert_text_and_json_agree(j: &Journey, t: &Topology) {
     let text = render_text(j, t, false);
     let json: serde_json::Value = serde_json::from_str(&render_json(j, t)).unwrap();
-    let rows: Vec<&str> = text.lines().skip(1).collect();
+    let mut rows: Vec<&str> = text.lines().skip(1).collect();
+    // A drop's cause adds its next step under the diagnosis.
+    if let Some(next) = json["cause"]["next"].as_str() {
+        let last = rows.pop().unwrap();
+        assert_eq!(
+            last.trim(),
+            format!(
+                "next: {next} (probe explain {})",
+                json["cause"]["id"].as_str().unwrap()
+            )
+        );
+    }
     let hops = json["hops"].as_array().unwrap();
     assert_eq!(rows.len(), hops.len() + 1, "{text}");
     for (row, hop) in rows.iter().zip(hops) {
@@ -825,7 +836,7 @@ fn no_route_in_any_table_is_unroutable() {
         "not routed: no route for 10.9.9.9 (tables tried: local, main)"
     );
     let mut tally = Tally::default();
-    tally.add(&done[0], outcome);
+    tally.add(&done[0], outcome, None);
     assert_eq!(tally.unroutable, 1);
 }
 

@@ -246,8 +246,8 @@ mod tests {
         stats
             .outcomes
             .drops
-            .insert("NETFILTER_DROP in nf_hook_slow".into(), 1);
-        let outcomes = r#""outcomes":{"delivered":1,"dropped":1,"drops_by_cause":{"NETFILTER_DROP in nf_hook_slow":1},"incomplete":0,"left":0,"unroutable":0}"#;
+            .insert("netfilter: NETFILTER_DROP in nf_hook_slow".into(), 1);
+        let outcomes = r#""outcomes":{"delivered":1,"dropped":1,"drops_by_cause":{"netfilter: NETFILTER_DROP in nf_hook_slow":1},"incomplete":0,"left":0,"unroutable":0}"#;
         assert_eq!(
             replay_summary_json(&stats),
             format!(
