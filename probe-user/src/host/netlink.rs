@@ -45,9 +45,10 @@ impl NetlinkError {
     }
 }
 
-/// A message of an answer the decoder could not type: its body, and why.
+/// A message the decoder could not type: its type, its body, and why.
 #[derive(Debug)]
 pub struct Undecoded {
+    pub message_type: u16,
     pub payload: Vec<u8>,
     pub error: String,
 }
@@ -128,7 +129,7 @@ impl Socket {
 
     /// Reads away everything queued (after an overflow: what is still there predates the
     /// caller's catching up, and would be taken for news afterwards).
-    pub fn drain(&mut self) {
+    fn drain(&mut self) {
         while let Ok(Some(_)) | Err(NetlinkError::Overflow) = self.recv() {}
     }
 
@@ -213,6 +214,7 @@ impl Socket {
 
 fn decode<I: NetlinkDeserializable>(frame: &NetlinkBuffer<&[u8]>) -> Result<I, Undecoded> {
     let undecoded = |error: String| Undecoded {
+        message_type: frame.message_type(),
         payload: frame.payload().to_vec(),
         error,
     };

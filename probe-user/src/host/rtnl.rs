@@ -305,14 +305,15 @@ impl Socket {
                     index: l.header.index,
                 }),
                 Ok(_) => {}
-                Err(u) => {
-                    // A link the decoder cannot read is not attached to; but one that went
-                    // away must be forgotten, and its header says which.
-                    log::debug!("a link event was not understood: {}", u.error);
-                    if let Ok(h) = LinkHeader::parse(&u.payload) {
-                        out.push(LinkChange::Removed { index: h.index });
-                    }
+                // A link that went away must be forgotten even when the decoder cannot read
+                // its description: the header says which.
+                Err(u) if u.message_type == libc::RTM_DELLINK => {
+                    out.extend(
+                        LinkHeader::parse(&u.payload)
+                            .map(|h| LinkChange::Removed { index: h.index }),
+                    );
                 }
+                Err(u) => log::debug!("a link event was not understood: {}", u.error),
             }
         }
         Ok(out)
