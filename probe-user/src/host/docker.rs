@@ -21,6 +21,7 @@ use serde_json::Value;
 use probe_pipeline::topology::Containers;
 
 use super::{
+    netlink::NetlinkError,
     netns,
     rtnl::{self, Link},
 };
@@ -285,12 +286,12 @@ fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Links of the network namespace at `path`, listed from a thread that entered it.
-fn links_in(path: &std::path::Path) -> std::io::Result<Vec<Link>> {
+fn links_in(path: &std::path::Path) -> Result<Vec<Link>, NetlinkError> {
     let file = std::fs::File::open(path)?;
     std::thread::spawn(move || {
         // SAFETY: setns on a descriptor we own; it moves only this short-lived thread.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
+            return Err(std::io::Error::last_os_error().into());
         }
         rtnl::Socket::request_socket()?.links()
     })
@@ -319,7 +320,7 @@ pub fn resolve(containers: &[Container], own_netns: Option<u64>, own_links: &[Li
         }
         out.netns.insert(ino, c.name.clone());
         if Some(ino) == own_netns {
-            for l in own_links.iter().filter(|l| l.hw_type != 772) {
+            for l in own_links.iter().filter(|l| !l.is_loopback()) {
                 out.interfaces.insert(l.index, c.name.clone());
                 out.ifnames.insert(l.index, l.name.clone());
             }
@@ -332,7 +333,7 @@ pub fn resolve(containers: &[Container], own_netns: Option<u64>, own_links: &[Li
                 continue;
             }
         };
-        for l in inside.iter().filter(|l| l.hw_type != 772) {
+        for l in inside.iter().filter(|l| !l.is_loopback()) {
             out.inside
                 .entry(l.index)
                 .or_insert_with(|| (c.name.clone(), l.name.clone()));
@@ -545,8 +546,7 @@ mod tests {
         let links = vec![Link {
             index: 7,
             name: "eth0".into(),
-            hw_type: 1,
-            flags: 0,
+            hw_type: netlink_packet_route::link::LinkLayerType::Ether,
             kind: Some("veth".into()),
             master: None,
             peer: Some(12),

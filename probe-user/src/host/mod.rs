@@ -3,11 +3,9 @@
 //! [`Topology`].
 
 pub mod docker;
-pub mod iface;
+pub mod netlink;
 pub mod netns;
 pub mod rtnl;
-
-use std::net::{IpAddr, Ipv4Addr};
 
 use probe_pipeline::{names::RouteTables, topology::Topology};
 
@@ -57,32 +55,24 @@ pub fn apply(t: &mut Topology, changes: &[rtnl::LinkChange]) {
 /// Bridge subnets, uplinks and `ip netns` names, read again.
 pub fn refresh_routes(t: &mut Topology) {
     t.netns_names = netns::named();
-    let bridges: Vec<&str> = t
-        .links
-        .values()
-        .filter(|(_, kind)| kind == "bridge")
-        .map(|(name, _)| name.as_str())
+    let routes = routes();
+    let name = |index: &u32| t.links.get(index).map(|(name, kind)| (name.clone(), kind));
+    // Routes of bridges in IPv4's main table: the connected subnets behind them.
+    t.bridge_subnets = routes
+        .iter()
+        .filter(|r| r.table == rtnl::Route::MAIN_TABLE && r.destination.is_ipv4())
+        .filter_map(|r| {
+            let (bridge, kind) = r.devices.first().and_then(name)?;
+            (kind == "bridge").then_some((r.destination, r.prefix_len, bridge))
+        })
         .collect();
-    // Connected IPv4 routes of bridges (/proc/net/route shows this thread's namespace).
-    let mut subnets = Vec::new();
-    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 8 || !bridges.contains(&f[0]) {
-                continue;
-            }
-            let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(u32::from_be);
-            if let (Some(dst), Some(mask)) = (hex(f[1]), hex(f[7])) {
-                subnets.push((
-                    IpAddr::V4(Ipv4Addr::from(dst)),
-                    mask.count_ones() as u8,
-                    f[0].to_owned(),
-                ));
-            }
-        }
-    }
-    t.bridge_subnets = subnets;
-    t.uplinks = default_route_devices();
+    let mut uplinks: Vec<String> = uplinks(&routes)
+        .iter()
+        .filter_map(|i| name(i).map(|(n, _)| n))
+        .collect();
+    uplinks.sort();
+    uplinks.dedup();
+    t.uplinks = uplinks;
     log::debug!(
         "uplinks {:?}, bridge subnets {:?}",
         t.uplinks,
@@ -127,27 +117,23 @@ pub fn route_tables() -> RouteTables {
     t
 }
 
-/// Devices of default routes, from /proc/net/route and /proc/net/ipv6_route (which show the
-/// namespace of the reading thread).
-pub fn default_route_devices() -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(text) = std::fs::read_to_string("/proc/net/route") {
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
-                out.push(f[0].to_owned());
-            }
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
-        for line in text.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() == 10 && f[0].bytes().all(|b| b == b'0') && f[1] == "00" && f[9] != "lo" {
-                out.push(f[9].to_owned());
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
+/// The calling thread's namespace's routes, or none when rtnetlink cannot be asked.
+pub fn routes() -> Vec<rtnl::Route> {
+    rtnl::Socket::request_socket()
+        .and_then(|mut s| s.routes())
+        .unwrap_or_default()
+}
+
+/// Devices of default routes: IPv4's main table, and IPv6's every table. Only routes that
+/// forward count (not IPv6's unreachable defaults on loopback).
+pub fn uplinks(routes: &[rtnl::Route]) -> Vec<u32> {
+    routes
+        .iter()
+        .filter(|r| {
+            r.prefix_len == 0
+                && r.unicast
+                && (r.destination.is_ipv6() || r.table == rtnl::Route::MAIN_TABLE)
+        })
+        .flat_map(|r| r.devices.iter().copied())
+        .collect()
 }

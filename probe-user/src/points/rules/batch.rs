@@ -1,17 +1,13 @@
-//! nftables requests over netlink: a batch of messages (new table, chains, rules, or a delete)
-//! sent on a socket probe keeps, and the kernel's acknowledgements read back.
+//! nftables requests over netlink: a batch of messages (new table, chains, rules, or a delete),
+//! framed for sending on probe's netlink socket (`host::netlink`), which reads the kernel's
+//! acknowledgements back.
 //!
 //! probe speaks to nftables itself rather than through the `nft` command for its trace table,
 //! because a table created with the owner flag (NFT_TABLE_F_OWNER, Linux 5.12+) belongs to the
 //! socket that made it: the kernel removes it when that socket closes, so even a SIGKILLed probe
 //! leaves no table behind.
 
-use std::{
-    io,
-    mem::size_of,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -22,7 +18,6 @@ pub const NFT_MSG_NEWCHAIN: u16 = 3;
 pub const NFT_MSG_NEWRULE: u16 = 6;
 pub const NFPROTO_INET: u8 = 1;
 
-const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
@@ -131,105 +126,11 @@ impl Batch {
         seq
     }
 
-    fn finish(mut self) -> (Vec<u8>, Vec<u32>) {
+    /// The batch's bytes, closed, and the sequence numbers whose acks to wait for.
+    pub fn finish(mut self) -> (Vec<u8>, Vec<u32>) {
         self.message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, &[]);
         (self.bytes, self.acked)
     }
-}
-
-/// A NETLINK_NETFILTER socket for requests; what it creates with the owner flag lives as long
-/// as it does.
-pub struct NftSocket {
-    fd: OwnedFd,
-}
-
-impl NftSocket {
-    pub fn open() -> io::Result<Self> {
-        // SAFETY: plain socket creation; owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is fresh and valid.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // The kernel answers at once; a bound wait keeps a wedged kernel from hanging probe.
-        let timeout = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: a timeval option on our socket.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                size_of::<libc::timeval>() as u32,
-            )
-        };
-        Ok(Self { fd })
-    }
-
-    /// Sends `batch` and waits for every acknowledgement; the first error the kernel returns
-    /// is the result (the kernel then applies none of the batch).
-    pub fn request(&self, batch: Batch) -> io::Result<()> {
-        let (bytes, mut pending) = batch.finish();
-        // SAFETY: bytes is readable for its length.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 16 * 1024];
-        while !pending.is_empty() {
-            // SAFETY: buf is writable for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            for (seq, errno) in acks(&buf[..n as usize]) {
-                // Answers to an earlier, failed batch are not this one's.
-                if !pending.contains(&seq) {
-                    continue;
-                }
-                if errno != 0 {
-                    return Err(io::Error::from_raw_os_error(-errno));
-                }
-                pending.retain(|s| *s != seq);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// (sequence number, error) of each NLMSG_ERROR message in `buf`; error 0 is an ack.
-fn acks(mut buf: &[u8]) -> Vec<(u32, i32)> {
-    let mut out = Vec::new();
-    while buf.len() >= 16 {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-        let seq = u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]);
-        if len < 16 || len > buf.len() {
-            break;
-        }
-        if ty == NLMSG_ERROR
-            && let Some(e) = buf.get(16..20)
-        {
-            out.push((seq, i32::from_ne_bytes([e[0], e[1], e[2], e[3]])));
-        }
-        buf = &buf[len.next_multiple_of(4).min(buf.len())..];
-    }
-    out
 }
 
 #[cfg(test)]
@@ -266,23 +167,5 @@ mod tests {
         assert_eq!(table[16], NFPROTO_INET);
         let end = &bytes[bytes.len() - HEADER_LEN..];
         assert_eq!(u16::from_ne_bytes([end[4], end[5]]), NFNL_MSG_BATCH_END);
-    }
-
-    #[test]
-    fn acks_are_read_and_malformed_messages_end_the_read() {
-        let mut msg = Vec::new();
-        msg.extend_from_slice(&36u32.to_ne_bytes());
-        msg.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        msg.extend_from_slice(&0u16.to_ne_bytes());
-        msg.extend_from_slice(&7u32.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        msg.extend_from_slice(&(-95i32).to_ne_bytes());
-        msg.extend_from_slice(&[0; 16]);
-        assert_eq!(acks(&msg), [(7, -95)]);
-        // A length past the buffer is not followed.
-        let mut bad = msg.clone();
-        bad[0] = 200;
-        assert!(acks(&bad).is_empty());
-        assert!(acks(&msg[..10]).is_empty());
     }
 }

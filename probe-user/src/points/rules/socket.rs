@@ -1,14 +1,12 @@
 //! The netlink socket nftables trace messages (and ruleset changes) arrive on, and the parse
 //! of one trace message.
 
-use std::{
-    io,
-    mem::size_of,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+use netlink_packet_core::{
+    NLA_HEADER_SIZE, NlasIterator, parse_string, parse_u32_be, parse_u64_be,
 };
 
 use super::NftraceError;
-use crate::host::rtnl::{attributes, c_string, messages};
+use crate::host::netlink::{self, NETLINK_NETFILTER, NetlinkError, frames};
 
 pub(super) const NFNLGRP_NFTRACE: u32 = 9;
 /// Ruleset changes (tables, chains, rules added or deleted).
@@ -35,113 +33,60 @@ pub(super) const TRACETYPE_RETURN: u32 = 2;
 pub(super) const TRACETYPE_RULE: u32 = 3;
 pub(super) const NFTA_VERDICT_CHAIN: u16 = 2;
 /// Receive buffer for trace messages: a busy host emits many per packet.
-pub(super) const RCVBUF_BYTES: i32 = 16 << 20;
+pub(super) const RCVBUF_BYTES: usize = 16 << 20;
 /// A netlink socket subscribed to nftables trace messages.
 pub struct TraceSocket {
-    fd: OwnedFd,
+    socket: netlink::Socket,
     /// Messages the kernel could not deliver (ENOBUFS), counted and survived.
     pub lost: u64,
     /// Tables deleted since the last look (a ruleset reload takes probe's with it).
     deleted_tables: Vec<String>,
 }
 
-impl AsRawFd for TraceSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+impl std::os::fd::AsRawFd for TraceSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
     }
 }
 
 impl TraceSocket {
     pub fn open() -> Result<Self, NftraceError> {
-        let err = || NftraceError::Socket(io::Error::last_os_error());
-        // SAFETY: plain socket creation; owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(err());
-        }
-        // SAFETY: fd is fresh and valid.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sockaddr_nl is plain data.
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let setopt = |level, name, value: i32| {
-            // SAFETY: an int option on our socket.
-            unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    level,
-                    name,
-                    (&value as *const i32).cast(),
-                    size_of::<i32>() as u32,
-                )
-            }
-        };
-        // SAFETY: valid address struct.
-        if unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as u32,
-            )
-        } != 0
-        {
-            return Err(err());
-        }
-        for group in [NFNLGRP_NFTRACE, NFNLGRP_NFTABLES] {
-            if setopt(
-                libc::SOL_NETLINK,
-                libc::NETLINK_ADD_MEMBERSHIP,
-                group as i32,
-            ) != 0
-            {
-                return Err(err());
-            }
-        }
-        // Large buffer first (root may exceed rmem_max); a smaller one is not fatal.
-        if setopt(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF_BYTES) != 0 {
-            setopt(libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF_BYTES);
-        }
+        let socket = netlink::Socket::subscribe(
+            NETLINK_NETFILTER,
+            &[NFNLGRP_NFTRACE, NFNLGRP_NFTABLES],
+            RCVBUF_BYTES,
+        )
+        .map_err(NftraceError::Socket)?;
         Ok(Self {
-            fd,
+            socket,
             lost: 0,
             deleted_tables: Vec::new(),
         })
     }
 
     /// Everything received so far. ENOBUFS (the kernel dropped messages because we were slow)
-    /// is counted and reading goes on: the socket never dies of it.
+    /// is counted and reading goes on: the socket never dies of it, and what is queued after
+    /// the loss is still news.
     pub fn receive(&mut self) -> Vec<RawTrace> {
         let mut out = Vec::new();
-        let mut buf = vec![0u8; 256 * 1024];
         loop {
-            // SAFETY: buf is writable for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::ENOBUFS) => {
-                        self.lost += 1;
-                        continue;
-                    }
-                    Some(libc::EINTR) => continue,
-                    _ => return out,
+            let datagram = match self.socket.recv() {
+                Ok(Some(d)) => d,
+                Err(NetlinkError::Overflow) => {
+                    self.lost += 1;
+                    continue;
                 }
-            }
-            for (ty, _, body) in messages(&buf[..n as usize]) {
+                Err(e) if e.errno() == Some(libc::EINTR) => continue,
+                Ok(None) | Err(_) => return out,
+            };
+            for frame in frames(datagram) {
+                let (ty, body) = (frame.message_type(), frame.payload());
                 log::trace!("netfilter message type {ty:#x}, {} bytes", body.len());
                 if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE {
                     out.extend(RawTrace::parse(body));
                 } else if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE {
                     let name = body.get(4..).and_then(|attrs| {
-                        attributes(attrs)
-                            .find_map(|(t, p)| (t == NFTA_TABLE_NAME).then(|| c_string(p)))
+                        attributes(attrs).find_map(|(t, p)| (t == NFTA_TABLE_NAME).then(|| text(p)))
                     });
                     self.deleted_tables.extend(name);
                 }
@@ -155,6 +100,22 @@ impl TraceSocket {
         self.deleted_tables.clear();
         deleted
     }
+}
+
+/// The attributes (type, value) of a message body, each length-checked; stops at the first
+/// malformed one.
+fn attributes(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    NlasIterator::new(body).map_while(Result::ok).map(|nla| {
+        let (kind, len) = (nla.kind(), nla.value_length());
+        (
+            kind,
+            &nla.into_inner()[NLA_HEADER_SIZE..NLA_HEADER_SIZE + len],
+        )
+    })
+}
+
+fn text(value: &[u8]) -> String {
+    parse_string(value).unwrap_or_default()
 }
 
 /// One NFT_MSG_TRACE message, as the kernel sent it.
@@ -177,7 +138,7 @@ pub struct RawTrace {
 }
 
 fn be32(b: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
+    parse_u32_be(b).ok()
 }
 
 impl RawTrace {
@@ -190,13 +151,9 @@ impl RawTrace {
         };
         for (ty, p) in attributes(body.get(4..)?) {
             match ty {
-                NFTA_TRACE_TABLE => t.table = c_string(p),
-                NFTA_TRACE_CHAIN => t.chain = c_string(p),
-                NFTA_TRACE_RULE_HANDLE => {
-                    t.rule_handle = p
-                        .get(..8)
-                        .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
-                }
+                NFTA_TRACE_TABLE => t.table = text(p),
+                NFTA_TRACE_CHAIN => t.chain = text(p),
+                NFTA_TRACE_RULE_HANDLE => t.rule_handle = parse_u64_be(p).ok(),
                 NFTA_TRACE_TYPE => t.trace_type = be32(p).unwrap_or(0),
                 NFTA_TRACE_ID => t.id = be32(p).unwrap_or(0),
                 NFTA_TRACE_IIF => t.iif = be32(p).unwrap_or(0),
@@ -210,7 +167,7 @@ impl RawTrace {
                     for (vty, vp) in attributes(p) {
                         match vty {
                             NFTA_VERDICT_CODE => t.verdict = be32(vp).map(|v| v as i32),
-                            NFTA_VERDICT_CHAIN => t.target = Some(c_string(vp)),
+                            NFTA_VERDICT_CHAIN => t.target = Some(text(vp)),
                             _ => {}
                         }
                     }

@@ -6,11 +6,13 @@ use std::process::{Command, Stdio};
 
 use probe_pipeline::filter::{Filter, Literal};
 
+use crate::host::netlink::{NETLINK_NETFILTER, NetlinkError, Socket};
+
 use super::{
     NftraceError, TABLE_PREFIX,
     batch::{
         Attr, Batch, NFPROTO_INET, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE,
-        NFT_MSG_NEWTABLE, NftSocket,
+        NFT_MSG_NEWTABLE,
     },
     marking::{self, Source},
 };
@@ -41,7 +43,8 @@ const CT_PRIORITY: i32 = -160;
 /// else.
 pub struct TraceTable {
     name: String,
-    socket: NftSocket,
+    /// Owns the table where the kernel allows it; a RefCell as requests need it mutable.
+    socket: std::cell::RefCell<Socket>,
     /// Created with the owner flag: the kernel deletes it when `socket` closes.
     owned: bool,
     /// The filter's clauses, one marking rule each; None marks every packet.
@@ -57,26 +60,27 @@ impl TraceTable {
             log::info!("--rules traces every packet in the kernel: {why}");
             None
         });
-        let socket = NftSocket::open().map_err(add_error)?;
+        let mut socket = Socket::request(NETLINK_NETFILTER)
+            .map_err(|e| NftraceError::AddTable(e.to_string()))?;
         let name = format!("{TABLE_PREFIX}{}", std::process::id());
-        let owned = match add(&socket, &name, true, clauses.as_deref()) {
+        let owned = match add(&mut socket, &name, true, clauses.as_deref()) {
             Ok(()) => true,
             // Kernels before 5.12 refuse the owner flag (as an unknown flag: EINVAL; later ones
             // say EOPNOTSUPP for flags they lack); then probe deletes its table itself. A batch
             // is all or nothing, so the retry starts from scratch.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+            Err(e) if matches!(e.errno(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
                 log::info!(
                     "this kernel has no owned nftables tables (Linux 5.12+): probe deletes inet \
                      {name} on exit, and the next probe removes it if this one is killed"
                 );
-                add(&socket, &name, false, clauses.as_deref()).map_err(add_error)?;
+                add(&mut socket, &name, false, clauses.as_deref()).map_err(add_error)?;
                 false
             }
             Err(e) => return Err(add_error(e)),
         };
         Ok(Self {
             name,
-            socket,
+            socket: std::cell::RefCell::new(socket),
             owned,
             clauses,
         })
@@ -86,7 +90,7 @@ impl TraceTable {
     /// it.
     pub fn reinstall(&self) -> Result<(), NftraceError> {
         add(
-            &self.socket,
+            &mut self.socket.borrow_mut(),
             &self.name,
             self.owned,
             self.clauses.as_deref(),
@@ -101,11 +105,11 @@ impl TraceTable {
 
 /// Adds the table `name` with its chains and marking rules, in one batch.
 fn add(
-    socket: &NftSocket,
+    socket: &mut Socket,
     name: &str,
     owned: bool,
     clauses: Option<&[Vec<Literal>]>,
-) -> std::io::Result<()> {
+) -> Result<(), NetlinkError> {
     let mut batch = Batch::new();
     let mut table = vec![Attr::string(NFTA_TABLE_NAME, name)];
     if owned {
@@ -170,10 +174,11 @@ fn add(
             );
         }
     }
-    socket.request(batch)
+    let (bytes, seqs) = batch.finish();
+    socket.send_acked(&bytes, &seqs)
 }
 
-fn add_error(e: std::io::Error) -> NftraceError {
+fn add_error(e: NetlinkError) -> NftraceError {
     NftraceError::AddTable(e.to_string())
 }
 
@@ -189,7 +194,8 @@ impl Drop for TraceTable {
             NFPROTO_INET,
             &[Attr::string(NFTA_TABLE_NAME, &self.name)],
         );
-        if let Err(e) = self.socket.request(batch) {
+        let (bytes, seqs) = batch.finish();
+        if let Err(e) = self.socket.get_mut().send_acked(&bytes, &seqs) {
             log::warn!("could not delete nftables table inet {}: {e}", self.name);
         }
     }

@@ -20,10 +20,7 @@ use probe_common::names;
 use thiserror::Error;
 
 use super::owner::{self, Ledger};
-use crate::host::{
-    iface::{Iface, LinkLayer},
-    rtnl,
-};
+use crate::host::rtnl::{self, Link, LinkLayer};
 
 /// What the user asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -123,7 +120,7 @@ impl TcAttacher {
     }
 
     /// Attaches ingress and egress classifiers to `iface`; returns the backend used.
-    pub fn attach(&mut self, ebpf: &mut Ebpf, iface: &Iface) -> Result<Backend, AttachError> {
+    pub fn attach(&mut self, ebpf: &mut Ebpf, iface: &Link) -> Result<Backend, AttachError> {
         let backend = match (self.choice, self.settled) {
             (BackendChoice::Tcx, _) | (BackendChoice::Auto, Some(Backend::Tcx)) => Backend::Tcx,
             (BackendChoice::Clsact, _) | (BackendChoice::Auto, Some(Backend::Clsact)) => {
@@ -148,13 +145,13 @@ impl TcAttacher {
     fn attach_with(
         &mut self,
         ebpf: &mut Ebpf,
-        iface: &Iface,
+        iface: &Link,
         backend: Backend,
     ) -> Result<(), AttachError> {
         if backend == Backend::Clsact {
             self.ensure_clsact(iface)?;
         }
-        let (ingress, egress) = match iface.link_layer {
+        let (ingress, egress) = match iface.link_layer() {
             LinkLayer::Ethernet => (names::TC_INGRESS, names::TC_EGRESS),
             LinkLayer::None => (names::TC_INGRESS_L3, names::TC_EGRESS_L3),
         };
@@ -199,7 +196,7 @@ impl TcAttacher {
         Ok(())
     }
 
-    fn ensure_clsact(&mut self, iface: &Iface) -> Result<(), AttachError> {
+    fn ensure_clsact(&mut self, iface: &Link) -> Result<(), AttachError> {
         if self.created_qdiscs.contains(&iface.index) {
             return Ok(());
         }
@@ -258,10 +255,10 @@ impl TcAttacher {
                 log::debug!("leaving the clsact qdisc on ifindex {ifindex}: other filters use it");
                 continue;
             }
-            match rtnl::delete_clsact(ifindex) {
+            match sock.delete_clsact(ifindex) {
                 Ok(()) => {}
                 // The interface went away, and the qdisc with it.
-                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(e) if e.errno() == Some(libc::ENODEV) => {}
                 Err(e) => log::warn!("could not delete the clsact qdisc on ifindex {ifindex}: {e}"),
             }
         }

@@ -2,10 +2,7 @@
 //! default, every interface a container host's packets cross: bridges, veths, tunnels and VPN
 //! interfaces, and the uplink (the default route's device).
 
-use crate::host::{
-    iface::{Iface, IfaceError, LinkLayer, validate_name},
-    rtnl::Link,
-};
+use crate::host::rtnl::{IfaceError, Link, validate_name};
 
 /// Link kinds on a container host's datapath.
 const DATAPATH_KINDS: &[&str] = &[
@@ -27,9 +24,6 @@ const DATAPATH_KINDS: &[&str] = &[
     "bond",
     "vlan",
 ];
-
-const ARPHRD_ETHER: u16 = 1;
-const ARPHRD_LOOPBACK: u16 = 772;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Pattern {
@@ -75,14 +69,9 @@ impl Selector {
         self.patterns.is_empty()
     }
 
-    /// Remembers the uplinks among `links` (default-route devices of this namespace).
-    pub fn set_uplinks(&mut self, links: &[Link]) {
-        let names = crate::host::default_route_devices();
-        self.uplinks = links
-            .iter()
-            .filter(|l| names.contains(&l.name))
-            .map(|l| l.index)
-            .collect();
+    /// Remembers the uplinks (default-route devices of this namespace).
+    pub fn set_uplinks(&mut self, uplinks: Vec<u32>) {
+        self.uplinks = uplinks;
     }
 
     /// Names the user gave exactly that are not among `links` (an error at start).
@@ -110,7 +99,7 @@ impl Selector {
     }
 
     pub fn wants(&self, link: &Link) -> bool {
-        if link.hw_type == ARPHRD_LOOPBACK && self.discovers() {
+        if link.is_loopback() && self.discovers() {
             return false;
         }
         if self.discovers() {
@@ -124,19 +113,6 @@ impl Selector {
             Pattern::Exact(n) => &link.name == n,
             Pattern::Glob(g) => glob_match(g, &link.name),
         })
-    }
-}
-
-impl Iface {
-    pub fn from_link(link: &Link) -> Self {
-        Iface {
-            name: link.name.clone(),
-            index: link.index,
-            link_layer: match link.hw_type {
-                ARPHRD_ETHER | ARPHRD_LOOPBACK => LinkLayer::Ethernet,
-                _ => LinkLayer::None,
-            },
-        }
     }
 }
 
@@ -180,14 +156,19 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_route::link::LinkLayerType;
+
     use super::*;
 
     fn link(index: u32, name: &str, kind: Option<&str>) -> Link {
         Link {
             index,
             name: name.into(),
-            hw_type: ARPHRD_ETHER,
-            flags: 0,
+            hw_type: if name == "lo" {
+                LinkLayerType::Loopback
+            } else {
+                LinkLayerType::Ether
+            },
             kind: kind.map(str::to_owned),
             master: None,
             peer: None,

@@ -14,7 +14,7 @@ use probe_common::names;
 
 use crate::host::{
     netns,
-    rtnl::{self, CLSACT_EGRESS, CLSACT_INGRESS, Socket},
+    rtnl::{CLSACT_EGRESS, CLSACT_INGRESS, Socket},
 };
 
 const DIR: &str = "/run/probe";
@@ -246,7 +246,7 @@ fn remove(pid: u32, entries: &[Entry]) -> Vec<String> {
         if let Entry::Qdisc { ifindex, .. } = *e
             && let Some(iface) = name(ifindex)
             && is_empty(&mut sock, ifindex)
-            && rtnl::delete_clsact(ifindex).is_ok()
+            && sock.delete_clsact(ifindex).is_ok()
         {
             said.push(format!(
                 "removed the clsact qdisc on {iface} that probe {pid} created (nothing was left \

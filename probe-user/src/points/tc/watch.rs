@@ -11,8 +11,8 @@ use super::{
     discover::Selector,
 };
 use crate::host::{
-    iface::{Iface, IfaceError},
-    rtnl::{self, Link, LinkChange},
+    netlink::NetlinkError,
+    rtnl::{self, IfaceError, Link, LinkChange},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +22,7 @@ pub enum WatchError {
     #[error(transparent)]
     Attach(#[from] Box<AttachError>),
     #[error("cannot list or follow network interfaces: {0}")]
-    Netlink(#[from] std::io::Error),
+    Netlink(#[from] NetlinkError),
 }
 
 pub struct TcWatch {
@@ -54,7 +54,7 @@ impl TcWatch {
         for glob in selector.unmatched_globs(&links) {
             log::info!("no interface matches '{glob}' yet; probe attaches when one appears");
         }
-        selector.set_uplinks(&links);
+        selector.set_uplinks(crate::host::uplinks(&crate::host::routes()));
         attach::load_programs(bpf).map_err(Box::new)?;
         let mut watch = Self {
             selector,
@@ -95,7 +95,7 @@ impl TcWatch {
     pub fn on_link_events(&mut self, bpf: &mut Ebpf) -> Vec<LinkChange> {
         let changes = match self.monitor.changes() {
             Ok(c) => c,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+            Err(NetlinkError::Overflow) => {
                 // Notifications were lost: take stock again.
                 log::warn!("link notifications overflowed; re-reading interfaces");
                 match rtnl::Socket::request_socket().and_then(|mut s| s.links()) {
@@ -130,9 +130,7 @@ impl TcWatch {
                 LinkChange::New(link) => {
                     if let Err(e) = self.consider(bpf, link, true) {
                         // An interface that went away meanwhile (container churn) is no news.
-                        if crate::host::iface::lookup(&link.name)
-                            .is_ok_and(|i| i.index == link.index)
-                        {
+                        if rtnl::lookup(&link.name).is_ok_and(|i| i.index == link.index) {
                             log::warn!("cannot attach to {}: {e}", link.name);
                         } else {
                             log::debug!("{} went away before probe could attach: {e}", link.name);
@@ -155,8 +153,7 @@ impl TcWatch {
         if self.attached.contains_key(&link.index) || !self.selector.wants(link) {
             return Ok(());
         }
-        let iface = Iface::from_link(link);
-        let backend = self.attacher.attach(bpf, &iface)?;
+        let backend = self.attacher.attach(bpf, link)?;
         self.attached.insert(link.index, link.name.clone());
         if hot {
             log::info!("attached to {} ({backend}) as it appeared", link.name);
