@@ -17,6 +17,25 @@ pub use netns::{Netns, in_netns};
 pub use probe::{ProbeRun, probe_binary};
 pub use topology::{BridgeLab, Routed, TwoHosts};
 
+/// A file in the temporary directory, named after this process, removed when dropped.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str) -> Self {
+        TempFile(std::env::temp_dir().join(format!("probe-{}-{name}", std::process::id())))
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("temporary paths are UTF-8")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Tests and the demo need root to create namespaces and load programs; say so plainly.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

@@ -13,7 +13,7 @@ use std::{
 };
 
 use probe_lab::{
-    HostLab, Netns, ProbeRun,
+    HostLab, Netns, ProbeRun, TempFile,
     probe::json_lines,
     probe_binary, require_root,
     traffic::{serve_tcp_once, tcp_exchange, udp_send},
@@ -22,24 +22,6 @@ use serde_json::Value;
 
 /// What `udp_send` puts in its datagram.
 const MARKER: &str = "probe story";
-
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("probe-{}-{name}", std::process::id()));
-        TempFile(p)
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// One packet block as a timeline says it must be: the packet id, and the addresses and ports
 /// of the sighting (None for packets that are not IP).

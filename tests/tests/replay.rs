@@ -5,30 +5,12 @@
 use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use probe_lab::{
-    HostLab, Netns, ProbeRun,
+    HostLab, Netns, ProbeRun, TempFile,
     probe::json_lines,
     probe_binary, require_root,
     traffic::{serve_tcp_once, tcp_exchange, udp_send},
 };
 use serde_json::Value;
-
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("probe-{}-{name}", std::process::id()));
-        TempFile(p)
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// Records a live trace around `traffic`; returns the live timelines.
 fn record(lab: &HostLab, file: &TempFile, extra: &[&str], traffic: impl FnOnce()) -> Vec<Value> {

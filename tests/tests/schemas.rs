@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::UdpSocket, path::Path, process::Command, t
 
 use jsonschema::Validator;
 use probe_lab::{
-    BridgeLab, HostLab, Netns, ProbeRun, probe_binary, require_root,
+    BridgeLab, HostLab, Netns, ProbeRun, TempFile, probe_binary, require_root,
     traffic::{serve_tcp_once, tcp_exchange, udp_listen, udp_send},
 };
 use serde_json::Value;
@@ -90,24 +90,6 @@ impl Schemas {
         }
         eprintln!("valid: {seen:?}");
         seen
-    }
-}
-
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("probe-schemas-{}-{name}", std::process::id()));
-        TempFile(p)
-    }
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
