@@ -64,6 +64,9 @@ pub struct Config {
     pub _pad: [u8; 3],
     /// Instructions in use in `filter`; 0: every packet is admitted.
     pub filter_len: u32,
+    /// Inode of the traced network namespace, where the tc programs are attached: a packet
+    /// they see arrived in it.
+    pub netns_inum: u32,
     pub filter: [FilterInsn; MAX_FILTER_INSNS],
 }
 pod!(Config);
@@ -73,6 +76,7 @@ impl Config {
         mode: mode::EVENTS,
         _pad: [0; 3],
         filter_len: 0,
+        netns_inum: 0,
         filter: [FilterInsn {
             addr: [0; 16],
             mask: [0; 16],

@@ -86,7 +86,7 @@ const _: () = assert!(size_of::<FibEvent>() == 112);
 const _: () = assert!(size_of::<NfEvent>() == 112);
 const _: () = assert!(size_of::<ChainEvent>() == 96);
 const _: () = assert!(size_of::<FibRuleEvent>() == 64);
-const _: () = assert!(size_of::<KernelLayout>() == 162);
+const _: () = assert!(size_of::<KernelLayout>() == 166);
 const _: () = assert!(size_of::<FilterInsn>() == 40);
 const _: () = assert!(size_of::<PacketKey>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 40);

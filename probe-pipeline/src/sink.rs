@@ -208,6 +208,9 @@ impl<W: Write> Sink<W> {
             (EventBody::Drop(d), _) if d.packet.ip.is_none() && d.packet.ethertype == 0 => false,
             // Drops without a device (netns 0) cannot be placed: keep them.
             (EventBody::Drop(d), Some(ns)) => d.netns == 0 || d.netns == ns,
+            // A routing lookup made in another namespace (a container's own connect()) is not
+            // this namespace's decision, even when its device names match ours.
+            (EventBody::Fib(f), Some(ns)) => f.netns == 0 || f.netns == ns,
             _ => true,
         }
     }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use probe_common::{EventHeader, HopPoint, PacketInfo, TcEvent, counter, direction, kind, mode};
 
-use crate::shared::{config, filter, latency, maps, packet};
+use crate::shared::{config, filter, latency, maps, netns, packet};
 
 /// TC_ACT_UNSPEC: let the next program, or the kernel's default, decide.
 const TC_ACT_UNSPEC: i32 = -1;
@@ -46,13 +46,17 @@ fn observe(ctx: &TcContext, dir: u8, l2_len: usize) -> i32 {
 
 #[inline(always)]
 fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
+    // SAFETY: `skb` is the program's context pointer, valid for the whole invocation.
+    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
+    if dir == direction::INGRESS {
+        // SAFETY: helper without preconditions.
+        netns::saw_ingress(ifindex, unsafe { bpf_ktime_get_ns() });
+    }
     let mut pkt = PacketInfo::default();
     packet::parse(ctx, l2_len, &mut pkt);
     if !filter::admit(&pkt) {
         return Ok(());
     }
-    // SAFETY: `skb` is the program's context pointer, valid for the whole invocation.
-    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
     if config::get(|c| &c.mode) == mode::LATENCY {
         let at = HopPoint {
             ifindex,

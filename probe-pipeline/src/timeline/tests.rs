@@ -293,6 +293,7 @@ fn fib(ts: u64, dst: &str, dport: u16, table: u32, dev: Option<&str>, err: i32) 
             source: Mechanism::FibTracepoint,
             tried: Vec::new(),
             rule_pref: None,
+            netns: 0,
         }),
     }
 }

@@ -95,6 +95,10 @@ pub fn load(ringbuf_bytes: u32, layout: &KernelLayout, config: &Config) -> Resul
 pub fn config(run_mode: u8, filter: Option<&probe_pipeline::filter::Filter>) -> Config {
     let mut config = Config {
         mode: run_mode,
+        // The tc programs attach in the namespace probe runs in (entered before loading).
+        netns_inum: crate::host::netns::own()
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0),
         ..Config::DEFAULT
     };
     match filter.map(|f| f.compile()) {
