@@ -138,6 +138,25 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
     Ok(())
 }
 
+/// Raw tracepoint `fib6_table_lookup(const struct net *net, const struct fib6_result *res,
+/// struct fib6_table *table, const struct flowi6 *flp)`: only the namespace, parked for the
+/// ordinary tracepoint's program of the same lookup, which reads the rest from its record.
+#[raw_tracepoint(tracepoint = "fib6_table_lookup")]
+pub fn fib6_table_lookup_netns(ctx: RawTracePointContext) -> i32 {
+    let net = ctx.arg::<u64>(0);
+    let table = ctx.arg::<u64>(2);
+    let flp = ctx.arg::<u64>(3);
+    // SAFETY: helper without preconditions.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    netns::park_lookup6(netns::Lookup6 {
+        ts_ns,
+        table: read_kernel::<u32>(table, layout::get(|l| &l.fib6_tb6_id)).unwrap_or_default(),
+        netns_inum: netns::of_net(net),
+        daddr: read_kernel(flp, layout::get(|l| &l.flowi6_daddr)).unwrap_or_default(),
+    });
+    0
+}
+
 #[tracepoint]
 pub fn fib_table_lookup(ctx: TracePointContext) -> u32 {
     let l = layout::get(|l| &l.fib4);
@@ -248,8 +267,18 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
     ev.flags = read::<u8>(ctx, l.flags);
     ev.source = source;
     ev._pad = 0;
-    // The record names the result device but holds no pointer to it.
-    ev.netns_inum = netns::of_lookup(0, ev.iif, ts_ns);
+    // IPv6: the raw tracepoint read the lookup's own `net`. Otherwise the record names the
+    // result device but holds no pointer to it.
+    let parked = if fam == family::IPV6 {
+        netns::take_lookup6(ev.table, &ev.dst, ts_ns)
+    } else {
+        0
+    };
+    ev.netns_inum = if parked != 0 {
+        parked
+    } else {
+        netns::of_lookup(0, ev.iif, ts_ns)
+    };
     let admitted = filter::admit_tuple(&filter::Fields {
         saddr: &ev.src,
         daddr: &ev.dst,

@@ -24,6 +24,62 @@ pub struct IngressSeen {
 #[map(name = "INGRESS_SEEN")]
 static INGRESS_SEEN: PerCpuArray<IngressSeen> = PerCpuArray::with_max_entries(1, 0);
 
+/// The namespace of the IPv6 lookup in progress on this CPU, from the raw tracepoint
+/// `fib6_table_lookup` (its first argument is the `struct net`), for the ordinary tracepoint's
+/// program, which makes the event: the two run one after the other for the same lookup.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Lookup6 {
+    pub ts_ns: u64,
+    pub table: u32,
+    pub netns_inum: u32,
+    pub daddr: [u8; 16],
+}
+
+#[map(name = "LOOKUP6_NETNS")]
+static LOOKUP6_NETNS: PerCpuArray<Lookup6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Most time between the raw and the ordinary tracepoint of one lookup (they are two probes
+/// of one tracepoint call).
+const RAW_TO_RECORD_NS: u64 = 50_000;
+
+/// Parks the namespace of the IPv6 lookup being made.
+#[inline(always)]
+pub fn park_lookup6(v: Lookup6) {
+    if let Some(slot) = LOOKUP6_NETNS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot = v }
+    }
+}
+
+/// The namespace parked for this lookup (same table and destination, moments ago), taken
+/// so that it serves one lookup only; 0 when none was. The probes of a tracepoint run in the
+/// order they were registered, which another tracer may have reversed: then the slot holds
+/// the previous lookup's, which the checks mostly tell.
+#[inline(always)]
+pub fn take_lookup6(table: u32, daddr: &[u8; 16], ts_ns: u64) -> u32 {
+    let Some(slot) = LOOKUP6_NETNS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot of a plain struct, only this CPU touches it while this runs.
+    let parked = unsafe { &mut *slot };
+    if parked.ts_ns == 0
+        || ts_ns.saturating_sub(parked.ts_ns) > RAW_TO_RECORD_NS
+        || parked.table != table
+        || parked.daddr != *daddr
+    {
+        return 0;
+    }
+    parked.ts_ns = 0;
+    parked.netns_inum
+}
+
+/// The namespace a `struct net *` is.
+#[inline(always)]
+pub fn of_net(net: u64) -> u32 {
+    read_kernel::<u32>(net, layout::get(|l| &l.net_ns_inum)).unwrap_or(0)
+}
+
 /// `LOOPBACK_IFINDEX`: the input interface of every output lookup.
 const LOOPBACK_IFINDEX: i32 = 1;
 
