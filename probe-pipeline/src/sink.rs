@@ -425,6 +425,57 @@ mod tests {
         assert_eq!(sink.finish().unwrap().events, 2);
     }
 
+    fn lookup_in(netns: u32) -> crate::event::Event {
+        let mut f = probe_common::FibEvent {
+            header: probe_common::EventHeader {
+                ts_ns: 1_000,
+                kind: probe_common::kind::FIB,
+                flags: 0,
+                cpu: 0,
+            },
+            table: 254,
+            family: probe_common::family::IPV4,
+            source: probe_common::fib_source::RAW_TP_FIB4,
+            netns_inum: netns,
+            ..Default::default()
+        };
+        f.dst[..4].copy_from_slice(&[203, 0, 113, 2]);
+        f.dev_name[..4].copy_from_slice(b"eth0");
+        crate::decode::decode(&crate::bytes_of(&f)).unwrap()
+    }
+
+    #[test]
+    fn lookups_of_other_namespaces_are_left_out_or_labelled() {
+        let mut topology = Topology::default();
+        topology.own_netns = 5;
+        topology.netns_names.insert(7, "lab-b".into());
+        topology.containers.netns.insert(9, "web".into());
+        for (netns, shown) in [(None, 4), (Some(5), 2)] {
+            let opts = SinkOptions {
+                format: Format::Json,
+                events: true,
+                color: false,
+                filter: None,
+                limit: None,
+                netns,
+                verdicts_join_sightings: true,
+                clock: Clock::default(),
+            };
+            let mut out = Vec::new();
+            let mut sink = Sink::new(&mut out, opts, topology.clone(), None);
+            // The traced namespace's, another's, a container's, and one of no known namespace.
+            for ns in [5, 7, 9, 0] {
+                sink.push(lookup_in(ns), None).unwrap();
+            }
+            assert_eq!(sink.finish().unwrap().events, shown);
+        }
+        let place = |ns| crate::render::facts::place(&lookup_in(ns), &topology);
+        assert_eq!(place(5), "route table 254");
+        assert_eq!(place(0), "route table 254");
+        assert_eq!(place(7), "route table 254 in netns lab-b");
+        assert_eq!(place(9), "route table 254 in container web");
+    }
+
     #[test]
     fn a_walk_of_verdicts_alone_is_counted_not_shown_when_sightings_exist() {
         use crate::event::{DecidedBy, Family, RuleVerdict, Verdict};
