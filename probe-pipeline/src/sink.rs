@@ -446,8 +446,10 @@ mod tests {
 
     #[test]
     fn lookups_of_other_namespaces_are_left_out_or_labelled() {
-        let mut topology = Topology::default();
-        topology.own_netns = 5;
+        let mut topology = Topology {
+            own_netns: 5,
+            ..Topology::default()
+        };
         topology.netns_names.insert(7, "lab-b".into());
         topology.containers.netns.insert(9, "web".into());
         for (netns, shown) in [(None, 4), (Some(5), 2)] {
