@@ -76,18 +76,23 @@ impl Point for Decisions {
                     false
                 }
             };
-        log::debug!("IPv6 lookups' namespace from the raw tracepoint: {raw6}");
         let mut points = vec![(prog::TP_FIB6_LOOKUP, "fib6", "fib6_table_lookup")];
         if !raw {
             points.insert(0, (prog::TP_FIB_LOOKUP, "fib", "fib_table_lookup"));
         }
-        match attach::tracepoints(bpf, kernel, &points) {
+        let outcome = match attach::tracepoints(bpf, kernel, &points) {
             Outcome::Attached(what) if raw => {
                 Outcome::Attached(format!("raw tracepoint fib_table_lookup, {what}"))
             }
             Outcome::Unavailable(_) if raw => {
                 Outcome::Attached("raw tracepoint fib_table_lookup".into())
             }
+            other => other,
+        };
+        match outcome {
+            Outcome::Attached(what) if raw6 => Outcome::Attached(format!(
+                "{what}, raw tracepoint fib6_table_lookup (IPv6 namespace)"
+            )),
             other => other,
         }
     }
