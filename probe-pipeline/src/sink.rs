@@ -97,7 +97,8 @@ impl<W: Write> Sink<W> {
             }
         } else {
             Mode::Timelines {
-                correlator: Correlator::new(Limits::default()),
+                correlator: Correlator::new(Limits::default())
+                    .traced_in(u32::try_from(topology.own_netns).unwrap_or(0)),
                 style: Style {
                     json: opts.format == Format::Json,
                     color: opts.color && opts.format == Format::Text,
