@@ -83,8 +83,9 @@ pub fn of_net(net: u64) -> u32 {
 /// `LOOPBACK_IFINDEX`: the input interface of every output lookup.
 const LOOPBACK_IFINDEX: i32 = 1;
 
-/// Most time from tc ingress to the input lookup for the same packet (measured: a few
-/// microseconds, prerouting's netfilter chains included).
+/// Most time from tc ingress to the input lookup for the same packet (measured on the host
+/// kernel, 411 forwarded and unroutable datagrams: median 0.4 µs, 99th percentile 5 µs); the
+/// margin is for prerouting's netfilter chains.
 const INGRESS_TO_LOOKUP_NS: u64 = 200_000;
 
 /// Called by tc ingress for every packet (before any filter: the namespace of a lookup must
