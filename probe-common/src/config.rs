@@ -67,6 +67,9 @@ pub struct Config {
     pub snaplen: u16,
     /// Instructions in use in `filter`; 0: every packet is admitted.
     pub filter_len: u32,
+    /// Inode of the traced network namespace, where the tc programs are attached: a packet
+    /// they see arrived in it.
+    pub netns_inum: u32,
     pub filter: [FilterInsn; MAX_FILTER_INSNS],
 }
 pod!(Config);
@@ -77,6 +80,7 @@ impl Config {
         _pad: 0,
         snaplen: 0,
         filter_len: 0,
+        netns_inum: 0,
         filter: [FilterInsn {
             addr: [0; 16],
             mask: [0; 16],

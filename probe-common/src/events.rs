@@ -216,7 +216,10 @@ pub struct FibEvent {
     /// Family of `gw` ([`family`]); OTHER when the route has no gateway (directly connected)
     /// or the lookup failed.
     pub gw_family: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// Inode of the network namespace the lookup ran in (as in /proc/PID/ns/net); 0 when
+    /// unknown (recordings made before lookups carried it).
+    pub netns_inum: u32,
 }
 pod!(FibEvent);
 

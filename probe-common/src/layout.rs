@@ -172,6 +172,13 @@ pub struct KernelLayout {
     pub flowi4_saddr: u16,
     pub flowi4_daddr: u16,
     pub fibops_family: u16,
+    // struct task_struct and nsproxy: the current task's network namespace
+    pub task_nsproxy: u16,
+    pub nsproxy_net_ns: u16,
+    // struct fib6_table and flowi6: what the raw tracepoint fib6_table_lookup checks its
+    // lookup by (the record of the ordinary tracepoint carries no namespace)
+    pub fib6_tb6_id: u16,
+    pub flowi6_daddr: u16,
     pub fib4: FibTpLayout,
     pub fib6: FibTpLayout,
     pub fib4_raw: Fib4RawLayout,
@@ -215,6 +222,10 @@ impl KernelLayout {
         flowi4_saddr: ABSENT,
         flowi4_daddr: ABSENT,
         fibops_family: ABSENT,
+        task_nsproxy: ABSENT,
+        nsproxy_net_ns: ABSENT,
+        fib6_tb6_id: ABSENT,
+        flowi6_daddr: ABSENT,
         fib4: FibTpLayout::ABSENT,
         fib6: FibTpLayout::ABSENT,
         fib4_raw: Fib4RawLayout::ABSENT,

@@ -62,6 +62,7 @@ pub mod names {
     pub const TP_FIB_LOOKUP: &str = "fib_table_lookup";
     pub const TP_FIB6_LOOKUP: &str = "fib6_table_lookup";
     pub const RAW_TP_FIB_LOOKUP: &str = "fib_table_lookup_raw";
+    pub const RAW_TP_FIB6_NETNS: &str = "fib6_table_lookup_netns";
     pub const NF_HOOK_FENTRY: &str = "nf_hook_slow_fentry";
     pub const NF_HOOK_FEXIT: &str = "nf_hook_slow_fexit";
     pub const NF_HOOK_KPROBE: &str = "nf_hook_slow_kprobe";
@@ -87,7 +88,7 @@ const _: () = assert!(size_of::<FibEvent>() == 112);
 const _: () = assert!(size_of::<NfEvent>() == 112);
 const _: () = assert!(size_of::<ChainEvent>() == 96);
 const _: () = assert!(size_of::<FibRuleEvent>() == 64);
-const _: () = assert!(size_of::<KernelLayout>() == 162);
+const _: () = assert!(size_of::<KernelLayout>() == 170);
 const _: () = assert!(size_of::<FilterInsn>() == 40);
 const _: () = assert!(size_of::<PacketKey>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 40);

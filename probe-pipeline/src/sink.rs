@@ -105,7 +105,8 @@ impl<W: Write> Sink<W> {
             }
         } else {
             Mode::Timelines {
-                correlator: Correlator::new(Limits::default()),
+                correlator: Correlator::new(Limits::default())
+                    .traced_in(u32::try_from(topology.own_netns).unwrap_or(0)),
                 style: Style {
                     json: opts.format == Format::Json,
                     color: opts.color && opts.format == Format::Text,
@@ -228,6 +229,9 @@ impl<W: Write> Sink<W> {
             (EventBody::Drop(d), _) if d.packet.ip.is_none() && d.packet.ethertype == 0 => false,
             // Drops without a device (netns 0) cannot be placed: keep them.
             (EventBody::Drop(d), Some(ns)) => d.netns == 0 || d.netns == ns,
+            // A routing lookup made in another namespace (a container's own connect()) is not
+            // this namespace's decision, even when its device names match ours.
+            (EventBody::Fib(f), Some(ns)) => f.netns == 0 || f.netns == ns,
             _ => true,
         }
     }
@@ -448,6 +452,59 @@ mod tests {
             sink.push(e, None).unwrap();
         }
         assert_eq!(sink.finish().unwrap().events, 2);
+    }
+
+    fn lookup_in(netns: u32) -> crate::event::Event {
+        let mut f = probe_common::FibEvent {
+            header: probe_common::EventHeader {
+                ts_ns: 1_000,
+                kind: probe_common::kind::FIB,
+                flags: 0,
+                cpu: 0,
+            },
+            table: 254,
+            family: probe_common::family::IPV4,
+            source: probe_common::fib_source::RAW_TP_FIB4,
+            netns_inum: netns,
+            ..Default::default()
+        };
+        f.dst[..4].copy_from_slice(&[203, 0, 113, 2]);
+        f.dev_name[..4].copy_from_slice(b"eth0");
+        crate::decode::decode(&crate::bytes_of(&f)).unwrap()
+    }
+
+    #[test]
+    fn lookups_of_other_namespaces_are_left_out_or_labelled() {
+        let mut topology = Topology {
+            own_netns: 5,
+            ..Topology::default()
+        };
+        topology.netns_names.insert(7, "lab-b".into());
+        topology.containers.netns.insert(9, "web".into());
+        for (netns, shown) in [(None, 4), (Some(5), 2)] {
+            let opts = SinkOptions {
+                format: Format::Json,
+                events: true,
+                color: false,
+                filter: None,
+                limit: None,
+                netns,
+                verdicts_join_sightings: true,
+                clock: Clock::default(),
+            };
+            let mut out = Vec::new();
+            let mut sink = Sink::new(&mut out, opts, topology.clone(), None);
+            // The traced namespace's, another's, a container's, and one of no known namespace.
+            for ns in [5, 7, 9, 0] {
+                sink.push(lookup_in(ns), None).unwrap();
+            }
+            assert_eq!(sink.finish().unwrap().events, shown);
+        }
+        let place = |ns| crate::render::facts::place(&lookup_in(ns), &topology);
+        assert_eq!(place(5), "route table 254");
+        assert_eq!(place(0), "route table 254");
+        assert_eq!(place(7), "route table 254 in netns lab-b");
+        assert_eq!(place(9), "route table 254 in container web");
     }
 
     #[test]

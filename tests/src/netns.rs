@@ -52,6 +52,12 @@ impl Netns {
         &self.name
     }
 
+    /// The namespace's inode, as probe reports it (`netns` of a route row or a drop).
+    pub fn inode(&self) -> anyhow::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(std::fs::metadata(std::path::Path::new("/run/netns").join(&self.name))?.ino())
+    }
+
     /// Leaves the namespace in place (for `cargo xtask lab up`).
     pub fn keep(self) {
         std::mem::forget(self);

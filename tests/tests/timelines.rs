@@ -93,17 +93,6 @@ fn dnat_connection_is_one_flow_with_the_rewrite_and_the_reply_linked() {
                 && h["event"]["chain"] == "DOCKER"
                 && h["event"]["table"] == "nat")
     );
-    // The forwarding decision, made for the rewritten destination, is the packet's.
-    assert!(
-        syn["hops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h["event"]["kind"] == "fib"
-                && h["event"]["dst"] == web.to_string()
-                && h["event"]["dev"] == "docker0"),
-        "{syn:#}"
-    );
     // Hops are in time order with their gaps; rule verdicts have no kernel time and show none.
     let hops = syn["hops"].as_array().unwrap();
     let mut last = 0;
@@ -234,7 +223,8 @@ fn udp_delivered(client: &Netns, server: &Netns, dst: std::net::IpAddr, port: u1
 #[test]
 fn one_route_row_per_routing_decision_ipv4_and_ipv6() {
     require_root();
-    // Routing lookups carry no namespace: another lab's with the same addresses would mix in.
+    // Without BTF (the tracepoint record) a lookup that found no device can take the namespace
+    // of the calling task only: another lab's with the same addresses could mix in.
     let _serial = probe_lab::one_lab_at_a_time();
     let lab = probe_lab::Routed::new().unwrap().with_ipv6().unwrap();
     for (dst, port) in [
@@ -281,9 +271,8 @@ fn check_json_decisions(stdout: &str, dst: std::net::IpAddr, port: u16) {
         routes.iter().any(|r| r["event"]["dev"] == "to-server"),
         "{t:#}"
     );
-    // Every row is a decision that found a route, and no two rows are one decision: each
-    // decision is made once per namespace it passes (the sender's, the router's, the
-    // receiver's), told apart by the interface the packet came in on.
+    // Every row is a decision that found a route, and no two rows are one decision (the
+    // traced router's own only: the sender's and the receiver's are their namespaces').
     let mut decisions = Vec::new();
     for r in &routes {
         let e = &r["event"];
@@ -343,7 +332,7 @@ fn check_text_decisions(stdout: &str, port: u16) {
 #[test]
 fn route_rows_show_the_real_gateway_or_none_ipv4_and_ipv6() {
     require_root();
-    // Routing lookups carry no namespace: another lab's with the same addresses would mix in.
+    // With --all-netns another lab's lookups with the same addresses would mix in.
     let _serial = probe_lab::one_lab_at_a_time();
     let lab = probe_lab::Routed::new().unwrap().with_ipv6().unwrap();
     let v4 = |a: std::net::Ipv4Addr| std::net::IpAddr::from(a);
@@ -364,7 +353,15 @@ fn route_rows_show_the_real_gateway_or_none_ipv4_and_ipv6() {
     ] {
         // The route rows of the timelines of datagrams sent `rounds` times to each target.
         let trace = |targets: &[(std::net::IpAddr, &Netns)], rounds: usize| {
-            let run = ProbeRun::start(&["trace", "--netns", lab.router.name(), "--json"]).unwrap();
+            // The client's lookups are made in its own namespace: shown with --all-netns.
+            let run = ProbeRun::start(&[
+                "trace",
+                "--netns",
+                lab.router.name(),
+                "--json",
+                "--all-netns",
+            ])
+            .unwrap();
             for _ in 0..rounds {
                 for (dst, receiver) in targets {
                     udp_delivered(&lab.client, receiver, *dst, port);

@@ -7,6 +7,10 @@
 //! ordinary record leaves its gateway fields unwritten when the next hop has no gateway (they
 //! then hold whatever an earlier event left in the buffer, `via 56.0.0.0`), while the raw
 //! tracepoint reads the next hop's gateway family itself.
+//!
+//! Every lookup carries the namespace it ran in (see `shared::netns`): the raw tracepoint
+//! reads the result device's; the records (IPv4 without BTF, IPv6) hold no device pointer, so
+//! there it comes from the tc ingress sighting before an input lookup or the calling task.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -21,7 +25,7 @@ use probe_common::{
 use crate::shared::{
     filter,
     layout::{self, read_kernel},
-    maps,
+    maps, netns,
 };
 
 /// `nhc_gw_family` values.
@@ -72,6 +76,7 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
     ev.src[..4].copy_from_slice(&saddr);
     ev.dst[..4].copy_from_slice(&daddr);
     ev.gw_family = family::OTHER;
+    let mut dev = 0u64;
     if nhc == 0 {
         // No next hop (the lookup failed): the tracepoint names the device "-".
         ev.dev_name[0] = b'-';
@@ -90,7 +95,7 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
             }
             _ => {}
         }
-        let dev = read_kernel::<u64>(nhc, l.nhc_dev).unwrap_or_default();
+        dev = read_kernel::<u64>(nhc, l.nhc_dev).unwrap_or_default();
         if dev == 0 {
             ev.dev_name[0] = b'-';
         } else {
@@ -115,7 +120,8 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
     ev.scope = read_kernel::<u8>(flp, l.scope).unwrap_or_default();
     ev.flags = read_kernel::<u8>(flp, l.flags).unwrap_or_default();
     ev.source = fib_source::RAW_TP_FIB4;
-    ev._pad = [0; 5];
+    ev._pad = 0;
+    ev.netns_inum = netns::of_lookup(dev, ev.iif, ts_ns);
     let admitted = filter::admit_tuple(&filter::Fields {
         saddr: &ev.src,
         daddr: &ev.dst,
@@ -130,6 +136,25 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
     }
     entry.submit(0);
     Ok(())
+}
+
+/// Raw tracepoint `fib6_table_lookup(const struct net *net, const struct fib6_result *res,
+/// struct fib6_table *table, const struct flowi6 *flp)`: only the namespace, parked for the
+/// ordinary tracepoint's program of the same lookup, which reads the rest from its record.
+#[raw_tracepoint(tracepoint = "fib6_table_lookup")]
+pub fn fib6_table_lookup_netns(ctx: RawTracePointContext) -> i32 {
+    let net = ctx.arg::<u64>(0);
+    let table = ctx.arg::<u64>(2);
+    let flp = ctx.arg::<u64>(3);
+    // SAFETY: helper without preconditions.
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    netns::park_lookup6(netns::Lookup6 {
+        ts_ns,
+        table: read_kernel::<u32>(table, layout::get(|l| &l.fib6_tb6_id)).unwrap_or_default(),
+        netns_inum: netns::of_net(net),
+        daddr: read_kernel(flp, layout::get(|l| &l.flowi6_daddr)).unwrap_or_default(),
+    });
+    0
 }
 
 #[tracepoint]
@@ -241,7 +266,19 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
     ev.scope = read::<u8>(ctx, l.scope);
     ev.flags = read::<u8>(ctx, l.flags);
     ev.source = source;
-    ev._pad = [0; 5];
+    ev._pad = 0;
+    // IPv6: the raw tracepoint read the lookup's own `net`. Otherwise the record names the
+    // result device but holds no pointer to it.
+    let parked = if fam == family::IPV6 {
+        netns::take_lookup6(ev.table, &ev.dst, ts_ns)
+    } else {
+        0
+    };
+    ev.netns_inum = if parked != 0 {
+        parked
+    } else {
+        netns::of_lookup(0, ev.iif, ts_ns)
+    };
     let admitted = filter::admit_tuple(&filter::Fields {
         saddr: &ev.src,
         daddr: &ev.dst,

@@ -13,7 +13,7 @@ use probe_common::{
     mode,
 };
 
-use crate::shared::{config, filter, latency, maps, packet};
+use crate::shared::{config, filter, latency, maps, netns, packet};
 
 /// TC_ACT_UNSPEC: let the next program, or the kernel's default, decide.
 const TC_ACT_UNSPEC: i32 = -1;
@@ -49,13 +49,17 @@ fn observe(ctx: &TcContext, dir: u8, l2_len: usize) -> i32 {
 
 #[inline(always)]
 fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
+    // SAFETY: `skb` is the program's context pointer, valid for the whole invocation.
+    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
+    if dir == direction::INGRESS {
+        // SAFETY: helper without preconditions.
+        netns::saw_ingress(ifindex, unsafe { bpf_ktime_get_ns() });
+    }
     let mut pkt = PacketInfo::default();
     packet::parse(ctx, l2_len, &mut pkt);
     if !filter::admit(&pkt) {
         return Ok(());
     }
-    // SAFETY: `skb` is the program's context pointer, valid for the whole invocation.
-    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
     if config::get(|c| &c.mode) == mode::LATENCY {
         let at = HopPoint {
             ifindex,

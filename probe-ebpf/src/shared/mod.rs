@@ -7,5 +7,6 @@ pub mod filter;
 pub mod latency;
 pub mod layout;
 pub mod maps;
+pub mod netns;
 pub mod packet;
 pub mod skb;

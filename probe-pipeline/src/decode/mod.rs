@@ -252,6 +252,7 @@ fn decode_fib(f: Fields<'_>) -> Result<FibLookup, DecodeError> {
         },
         tried: Vec::new(),
         rule_pref: None,
+        netns: f.u32(offset_of!(FibEvent, netns_inum)),
     })
 }
 

@@ -226,6 +226,7 @@ fn decodes_a_fib_lookup() {
         proto: 17,
         source: fib_source::TP_FIB4,
         dport: 53,
+        netns_inum: 4026532301,
         ..Default::default()
     };
     ev.dst[..4].copy_from_slice(&[10, 9, 9, 9]);
@@ -239,6 +240,13 @@ fn decodes_a_fib_lookup() {
     assert_eq!(f.dev, None);
     assert_eq!(f.gateway, None);
     assert_eq!(f.source, Mechanism::FibTracepoint);
+    assert_eq!(f.netns, 4026532301);
+    // Recordings from before lookups carried their namespace have zeros there: unknown.
+    ev.netns_inum = 0;
+    let EventBody::Fib(f) = decode(&bytes_of(&ev)).unwrap().body else {
+        panic!("not a fib lookup")
+    };
+    assert_eq!(f.netns, 0);
 
     ev.family = 9;
     assert_eq!(decode(&bytes_of(&ev)), Err(DecodeError::BadFamily(9)));

@@ -323,6 +323,14 @@ pub struct FibLookup {
     /// (`fib_rules_lookup`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_pref: Option<u32>,
+    /// Inode of the network namespace the lookup ran in (as in /proc/PID/ns/net); 0 when
+    /// unknown.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub netns: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// One earlier lookup of a routing decision (see [`FibLookup::tried`]).
@@ -423,6 +431,7 @@ impl FibLookup {
             && self.dport == next.dport
             && self.proto == next.proto
             && self.iif == next.iif
+            && self.netns == next.netns
             && (self.sport == next.sport || self.sport == 0);
         if !same_flow {
             return false;

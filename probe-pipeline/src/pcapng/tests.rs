@@ -156,6 +156,7 @@ fn fib(ts: u64) -> Event {
             source: Mechanism::FibTracepoint,
             rule_pref: None,
             tried: Vec::new(),
+            netns: 0,
         }),
     }
 }

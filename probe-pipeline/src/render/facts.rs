@@ -41,6 +41,8 @@ pub fn write_place(out: &mut String, e: &Event, topo: &Topology) {
                 }
                 out.push(')');
             }
+            // Made in another namespace (--all-netns): its devices are that namespace's.
+            write_foreign_netns(out, f.netns, topo);
         }
         EventBody::FibRule(r) => {
             let _ = write!(out, "ip rule pref {}", r.pref);
@@ -98,6 +100,20 @@ fn write_drop_place(out: &mut String, d: &DropSighting, topo: &Topology) {
     }
 }
 
+/// ` in container web`, ` in netns lab-b` or ` in netns 4026532301` for a namespace other than
+/// the traced one; nothing for the traced one or an unknown one.
+fn write_foreign_netns(out: &mut String, netns: u32, topo: &Topology) {
+    let netns = u64::from(netns);
+    if netns == 0 || netns == topo.own_netns {
+        return;
+    }
+    if let Some(c) = topo.containers.by_netns(netns) {
+        let _ = write!(out, " in container {c}");
+    } else if let Some(name) = topo.foreign_netns(netns) {
+        let _ = write!(out, " in netns {name}");
+    }
+}
+
 fn write_table(out: &mut String, id: u32, name: Option<&str>) {
     match name {
         Some(n) => out.push_str(n),
@@ -115,6 +131,7 @@ pub fn container<'a>(e: &Event, topo: &'a Topology) -> Option<&'a str> {
             .containers
             .by_netns(u64::from(d.netns))
             .or_else(|| topo.container_of(d.ifindex)),
+        EventBody::Fib(f) => topo.containers.by_netns(u64::from(f.netns)),
         _ => None,
     }
 }

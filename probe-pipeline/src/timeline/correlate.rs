@@ -121,6 +121,9 @@ pub struct Correlator {
     deciding: Vec<Event>,
     finished: Vec<Journey>,
     next_expire_ns: u64,
+    /// Inode of the traced namespace (0: unknown). Its packets' sightings are what journeys
+    /// are made of.
+    traced_netns: u32,
 }
 
 /// Most time between two lookups of one routing decision (they follow each other within
@@ -145,6 +148,24 @@ impl Correlator {
             deciding: Vec::new(),
             finished: Vec::new(),
             next_expire_ns: 0,
+            traced_netns: 0,
+        }
+    }
+
+    /// The namespace being traced: another namespace's lookups (shown with `--all-netns`) join
+    /// a packet only as the decision that sent it, made before it reached this one.
+    pub fn traced_in(mut self, netns: u32) -> Self {
+        self.traced_netns = netns;
+        self
+    }
+
+    /// A lookup known to have run in a namespace other than the traced one.
+    fn foreign(&self, lookup: &Event) -> bool {
+        match &lookup.body {
+            EventBody::Fib(f) => {
+                f.netns != 0 && self.traced_netns != 0 && f.netns != self.traced_netns
+            }
+            _ => false,
         }
     }
 
@@ -312,7 +333,8 @@ impl Correlator {
         let mut k = 0;
         while k < self.lookups.len() {
             let l = &self.lookups[k];
-            if lookup_matches(l, &t) && l.ts_ns >= since && l.ts_ns <= now {
+            // The decision after a rewrite here is this namespace's.
+            if lookup_matches(l, &t) && l.ts_ns >= since && l.ts_ns <= now && !self.foreign(l) {
                 let l = self.lookups.remove(k).expect("index in range");
                 self.live[i].hops.push(Hop {
                     ts_ns: l.ts_ns,
@@ -471,8 +493,12 @@ impl Correlator {
         let window = self.limits.lookup_window_ns;
         let target = lookup_dst(&event);
         let skip = self.live.len().saturating_sub(SCAN_WINDOW);
+        // Another namespace's lookup after a packet was seen here is not that packet's: the
+        // packet is here, not there (a namespace with the same addresses routes its own).
+        let foreign = self.foreign(&event);
         let found = self.live.iter().skip(skip).rposition(|j| {
-            !j.ended
+            !foreign
+                && !j.ended
                 && now.saturating_sub(j.last_ns) <= window
                 && j.current
                     .is_some_and(|t| Some((t.dst, t.dport)) == target || Some((t.dst, 0)) == target)

@@ -294,6 +294,7 @@ fn fib(ts: u64, dst: &str, dport: u16, table: u32, dev: Option<&str>, err: i32) 
             source: Mechanism::FibTracepoint,
             tried: Vec::new(),
             rule_pref: None,
+            netns: 0,
         }),
     }
 }
@@ -309,6 +310,38 @@ fn vpn_shadowing_is_diagnosed_from_the_route() {
     let Diagnosis { text, .. } = diagnose(&j, &topo());
     assert!(text.starts_with("routed to tun0 by table 51820"), "{text}");
     assert!(text.contains("docker0's subnet"), "{text}");
+}
+
+/// A lookup in namespace `netns`, else as [`fib`].
+fn fib_in(netns: u32, ts: u64, dst: &str, dport: u16, dev: &str) -> Event {
+    let mut e = fib(ts, dst, dport, 254, Some(dev), 0);
+    if let EventBody::Fib(f) = &mut e.body {
+        f.netns = netns;
+    }
+    e
+}
+
+#[test]
+fn another_namespaces_lookup_joins_only_as_the_decision_that_sent_the_packet() {
+    let syn = tcp("172.17.0.2", 5000, "203.0.113.2", 80, 1, TcpFlags::SYN);
+    let mut c = Correlator::new(Limits::default()).traced_in(5);
+    // The container's own decision (namespace 9), then its packet here, then this namespace's
+    // forwarding decision and a twin namespace's (7) for the same destination.
+    c.push(fib_in(9, 1_000, "203.0.113.2", 80, "eth0"));
+    c.push(tc(2_000, 4, Direction::Ingress, syn));
+    c.push(fib_in(5, 3_000, "203.0.113.2", 80, "eth0"));
+    c.push(fib_in(7, 3_500, "203.0.113.2", 80, "eth0"));
+    let done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    let namespaces: Vec<u32> = done[0]
+        .hops
+        .iter()
+        .filter_map(|h| match &h.event.body {
+            EventBody::Fib(f) => Some(f.netns),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(namespaces, vec![9, 5], "{done:#?}");
 }
 
 #[test]

@@ -33,6 +33,9 @@ impl Point for Decisions {
             // gateways.
             let mut unused = Vec::new();
             layout.fib4_raw = raw_layout(btf, &mut unused);
+            // Likewise for IPv6's namespace: without it the lookup's is told as IPv4's record.
+            layout.fib6_tb6_id = attach::offset(btf, "fib6_table", "tb6_id", &mut unused);
+            layout.flowi6_daddr = attach::offset(btf, "flowi6", "daddr", &mut unused);
         }
         let Some(tracefs) = kernel.tracefs() else {
             return;
@@ -62,17 +65,34 @@ impl Point for Decisions {
         } else {
             false
         };
+        // IPv6's namespace from the raw tracepoint, attached before the ordinary one so that
+        // it runs first for each lookup (when no other tracer has attached that one already).
+        let raw6 = layout.fib6_tb6_id != probe_common::ABSENT
+            && layout.flowi6_daddr != probe_common::ABSENT
+            && match attach::raw_tracepoint(bpf, prog::RAW_TP_FIB6_NETNS, "fib6_table_lookup") {
+                Ok(()) => true,
+                Err(e) => {
+                    log::debug!("raw tracepoint fib6_table_lookup: {}", attach::short(&e));
+                    false
+                }
+            };
         let mut points = vec![(prog::TP_FIB6_LOOKUP, "fib6", "fib6_table_lookup")];
         if !raw {
             points.insert(0, (prog::TP_FIB_LOOKUP, "fib", "fib_table_lookup"));
         }
-        match attach::tracepoints(bpf, kernel, &points) {
+        let outcome = match attach::tracepoints(bpf, kernel, &points) {
             Outcome::Attached(what) if raw => {
                 Outcome::Attached(format!("raw tracepoint fib_table_lookup, {what}"))
             }
             Outcome::Unavailable(_) if raw => {
                 Outcome::Attached("raw tracepoint fib_table_lookup".into())
             }
+            other => other,
+        };
+        match outcome {
+            Outcome::Attached(what) if raw6 => Outcome::Attached(format!(
+                "{what}, raw tracepoint fib6_table_lookup (IPv6 namespace)"
+            )),
             other => other,
         }
     }

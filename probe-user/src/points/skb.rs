@@ -17,4 +17,6 @@ pub fn offsets(btf: &Btf, layout: &mut KernelLayout, missing: &mut Vec<String>) 
     layout.net_ns_inum = member("net", "ns.inum");
     layout.skb_sk = member("sk_buff", "sk");
     layout.sk_net = member("sock", "__sk_common.skc_net.net");
+    layout.task_nsproxy = member("task_struct", "nsproxy");
+    layout.nsproxy_net_ns = member("nsproxy", "net_ns");
 }

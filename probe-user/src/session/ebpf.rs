@@ -101,6 +101,10 @@ pub fn config(
     let mut config = Config {
         mode: run_mode,
         snaplen,
+        // The tc programs attach in the namespace probe runs in (entered before loading).
+        netns_inum: crate::host::netns::own()
+            .and_then(|i| u32::try_from(i).ok())
+            .unwrap_or(0),
         ..Config::DEFAULT
     };
     match filter.map(|f| f.compile()) {

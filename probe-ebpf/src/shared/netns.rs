@@ -1,0 +1,145 @@
+//! Which network namespace a routing lookup ran in. The lookup's own arguments rarely say
+//! (IPv4's `flowi4` carries no namespace), so the programs ask, in order: the result device
+//! (a namespace's table only holds its own devices), the tc ingress sighting that just came
+//! before an input lookup on this CPU, and for output lookups the calling task.
+
+use aya_ebpf::{helpers::bpf_get_current_task, macros::map, maps::PerCpuArray};
+
+use super::{
+    config,
+    layout::{self, read_kernel},
+    skb,
+};
+
+/// The last packet tc ingress saw on this CPU: a softirq input lookup right after it is for
+/// that packet, made in the namespace the tc programs are attached in.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct IngressSeen {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub netns_inum: u32,
+}
+
+#[map(name = "INGRESS_SEEN")]
+static INGRESS_SEEN: PerCpuArray<IngressSeen> = PerCpuArray::with_max_entries(1, 0);
+
+/// The namespace of the IPv6 lookup in progress on this CPU, from the raw tracepoint
+/// `fib6_table_lookup` (its first argument is the `struct net`), for the ordinary tracepoint's
+/// program, which makes the event: the two run one after the other for the same lookup.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Lookup6 {
+    pub ts_ns: u64,
+    pub table: u32,
+    pub netns_inum: u32,
+    pub daddr: [u8; 16],
+}
+
+#[map(name = "LOOKUP6_NETNS")]
+static LOOKUP6_NETNS: PerCpuArray<Lookup6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Most time between the raw and the ordinary tracepoint of one lookup (they are two probes
+/// of one tracepoint call).
+const RAW_TO_RECORD_NS: u64 = 50_000;
+
+/// Parks the namespace of the IPv6 lookup being made.
+#[inline(always)]
+pub fn park_lookup6(v: Lookup6) {
+    if let Some(slot) = LOOKUP6_NETNS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *slot = v }
+    }
+}
+
+/// The namespace parked for this lookup (same table and destination, moments ago), taken
+/// so that it serves one lookup only; 0 when none was. The probes of a tracepoint run in the
+/// order they were registered, which another tracer may have reversed: then the slot holds
+/// the previous lookup's, which the checks mostly tell.
+#[inline(always)]
+pub fn take_lookup6(table: u32, daddr: &[u8; 16], ts_ns: u64) -> u32 {
+    let Some(slot) = LOOKUP6_NETNS.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU slot of a plain struct, only this CPU touches it while this runs.
+    let parked = unsafe { &mut *slot };
+    if parked.ts_ns == 0
+        || ts_ns.saturating_sub(parked.ts_ns) > RAW_TO_RECORD_NS
+        || parked.table != table
+        || parked.daddr != *daddr
+    {
+        return 0;
+    }
+    parked.ts_ns = 0;
+    parked.netns_inum
+}
+
+/// The namespace a `struct net *` is.
+#[inline(always)]
+pub fn of_net(net: u64) -> u32 {
+    read_kernel::<u32>(net, layout::get(|l| &l.net_ns_inum)).unwrap_or(0)
+}
+
+/// `LOOPBACK_IFINDEX`: the input interface of every output lookup.
+const LOOPBACK_IFINDEX: i32 = 1;
+
+/// Most time from tc ingress to the input lookup for the same packet (measured on the host
+/// kernel, 411 forwarded and unroutable datagrams: median 0.4 µs, 99th percentile 5 µs); the
+/// margin is for prerouting's netfilter chains.
+const INGRESS_TO_LOOKUP_NS: u64 = 200_000;
+
+/// Called by tc ingress for every packet (before any filter: the namespace of a lookup must
+/// not depend on it).
+#[inline(always)]
+pub fn saw_ingress(ifindex: u32, ts_ns: u64) {
+    if let Some(slot) = INGRESS_SEEN.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe {
+            *slot = IngressSeen {
+                ts_ns,
+                ifindex,
+                netns_inum: config::get(|c| &c.netns_inum),
+            }
+        }
+    }
+}
+
+/// The namespace of a lookup that found next-hop device `dev` (0 when it found none), for a
+/// flow arriving on `iif`, at `ts_ns`. 0 when nothing tells.
+#[inline(always)]
+pub fn of_lookup(dev: u64, iif: i32, ts_ns: u64) -> u32 {
+    if dev != 0 {
+        let ns = skb::dev_netns(dev);
+        if ns != 0 {
+            return ns;
+        }
+    }
+    if iif != LOOPBACK_IFINDEX && iif != 0 {
+        // An input lookup runs in softirq, where the current task is whoever was interrupted.
+        if let Some(seen) = INGRESS_SEEN.get_ptr(0) {
+            // SAFETY: per-CPU slot of a plain struct.
+            let seen = unsafe { *seen };
+            if seen.ifindex == iif as u32
+                && ts_ns.saturating_sub(seen.ts_ns) <= INGRESS_TO_LOOKUP_NS
+            {
+                return seen.netns_inum;
+            }
+        }
+        return 0;
+    }
+    current_task()
+}
+
+/// The current task's namespace: right for output lookups made by a socket call.
+#[inline(always)]
+fn current_task() -> u32 {
+    // SAFETY: a helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let Ok(nsproxy) = read_kernel::<u64>(task, layout::get(|l| &l.task_nsproxy)) else {
+        return 0;
+    };
+    let Ok(net) = read_kernel::<u64>(nsproxy, layout::get(|l| &l.nsproxy_net_ns)) else {
+        return 0;
+    };
+    read_kernel::<u32>(net, layout::get(|l| &l.net_ns_inum)).unwrap_or(0)
+}
