@@ -157,11 +157,16 @@ fn dropped(c: &Case<'_>) -> Option<Diagnosis> {
         (None, Some(hook), _) => {
             format!("dropped at {hook}{after_nat} (reason {reason}){parties}")
         }
+        // Kernels before 5.17 name no reason (code 0): the cause came from the location.
         (None, None, Some(cause)) => format!(
-            "dropped{after_nat}{}: {}{} (reason {reason}){parties}",
+            "dropped{after_nat}{}: {}{}{}{parties}",
             drop_location(drop),
             cause.explanation,
-            c.failed_route()
+            c.failed_route(),
+            drop.reason
+                .as_ref()
+                .map(|r| format!(" (reason {r})"))
+                .unwrap_or_default()
         ),
         (None, None, None) => format!(
             "dropped{after_nat}: reason {reason}{}{parties}",
