@@ -11,6 +11,7 @@ pub mod bounded;
 pub mod decode;
 pub mod event;
 pub mod filter;
+pub mod host;
 pub mod identity;
 pub mod knowledge;
 pub mod names;

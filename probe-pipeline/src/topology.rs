@@ -29,6 +29,12 @@ pub struct Topology {
     /// Names of namespaces made with `ip netns add`, by inode.
     #[serde(default)]
     pub netns_names: BTreeMap<u64, String>,
+    /// The traced namespace's own addresses (its `local` routes).
+    #[serde(default)]
+    pub local_addrs: Vec<IpAddr>,
+    /// A reader of the live host for diagnoses (never recorded; none in a replay).
+    #[serde(skip)]
+    pub host: crate::host::Host,
 }
 
 impl Topology {

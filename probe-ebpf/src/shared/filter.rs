@@ -5,7 +5,11 @@
 //! admitted by a lookup. A packet nobody admitted costs its parse and the evaluation, and
 //! writes no event.
 
-use aya_ebpf::{bindings::BPF_F_NO_COMMON_LRU, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
 use probe_common::{
     FlowKey, MAX_FILTER_INSNS, PacketInfo, PacketKey, counter, family, filter_dir, filter_op,
 };
@@ -21,6 +25,34 @@ static ADMITTED_PACKETS: LruHashMap<PacketKey, u8> =
 #[map(name = "ADMITTED_FLOWS")]
 static ADMITTED_FLOWS: LruHashMap<FlowKey, u8> =
     LruHashMap::with_max_entries(16384, BPF_F_NO_COMMON_LRU as u32);
+
+/// The addresses of the last packet this CPU judged, and whether it was admitted. The
+/// kernel's input route lookup carries no ports (ip_route_input_slow clears them): a port
+/// filter can only admit it as the lookup of the packet this CPU just saw.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct LastJudged {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    admitted: u8,
+}
+
+/// Kernel-side only: userspace never reads it.
+#[map(name = "LAST_JUDGED")]
+static LAST_JUDGED: PerCpuArray<LastJudged> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn judged(p: &PacketInfo, admitted: bool) -> bool {
+    if let Some(slot) = LAST_JUDGED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, written only while this program runs on it.
+        unsafe {
+            (*slot).saddr = p.saddr;
+            (*slot).daddr = p.daddr;
+            (*slot).admitted = admitted as u8;
+        }
+    }
+    admitted
+}
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -85,7 +117,7 @@ fn admit_filtered(p: &PacketInfo) -> bool {
         if !known {
             remember(&packet, &mut flow);
         }
-        return true;
+        return judged(p, true);
     }
     // Until something was admitted there is nothing to follow: a filter that matches nothing
     // costs no map lookup.
@@ -103,7 +135,7 @@ fn admit_filtered(p: &PacketInfo) -> bool {
         {
             remember_flow(f);
         }
-        return true;
+        return judged(p, true);
     }
     if let Some(f) = &flow
         && ADMITTED_FLOWS.get_ptr(f).is_some()
@@ -111,10 +143,10 @@ fn admit_filtered(p: &PacketInfo) -> bool {
         if let Some(k) = &packet {
             let _ = ADMITTED_PACKETS.insert(k, 1, 0);
         }
-        return true;
+        return judged(p, true);
     }
     maps::bump(counter::FILTERED);
-    false
+    judged(p, false)
 }
 
 /// Set once the filter admitted a packet (a writable global, zero at load).
@@ -152,10 +184,22 @@ pub fn admit_tuple(fields: &Fields) -> bool {
         return true;
     }
     // SAFETY: as in admit_filtered.
-    if unsafe { core::ptr::read_volatile(&raw const ANY_ADMITTED) } != 0
-        && ADMITTED_FLOWS.get_ptr(&flow).is_some()
-    {
-        return true;
+    if unsafe { core::ptr::read_volatile(&raw const ANY_ADMITTED) } != 0 {
+        if ADMITTED_FLOWS.get_ptr(&flow).is_some() {
+            return true;
+        }
+        // An input route lookup (no ports): the lookup of the packet this CPU just judged,
+        // if it had these addresses and was admitted.
+        if fields.sport == 0
+            && fields.dport == 0
+            && let Some(last) = LAST_JUDGED.get_ptr(0)
+        {
+            // SAFETY: this CPU's slot; the packet's own softirq wrote it just before.
+            let last = unsafe { &*last };
+            if last.admitted != 0 && last.saddr == *fields.saddr && last.daddr == *fields.daddr {
+                return true;
+            }
+        }
     }
     maps::bump(counter::FILTERED);
     false

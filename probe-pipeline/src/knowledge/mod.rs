@@ -41,6 +41,26 @@ pub enum Fact {
     IcmpError,
 }
 
+impl Fact {
+    /// How a text diagnosis introduces the fact.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fact::Route => "route",
+            Fact::Mtu => "mtu",
+            Fact::RpFilter => "rp_filter",
+            Fact::Forwarding => "forwarding",
+            Fact::BridgeNetfilter => "br_netfilter",
+            Fact::RouteLocalnet => "route_localnet",
+            Fact::Rule => "rule",
+            Fact::Conntrack => "conntrack",
+            Fact::Neighbour => "neighbour",
+            Fact::Qdisc => "qdisc",
+            Fact::Socket => "socket",
+            Fact::IcmpError => "icmp",
+        }
+    }
+}
+
 /// One cause of drops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -62,6 +82,17 @@ struct Row {
     reasons: &'static [&'static str],
     /// Functions that free with this cause on kernels without reasons (5.10).
     functions: &'static [&'static str],
+}
+
+/// A reason that, raised in a given function, has a narrower cause than the reason alone.
+struct Refined {
+    reason: &'static str,
+    function: &'static str,
+    cause: &'static str,
+}
+
+fn by_id(id: &str) -> Option<&'static Cause> {
+    reasons::ROWS.iter().map(|r| &r.cause).find(|c| c.id == id)
 }
 
 fn covers(pattern: &str, name: &str) -> bool {
@@ -95,8 +126,16 @@ pub fn by_function(location: &str) -> Option<&'static Cause> {
 pub fn cause(reason: Option<&str>, location: Option<&str>) -> Option<&'static Cause> {
     let specific =
         reason.filter(|r| !matches!(*r, "NOT_SPECIFIED" | "SKB_DROP_REASON_NOT_SPECIFIED"));
-    specific
-        .and_then(by_reason)
+    let function = location.map(|l| l.split('+').next().unwrap_or(l));
+    let refined = specific.zip(function).and_then(|(r, f)| {
+        let r = r.strip_prefix("SKB_DROP_REASON_").unwrap_or(r);
+        reasons::REFINED
+            .iter()
+            .find(|x| x.reason == r && x.function == f)
+            .and_then(|x| by_id(x.cause))
+    });
+    refined
+        .or_else(|| specific.and_then(by_reason))
         .or_else(|| location.and_then(by_function))
 }
 
@@ -125,7 +164,12 @@ mod tests {
                 c.id
             );
             assert!(c.explanation.len() > 20 && c.next.len() > 20, "{}", c.id);
-            assert!(!r.reasons.is_empty() || !r.functions.is_empty(), "{}", c.id);
+            let refined = reasons::REFINED.iter().any(|x| x.cause == c.id);
+            assert!(
+                !r.reasons.is_empty() || !r.functions.is_empty() || refined,
+                "{}",
+                c.id
+            );
         }
     }
 
@@ -167,5 +211,25 @@ mod tests {
             "mtu"
         );
         assert!(cause(Some("SOMETHING_NEW"), Some("somewhere+0x1")).is_none());
+        // The place narrows a generic reason.
+        assert_eq!(
+            cause(Some("IP_INHDR"), Some("ip_forward+0x1f0"))
+                .unwrap()
+                .id,
+            "ttl-exceeded"
+        );
+        assert_eq!(
+            cause(Some("IP_INHDR"), Some("ip_rcv_core+0x9")).unwrap().id,
+            "malformed"
+        );
+        assert_eq!(
+            cause(Some("IP_INADDRERRORS"), Some("ip_error+0x94"))
+                .unwrap()
+                .id,
+            "forwarding-disabled"
+        );
+        for r in reasons::REFINED {
+            assert!(by_id(r.cause).is_some(), "{}", r.cause);
+        }
     }
 }

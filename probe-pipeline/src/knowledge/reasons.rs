@@ -1,7 +1,7 @@
 //! The knowledge itself: one row per cause. Explanations speak of the packet and the host;
 //! next steps name a command or a setting to look at.
 
-use super::{Cause, Fact, Row};
+use super::{Cause, Fact, Refined, Row};
 
 const fn row(
     id: &'static str,
@@ -215,6 +215,26 @@ pub(super) static ROWS: &[Row] = &[
             "ip6_pkt_discard",
             "ip6_pkt_prohibit",
         ],
+    ),
+    row(
+        "ttl-exceeded",
+        "its time to live ran out on the way (TTL/hop limit 1 on arrival at a router): a loop \
+         between routers, or a sender that set a low TTL on purpose (traceroute)",
+        &[Fact::Route, Fact::IcmpError],
+        "a routing loop shows the same packet coming back (`ip route get DESTINATION` on each \
+         router); otherwise the sender's TTL is too small for the path",
+        &[],
+        &[],
+    ),
+    row(
+        "forwarding-disabled",
+        "it was to be routed on to another host, but this host (or the interface it came in \
+         on) does not forward",
+        &[Fact::Forwarding, Fact::Route],
+        "a router or container host needs net.ipv4.ip_forward=1 (net.ipv6.conf.all.forwarding=1 \
+         for IPv6), and the input interface's own forwarding setting on",
+        &[],
+        &[],
     ),
     row(
         "ipv6-disabled",
@@ -441,4 +461,26 @@ pub(super) static ROWS: &[Row] = &[
         ],
         &[],
     ),
+];
+
+/// Reasons that mean something narrower where they are raised: the kernel's name is
+/// generic, the place decides.
+pub(super) static REFINED: &[Refined] = &[
+    // ip_forward: `ttl <= 1` goes to too_many_hops, which frees with IP_INHDR.
+    Refined {
+        reason: "IP_INHDR",
+        function: "ip_forward",
+        cause: "ttl-exceeded",
+    },
+    // ip_error: these two reasons are set only when the input device does not forward.
+    Refined {
+        reason: "IP_INADDRERRORS",
+        function: "ip_error",
+        cause: "forwarding-disabled",
+    },
+    Refined {
+        reason: "IP_INNOROUTES",
+        function: "ip_error",
+        cause: "forwarding-disabled",
+    },
 ];

@@ -16,7 +16,9 @@ use super::{
 };
 use crate::{
     event::Event,
-    timeline::{Diagnosis, Hop, Journey, Outcome, Rewrite, Tally, Tuple, diagnose},
+    timeline::{
+        Diagnosis, FactValue, Hop, Journey, Outcome, Rewrite, Source, Tally, Tuple, diagnose,
+    },
     topology::Topology,
 };
 
@@ -159,6 +161,11 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
         ""
     };
     let _ = writeln!(s, "  => {on}{}{off}{evicted}{lost}", diagnosis.text);
+    // What the rows above already show (the route, the rule) is not repeated: the host's
+    // readings are.
+    for f in diagnosis.facts.iter().filter(|f| f.from == Source::Host) {
+        let _ = writeln!(s, "     {}: {}", f.fact.label(), f.value);
+    }
     if let Some(cause) = diagnosis.cause {
         let _ = writeln!(s, "     next: {} (probe explain {})", cause.next, cause.id);
     }
@@ -242,6 +249,13 @@ struct JsonJourney<'a> {
     /// For a drop: its cause (`probe explain ID` says more).
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<&'static Cause>,
+    /// The evidence for the cause probe could read: from the timeline, or from the live host
+    /// when the diagnosis was made (never in a replay).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    facts: Vec<FactValue>,
+    /// What to look at or change next (the cause's next step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advice: Option<&'static str>,
     rewrites: &'a [Rewrite],
     hops: Vec<JsonHop<'a>>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -300,6 +314,8 @@ fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis, clock: &Clock) -> St
         outcome: diagnosis.outcome,
         diagnosis: diagnosis.text,
         cause: diagnosis.cause,
+        facts: diagnosis.facts,
+        advice: diagnosis.cause.map(|c| c.next),
         rewrites: &j.rewrites,
         hops,
         evicted: j.evicted,

@@ -4,7 +4,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Journey, is_exit};
+use super::{
+    Journey,
+    evidence::{self, FactValue, Scene},
+    is_exit,
+};
 use crate::{
     event::{
         ChainVerdict, DecidedBy, Direction, DropSighting, EventBody, FibLookup, Hook, HookVerdict,
@@ -38,6 +42,8 @@ pub struct Diagnosis {
     /// For a drop: what caused it, from the knowledge of drop causes (its stable id, the
     /// evidence to look at, the next step).
     pub cause: Option<&'static Cause>,
+    /// The evidence for the cause that could be read (from the timeline and the live host).
+    pub facts: Vec<FactValue>,
 }
 
 impl Diagnosis {
@@ -46,6 +52,7 @@ impl Diagnosis {
             outcome,
             text,
             cause: None,
+            facts: Vec::new(),
         }
     }
 }
@@ -127,10 +134,15 @@ fn dropped(c: &Case<'_>) -> Option<Diagnosis> {
         .iter()
         .position(|h| is_exit(&h.event) && !matches!(h.event.body, EventBody::Drop(_)))
         .unwrap_or(usize::MAX);
-    let drop = j.hops.iter().take(exit).find_map(|h| match &h.event.body {
-        EventBody::Drop(d) => Some(d),
-        _ => None,
-    })?;
+    let drop = j
+        .hops
+        .iter()
+        .take(exit)
+        .find_map(|h| match &h.event.body {
+            EventBody::Drop(d) => Some(d),
+            _ => None,
+        })
+        .or_else(|| dropped_in_the_exits_queue(j, exit))?;
     let reason = drop
         .reason
         .clone()
@@ -173,9 +185,40 @@ fn dropped(c: &Case<'_>) -> Option<Diagnosis> {
             drop_location(drop)
         ),
     };
+    let facts = cause
+        .map(|cause| {
+            let scene = Scene {
+                j,
+                topo: c.topo,
+                drop: Some(drop),
+                route: c.route(),
+            };
+            evidence::gather(&scene, cause)
+        })
+        .unwrap_or_default();
     Some(Diagnosis {
         cause,
+        facts,
         ..Diagnosis::new(Outcome::Dropped, text)
+    })
+}
+
+/// tc egress runs before the device's queueing discipline: a packet seen leaving can still be
+/// dropped by the qdisc or the device behind it, on that same device.
+fn dropped_in_the_exits_queue(j: &Journey, exit: usize) -> Option<&DropSighting> {
+    let exit_dev = match &j.hops.get(exit)?.event.body {
+        EventBody::Tc(t) => t.ifindex,
+        _ => return None,
+    };
+    j.hops[exit..].iter().find_map(|h| match &h.event.body {
+        EventBody::Drop(d)
+            if (d.ifindex == exit_dev || d.ifindex == 0)
+                && knowledge::cause(d.reason.as_deref(), d.location_sym.as_deref())
+                    .is_some_and(|c| matches!(c.id, "queue-discipline" | "device")) =>
+        {
+            Some(d)
+        }
+        _ => None,
     })
 }
 
@@ -284,18 +327,77 @@ fn last_tc_exit(c: &Case<'_>) -> Option<Diagnosis> {
     Some(Diagnosis::new(outcome, text))
 }
 
+/// Reached this host itself: accepted at INPUT, routed by the local table, or last seen
+/// coming in on loopback. The socket that took it, and the process holding it, come from the
+/// live host; a userland proxy (docker-proxy) is followed to where it forwards.
 fn local_delivery(c: &Case<'_>) -> Option<Diagnosis> {
-    c.rev_find(|b| match b {
-        EventBody::Netfilter(n) if n.hook == Hook::Input && n.verdict == Verdict::Accept => {
-            Some(())
+    let accepted = c
+        .rev_find(|b| match b {
+            EventBody::Netfilter(n) if n.hook == Hook::Input && n.verdict == Verdict::Accept => {
+                Some(())
+            }
+            _ => None,
+        })
+        .is_some();
+    let by_local_table = c.route().is_some_and(|f| f.table == RT_TABLE_LOCAL);
+    let for_an_own_address =
+        c.j.current
+            .is_some_and(|t| c.topo.local_addrs.contains(&t.dst));
+    let on_loopback = c
+        .rev_find(|b| match b {
+            EventBody::Tc(t) if !c.topo.is_inside(t.ifindex) => Some(t),
+            _ => None,
+        })
+        .is_some_and(|t| t.direction == Direction::Ingress && c.topo.name(t.ifindex) == "lo");
+    if !(accepted || by_local_table || for_an_own_address || on_loopback) {
+        return None;
+    }
+    let after_nat = &c.after_nat;
+    let socket = c.j.current.filter(|t| t.dport != 0).and_then(|t| {
+        c.topo
+            .host
+            .get()?
+            .socket(t.proto, (t.dst, t.dport), (t.src, t.sport))
+    });
+    let text = match socket {
+        Some(owner) => {
+            let proxy = owner
+                .forwards_to
+                .map(|(ip, port)| {
+                    let container = c
+                        .topo
+                        .containers
+                        .by_addr(ip)
+                        .map(|n| format!(", container {n}"))
+                        .unwrap_or_default();
+                    let proxy = owner
+                        .process
+                        .as_ref()
+                        .map(|(name, pid)| format!("{name} (pid {pid})"))
+                        .unwrap_or_else(|| "the proxy".into());
+                    format!("; forwarded by {proxy} to {ip}:{port}{container}")
+                })
+                .unwrap_or_default();
+            format!("delivered to local socket {owner}{after_nat}{proxy}")
         }
-        _ => None,
-    })?;
-    Some(Diagnosis::new(
-        Outcome::Delivered,
-        format!("delivered to a local socket{}", c.after_nat),
-    ))
+        None => {
+            let how = if for_an_own_address {
+                "one of its own addresses"
+            } else if by_local_table {
+                "local route, table local"
+            } else if accepted {
+                "accepted at netfilter INPUT"
+            } else {
+                "came in on lo"
+            };
+            format!("delivered to this host ({how}){after_nat}")
+        }
+    };
+    Some(Diagnosis::new(Outcome::Delivered, text))
 }
+
+/// The kernel's local table (RT_TABLE_LOCAL): addresses of this host.
+const RT_TABLE_LOCAL: u32 = 255;
 
 /// A routing decision that found no route, and nothing was sent. Tables without a route that
 /// the kernel tried before the one that decided are part of the decision, not failures.

@@ -13,6 +13,7 @@
 
 mod correlate;
 mod diagnose;
+mod evidence;
 mod hash;
 mod tally;
 
@@ -21,6 +22,7 @@ use serde::Serialize;
 
 pub use correlate::{Correlator, Limits};
 pub use diagnose::{Diagnosis, Outcome, diagnose};
+pub use evidence::{FactValue, Source};
 pub use tally::Tally;
 
 use crate::event::{Direction, Event, EventBody};

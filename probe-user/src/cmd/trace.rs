@@ -225,6 +225,9 @@ fn sink(
         session.topology.clone(),
         Some(names),
     );
+    // Diagnoses read the live host (sysctls, MTU, neighbours, sockets) when they are made.
+    sink.topology_mut().host =
+        probe_pipeline::host::Host::new(std::sync::Arc::new(host::facts::LiveHost::new()));
     if let Some((path, file)) = record {
         let out: Box<dyn Write> = Box::new(io::BufWriter::new(file));
         let mut writer = RecordWriter::new(out, &meta)?;

@@ -3,6 +3,7 @@
 //! [`Topology`].
 
 pub mod docker;
+pub mod facts;
 pub mod netlink;
 pub mod netns;
 pub mod rtnl;
@@ -73,6 +74,14 @@ pub fn refresh_routes(t: &mut Topology) {
     uplinks.sort();
     uplinks.dedup();
     t.uplinks = uplinks;
+    // The namespace's own addresses: a packet for one of them is delivered here.
+    t.local_addrs = routes
+        .iter()
+        .filter(|r| r.local)
+        .map(|r| r.destination)
+        .collect();
+    t.local_addrs.sort();
+    t.local_addrs.dedup();
     log::debug!(
         "uplinks {:?}, bridge subnets {:?}",
         t.uplinks,
