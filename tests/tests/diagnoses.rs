@@ -453,7 +453,10 @@ fn local_delivery_ends_at_the_socket_and_its_process() {
         assert_eq!(syn["outcome"], "delivered", "{syn:#}");
         assert_eq!(
             diagnosis(syn),
-            format!("delivered to local socket {} {owner}", SocketAddr::from((dst, 7112)))
+            format!(
+                "delivered to local socket {} {owner}",
+                SocketAddr::from((dst, 7112))
+            )
         );
         assert!(
             all.iter()

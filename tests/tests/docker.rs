@@ -389,3 +389,53 @@ fn icc_false_network_drops_container_to_container_traffic() {
         "{syn:#}"
     );
 }
+
+/// Story 4's host-local path: a connection to a published port on the root namespace's
+/// loopback ends at docker-proxy, which opens its own connection to the container. The
+/// timeline says so, with the proxy's pid and the container it forwards to.
+#[test]
+fn a_published_port_on_loopback_ends_at_docker_proxy_which_forwards_to_the_container() {
+    let Some(image) = docker_here("docker-proxy") else {
+        return;
+    };
+    let _serial = probe_lab::one_lab_at_a_time();
+    let net = Network::create(true).unwrap();
+    let port = docker::free_port().unwrap();
+    let filter = format!("tcp port {port}");
+    let mut run = ProbeRun::start(&["trace", "--json", "--iface", "lo", filter.as_str()]).unwrap();
+    let web = Container::run(&image, &net, "web", 2, Some(port)).unwrap();
+    run.wait_for_stderr(&format!("probe: container {} is behind veth", web.name))
+        .unwrap();
+    let local_port = probe_lab::traffic::tcp_request(
+        std::net::Ipv4Addr::LOCALHOST,
+        port,
+        Duration::from_secs(5),
+    )
+    .expect("docker-proxy answers on loopback");
+    let (stdout, stderr) = run.stop().unwrap();
+    let all = json_lines(&stdout).unwrap();
+    let syn = all
+        .iter()
+        .find(|t| t["first"]["sport"] == local_port && t["first"]["dport"] == port)
+        .unwrap_or_else(|| panic!("no timeline of the SYN in {all:#?}\n{stderr}"));
+    assert_eq!(syn["outcome"], "delivered", "{syn:#}");
+    let d = syn["diagnosis"].as_str().unwrap();
+    let proxy_pid = d
+        .split("(process docker-proxy, pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("not delivered to docker-proxy: {d}\n{all:#?}"));
+    let cmdline = std::fs::read(format!("/proc/{proxy_pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(&web.addr.to_string()),
+        "pid {proxy_pid} is not the proxy of {}",
+        web.name
+    );
+    assert!(
+        d.contains(&format!(
+            "; forwarded by docker-proxy (pid {proxy_pid}) to {}:{SERVER_PORT}, container {}",
+            web.addr, web.name
+        )),
+        "{d}"
+    );
+}

@@ -140,26 +140,36 @@ fn find_socket(
     let any = |a: &IpAddr| a.is_unspecified();
     let mapped = |a: &IpAddr| mapped_to(a, addr);
     let same = |a: &IpAddr, b: IpAddr| *a == b || mapped_to(a, b);
-    let connected = entries.iter().find(|e| {
-        e.port == port
-            && same(&e.addr, addr)
-            && e.remote_port == remote.1
-            && same(&e.remote, remote.0)
-    });
+    // A socket in TIME_WAIT (inode 0) is no one's any more: not an answer.
+    let connected = || {
+        entries.iter().find(|e| {
+            e.inode != 0
+                && e.port == port
+                && same(&e.addr, addr)
+                && e.remote_port == remote.1
+                && same(&e.remote, remote.0)
+        })
+    };
     let candidates = entries
         .iter()
         .filter(|e| e.port == port && e.state == wanted_state && e.remote_port == 0);
-    let best = connected
-        .or_else(|| {
-            candidates
-                .clone()
-                .find(|e| e.addr == addr || mapped(&e.addr))
-        })
-        .or_else(|| {
-            candidates
-                .clone()
-                .find(|e| any(&e.addr) && (e.addr.is_ipv4() == addr.is_ipv4() || e.addr.is_ipv6()))
-        })?;
+    let bound = || {
+        candidates
+            .clone()
+            .find(|e| e.addr == addr || mapped(&e.addr))
+            .or_else(|| {
+                candidates.clone().find(|e| {
+                    any(&e.addr) && (e.addr.is_ipv4() == addr.is_ipv4() || e.addr.is_ipv6())
+                })
+            })
+    };
+    // TCP: the listener is what the service is, also for packets of its accepted
+    // connections. UDP: a connected socket (a client's) is more precise than a bound one.
+    let best = if proto == Transport::Tcp {
+        bound().or_else(connected)
+    } else {
+        connected().or_else(bound)
+    }?;
     let process = holder(best.inode);
     let forwards_to = process
         .as_ref()
