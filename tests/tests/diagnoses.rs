@@ -466,3 +466,102 @@ fn local_delivery_ends_at_the_socket_and_its_process() {
         );
     }
 }
+
+/// A container reaching its neighbour through the host's published port, NATed there and
+/// back into the bridge (what `--userland-proxy=false` does): named as hairpin NAT, with the
+/// rewrite.
+#[test]
+fn hairpin_nat_is_named_with_its_rewrite() {
+    require_root();
+    let _lab = one_lab_at_a_time();
+    let lab =
+        probe_lab::HostLab::new(&format!("{}hp-", probe_lab::Netns::unique_prefix())).unwrap();
+    let host = lab.host();
+    let published = format!("{}", probe_lab::HostLab::PUBLISHED_PORT);
+    let web = format!("{}:{}", lab.web().addr, probe_lab::HostLab::WEB_PORT);
+    host.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "-i",
+            "docker0",
+            "-d",
+            &probe_lab::HostLab::HOST_ADDR.to_string(),
+            "-p",
+            "tcp",
+            "--dport",
+            &published,
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &web,
+        ],
+    )
+    .unwrap();
+    host.exec(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "POSTROUTING",
+            "-s",
+            "172.17.0.0/16",
+            "-d",
+            &lab.web().addr.to_string(),
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "MASQUERADE",
+        ],
+    )
+    .unwrap();
+    let _server = probe_lab::traffic::serve_tcp_once(
+        &lab.web().ns,
+        lab.web().addr,
+        probe_lab::HostLab::WEB_PORT,
+    )
+    .unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        host.name(),
+        "--json",
+        "--iface",
+        "veth-web,veth-db",
+        "--no-routes",
+    ])
+    .unwrap();
+    let sport = probe_lab::traffic::tcp_exchange(
+        &lab.db().ns,
+        probe_lab::HostLab::HOST_ADDR,
+        probe_lab::HostLab::PUBLISHED_PORT,
+        Duration::from_secs(5),
+    )
+    .expect("the neighbour answers through the host's published port");
+    let (stdout, stderr) = run.stop().unwrap();
+    let all = json_lines(&stdout).unwrap();
+    let syn = all
+        .iter()
+        .find(|t| {
+            t["first"]["sport"] == sport
+                && t["first"]["dport"] == probe_lab::HostLab::PUBLISHED_PORT
+        })
+        .unwrap_or_else(|| panic!("no timeline of the SYN in {all:#?}\n{stderr}"));
+    assert_eq!(syn["outcome"], "delivered", "{syn:#}");
+    let d = diagnosis(syn);
+    assert!(
+        d.starts_with(&format!("delivered to {web} through veth-web after DNAT"))
+            && d.ends_with(&format!(
+                " — hairpin NAT: sent from veth-db to the host's {}:{published} and turned back \
+                 into the bridge",
+                probe_lab::HostLab::HOST_ADDR
+            )),
+        "{d}"
+    );
+}

@@ -285,6 +285,48 @@ fn shadowed_by_tunnel(c: &Case<'_>) -> Option<Diagnosis> {
     ))
 }
 
+/// ` — hairpin NAT: ...` when a packet that came in from a container, addressed to one of
+/// the host's own addresses (a published port), was rewritten and sent back to a container
+/// (itself, or a neighbour on the bridge), which is what `--userland-proxy=false` and
+/// hairpin-mode bridges do.
+fn hairpin(c: &Case<'_>, out_ifindex: u32) -> String {
+    let topo = c.topo;
+    let Some(in_ifindex) = c.j.hops.iter().find_map(|h| match &h.event.body {
+        EventBody::Tc(t)
+            if t.direction == Direction::Ingress && topo.links.contains_key(&t.ifindex) =>
+        {
+            Some(t.ifindex)
+        }
+        _ => None,
+    }) else {
+        return String::new();
+    };
+    let Some(dnat) = c.j.rewrites.iter().find(|r| r.before.dst != r.after.dst) else {
+        return String::new();
+    };
+    let to_host = topo.local_addrs.is_empty() || topo.local_addrs.contains(&dnat.before.dst);
+    if topo.kind(in_ifindex) != "veth" || !to_host {
+        return String::new();
+    }
+    let from = topo.iface_label(in_ifindex);
+    let published = if dnat.before.dport != 0 {
+        format!("{}:{}", dnat.before.dst, dnat.before.dport)
+    } else {
+        dnat.before.dst.to_string()
+    };
+    if in_ifindex == out_ifindex {
+        format!(
+            " — hairpin NAT: sent from {from} to the host's {published} and turned back to \
+             where it came from"
+        )
+    } else {
+        format!(
+            " — hairpin NAT: sent from {from} to the host's {published} and turned back \
+             into the bridge"
+        )
+    }
+}
+
 /// Delivered or left: judged by the last tc sighting in the traced namespace (a sighting
 /// inside a container, past its veth, is the same delivery seen from the other end).
 fn last_tc_exit(c: &Case<'_>) -> Option<Diagnosis> {
@@ -314,7 +356,10 @@ fn last_tc_exit(c: &Case<'_>) -> Option<Diagnosis> {
             .unwrap_or_default();
         (
             Outcome::Delivered,
-            format!("delivered{to}{container} through {name}{after_nat}"),
+            format!(
+                "delivered{to}{container} through {name}{after_nat}{}",
+                hairpin(c, t.ifindex)
+            ),
         )
     } else if topo.is_tunnel(&name) {
         (
