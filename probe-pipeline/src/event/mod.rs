@@ -283,6 +283,9 @@ pub struct DropSighting {
     pub packet: Packet,
 }
 
+/// The kernel's local table (RT_TABLE_LOCAL): this host's own addresses.
+pub const RT_TABLE_LOCAL: u32 = 255;
+
 /// A routing table lookup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
@@ -382,6 +385,18 @@ impl FibLookup {
     /// a failure of the decision.
     pub fn is_table_miss(&self) -> bool {
         self.err == -errno::EAGAIN
+    }
+
+    /// Not a routing decision but a question about an address: `inet_addr_type` (ICMP
+    /// errors choosing their source, nftables `fib daddr type`, ARP) asks the local table
+    /// with only a destination, no input or output interface.
+    pub fn is_address_check(&self) -> bool {
+        self.table == RT_TABLE_LOCAL
+            && self.iif == 0
+            && self.oif == 0
+            && self.src.is_unspecified()
+            && self.sport == 0
+            && self.dport == 0
     }
 
     /// The decision found no route: its deciding lookup failed (unreachable, prohibited) or

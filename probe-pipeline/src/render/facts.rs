@@ -234,15 +234,20 @@ fn fib_result(f: &FibLookup) -> String {
     }
 }
 
+/// What a frame without an IP header carries, by its EtherType.
+pub fn non_ip_kind(ethertype: u16) -> String {
+    match ethertype {
+        0x0806 => "arp".to_owned(),
+        0x88cc => "lldp".to_owned(),
+        other => format!("ethertype 0x{other:04x}"),
+    }
+}
+
 /// tcpdump-like one-line summary of a packet.
 pub fn packet_text(p: &Packet) -> String {
     let mut s = match &p.ip {
         Some(ip) => ip_text(ip),
-        None => match p.ethertype {
-            0x0806 => "arp".to_owned(),
-            0x88cc => "lldp".to_owned(),
-            other => format!("ethertype 0x{other:04x}"),
-        },
+        None => non_ip_kind(p.ethertype),
     };
     let _ = write!(s, " len {}", p.len);
     if p.truncated {

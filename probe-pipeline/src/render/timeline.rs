@@ -12,10 +12,10 @@ use serde::Serialize;
 
 use super::{
     Clock,
-    facts::{container, place, what, write_place},
+    facts::{self, container, place, what, write_place},
 };
 use crate::{
-    event::Event,
+    event::{Event, EventBody},
     timeline::{
         Diagnosis, FactValue, Hop, Journey, Outcome, Rewrite, Source, Tally, Tuple, diagnose,
     },
@@ -96,10 +96,14 @@ const TIME_COLUMNS: usize = 23;
 
 fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> String {
     let start = start_of(j);
-    let head = j
-        .first
-        .map(|t: Tuple| t.to_string())
-        .unwrap_or_else(|| "routing lookup".to_owned());
+    let head = j.first.map(|t: Tuple| t.to_string()).unwrap_or_else(|| {
+        // No tuple: a frame without IP (ARP, LLDP) or a lone routing decision.
+        match j.hops.first().map(|h| &h.event.body) {
+            Some(EventBody::Tc(t)) => facts::non_ip_kind(t.packet.ethertype),
+            Some(EventBody::Drop(d)) => facts::non_ip_kind(d.packet.ethertype),
+            _ => "routing lookup".to_owned(),
+        }
+    });
     let mut s = String::with_capacity(128 * (j.hops.len() + 2));
     let _ = writeln!(s, "packet {} (flow {}) {head}", j.id, j.flow);
     let mut prev = start;

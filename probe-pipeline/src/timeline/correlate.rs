@@ -177,6 +177,8 @@ impl Correlator {
     pub fn push(&mut self, event: Event) {
         let now = event.ts_ns;
         match &event.body {
+            // An address-type check is no step of this packet's way: left to --events.
+            EventBody::Fib(f) if f.is_address_check() => {}
             EventBody::Fib(_) => self.push_fib(event),
             EventBody::FibRule(_) => self.push_fib_rule(event),
             EventBody::Chain(c) => {

@@ -12,7 +12,7 @@ use super::{
 use crate::{
     event::{
         ChainVerdict, DecidedBy, Direction, DropSighting, EventBody, FibLookup, Hook, HookVerdict,
-        RuleVerdict, TcSighting, Verdict,
+        RT_TABLE_LOCAL, RuleVerdict, TcSighting, Verdict,
     },
     knowledge::{self, Cause},
     render::facts,
@@ -440,9 +440,6 @@ fn local_delivery(c: &Case<'_>) -> Option<Diagnosis> {
     };
     Some(Diagnosis::new(Outcome::Delivered, text))
 }
-
-/// The kernel's local table (RT_TABLE_LOCAL): addresses of this host.
-const RT_TABLE_LOCAL: u32 = 255;
 
 /// A routing decision that found no route, and nothing was sent. Tables without a route that
 /// the kernel tried before the one that decided are part of the decision, not failures.

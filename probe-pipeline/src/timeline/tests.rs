@@ -906,3 +906,39 @@ fn the_decision_after_a_dnat_joins_the_rewritten_packet() {
     );
     assert_eq!(j.rewrites[0].at_hop, 2);
 }
+
+#[test]
+fn an_address_type_check_is_no_routing_row() {
+    let syn = tcp("10.0.0.1", 5000, "10.0.0.2", 80, 1, TcpFlags::SYN);
+    let j = one(vec![
+        tc(1_000, 3, Direction::Ingress, syn.clone()),
+        lookup(1_500, "10.0.0.1", "10.0.0.2", MAIN, Some("eth0"), 0),
+        // inet_addr_type (an ICMP error choosing its source, nft `fib daddr type`): the local
+        // table asked with a destination only.
+        fib(
+            1_700,
+            "10.0.0.2",
+            0,
+            255,
+            None,
+            -crate::event::errno::EAGAIN,
+        ),
+        tc(2_000, 2, Direction::Egress, syn),
+    ]);
+    let rows = route_rows(&j);
+    assert_eq!(rows.len(), 1, "{j:#?}");
+    assert!(matches!(&rows[0].event.body, EventBody::Fib(f) if f.table == 254));
+}
+
+#[test]
+fn a_frame_without_ip_is_headed_by_what_it_carries() {
+    let arp = Packet {
+        ethertype: 0x0806,
+        len: 42,
+        ip: None,
+        truncated: false,
+    };
+    let j = one(vec![tc(1_000, 2, Direction::Ingress, arp)]);
+    let text = render_text(&j, &topo(), false);
+    assert!(text.lines().next().unwrap().ends_with(") arp"), "{text}");
+}

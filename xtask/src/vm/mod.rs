@@ -33,6 +33,16 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
     ("kernel_functions", &[]),
     // The kernel-side filter and latency programs, through each kernel's verifier.
     ("filter", &[]),
+    // Diagnoses that differ by kernel: reasons or places, the facts read in the guest.
+    (
+        "diagnoses",
+        &[
+            "no_socket_for_udp_and_tcp",
+            "local_delivery_ends_at_the_socket",
+            "an_unreachable_route_is_named",
+            "ttl_running_out_at_the_router",
+        ],
+    ),
     ("latency", &[]),
     (
         "tc",
