@@ -308,3 +308,64 @@ fn doctor_reports_backends_matching_the_kernel() {
     }
     assert_eq!(point("policy routing rules").is_null(), !feature("kprobes"));
 }
+
+/// br_netfilter runs the IPv4 hooks from inside the bridge's own hook (nested
+/// `nf_hook_slow` calls on one task, CPU and skb): each call reports its own verdict, the inner
+/// one within the outer's time.
+#[test]
+fn hooks_nested_by_br_netfilter_each_report_their_verdict() {
+    require_root();
+    let available = kernel_functions_available();
+    let lab = probe_lab::BridgeLab::new(
+        &format!("{}nest-", probe_lab::Netns::unique_prefix()),
+        &["a", "b"],
+    )
+    .unwrap();
+    probe_lab::topology::sysctl(&lab.host, "net.bridge.bridge-nf-call-iptables", "1")
+        .expect("br_netfilter is needed (modprobe br_netfilter)");
+    // An IPv4 prerouting chain, so that the nested IPv4 hook has something to run.
+    lab.host
+        .exec(
+            "nft",
+            &["add table ip nest; add chain ip nest pre { type filter hook prerouting priority 0; }"],
+        )
+        .unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.host.name(),
+        "--no-tc",
+        "--no-routes",
+        "--json",
+        "--events",
+    ])
+    .unwrap();
+    let b = lab.container("b").addr;
+    send_udp(&lab.container("a").ns, b, 7201);
+    let (stdout, stderr) = run.stop().unwrap();
+    let events = json_lines(&stdout).unwrap();
+    let ours: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["kind"] == "netfilter" && e["packet"]["ip"]["dport"] == 7201)
+        .collect();
+    if !available {
+        assert!(ours.is_empty(), "{ours:#?}");
+        return;
+    }
+    let pre = |family: &str| {
+        ours.iter()
+            .find(|e| e["family"] == family && e["hook"] == "PREROUTING")
+            .unwrap_or_else(|| panic!("no {family} PREROUTING verdict in {ours:#?}\n{stderr}"))
+    };
+    let (outer, inner) = (pre("bridge"), pre("ipv4"));
+    assert_eq!(inner["verdict"], "accept", "{inner}");
+    let span = |e: &Value| {
+        let start = e["ts_ns"].as_u64().unwrap();
+        (start, start + e["duration_ns"].as_u64().unwrap())
+    };
+    let ((o0, o1), (i0, i1)) = (span(outer), span(inner));
+    assert!(
+        o0 <= i0 && i1 <= o1,
+        "inner {inner} not within outer {outer}"
+    );
+}

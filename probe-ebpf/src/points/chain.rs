@@ -14,6 +14,7 @@ use probe_common::{ABSENT, ChainEvent, EventHeader, chain_engine, counter, kind,
 use crate::shared::{
     layout::{self, read_kernel},
     maps,
+    nesting::{self, Level},
 };
 
 #[derive(Clone, Copy)]
@@ -30,7 +31,7 @@ pub struct ChainEntry {
 }
 
 #[map(name = "CHAIN_ENTRIES")]
-static CHAIN_ENTRIES: LruHashMap<u64, ChainEntry> = LruHashMap::with_max_entries(4096, 0);
+static CHAIN_ENTRIES: LruHashMap<Level, ChainEntry> = LruHashMap::with_max_entries(4096, 0);
 
 /// Copies a NUL-terminated kernel string into `dst` (left empty on failure).
 #[inline(always)]
@@ -59,6 +60,8 @@ fn new_entry(skb: u64, state: u64, engine: u8) -> ChainEntry {
 
 #[kprobe]
 pub fn nft_do_chain_kprobe(ctx: ProbeContext) -> u32 {
+    // Entered before anything can fail: the kretprobe pops a level whatever happens here.
+    let level = nesting::enter(maps::task_cpu_key());
     let (Some(pkt), Some(chain)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
         return 0;
     };
@@ -70,7 +73,7 @@ pub fn nft_do_chain_kprobe(ctx: ProbeContext) -> u32 {
     let table = read_kernel::<u64>(chain, layout::get(|l| &l.nftchain_table)).unwrap_or(0);
     let table_name = read_kernel::<u64>(table, layout::get(|l| &l.nfttable_name)).unwrap_or(0);
     read_str(table_name, &mut entry.table);
-    let _ = CHAIN_ENTRIES.insert(&maps::task_cpu_key(), &entry, 0);
+    let _ = CHAIN_ENTRIES.insert(&level, &entry, 0);
     0
 }
 
@@ -105,7 +108,7 @@ pub fn ipt_do_table_kprobe(ctx: ProbeContext) -> u32 {
     if table != 0 && name_off != ABSENT {
         read_str(table + name_off as u64, &mut entry.table);
     }
-    let _ = CHAIN_ENTRIES.insert(&maps::task_cpu_key(), &entry, 0);
+    let _ = CHAIN_ENTRIES.insert(&nesting::enter(maps::task_cpu_key()), &entry, 0);
     0
 }
 
@@ -123,7 +126,9 @@ pub fn ipt_do_table_kretprobe(ctx: RetProbeContext) -> u32 {
 
 #[inline(always)]
 fn leave(verdict: u32) {
-    let key = maps::task_cpu_key();
+    let Some(key) = nesting::leave(maps::task_cpu_key()) else {
+        return;
+    };
     let Some(entry) = CHAIN_ENTRIES.get_ptr(&key) else {
         return;
     };

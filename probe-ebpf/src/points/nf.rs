@@ -17,7 +17,9 @@ use probe_common::{EventHeader, NfEvent, PacketInfo, counter, kind, probe_source
 use crate::shared::{
     filter,
     layout::{self, read_kernel},
-    maps, skb,
+    maps,
+    nesting::{self, Level},
+    skb,
 };
 
 /// What the entry program saw, until the exit program completes it.
@@ -36,9 +38,10 @@ pub struct NfEntry {
 }
 
 /// Keyed by skb address (fentry/fexit see the arguments on both sides) or by task and CPU
-/// (kretprobes do not). LRU, so an entry whose exit never came cannot pile up.
+/// (kretprobes do not), and the call's depth (br_netfilter nests hooks). LRU, so an entry
+/// whose exit never came cannot pile up.
 #[map(name = "NF_ENTRIES")]
-static NF_ENTRIES: LruHashMap<u64, NfEntry> = LruHashMap::with_max_entries(8192, 0);
+static NF_ENTRIES: LruHashMap<Level, NfEntry> = LruHashMap::with_max_entries(8192, 0);
 
 #[fentry(function = "nf_hook_slow")]
 pub fn nf_hook_slow_fentry(ctx: FEntryContext) -> u32 {
@@ -59,9 +62,10 @@ pub fn nf_hook_slow_fexit(ctx: FExitContext) -> u32 {
 
 #[kprobe]
 pub fn nf_hook_slow_kprobe(ctx: ProbeContext) -> u32 {
-    if let (Some(skb), Some(state)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) {
-        enter(maps::task_cpu_key(), skb, state);
-    }
+    // Arguments that cannot be read still open a level: the kretprobe pops one regardless.
+    let skb = ctx.arg::<u64>(0).unwrap_or(0);
+    let state = ctx.arg::<u64>(1).unwrap_or(0);
+    enter(maps::task_cpu_key(), skb, state);
     0
 }
 
@@ -73,7 +77,9 @@ pub fn nf_hook_slow_kretprobe(ctx: RetProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn enter(key: u64, skb_addr: u64, state: u64) {
+fn enter(id: u64, skb_addr: u64, state: u64) {
+    // Counted whether or not the filter admits it: the exit pops the same level.
+    let key = nesting::enter(id);
     let hook = read_kernel::<u8>(state, layout::get(|l| &l.nfstate_hook)).unwrap_or(0xFF);
     let pf = read_kernel::<u8>(state, layout::get(|l| &l.nfstate_pf)).unwrap_or(0);
     let in_dev = read_kernel::<u64>(state, layout::get(|l| &l.nfstate_in)).unwrap_or(0);
@@ -97,7 +103,10 @@ fn enter(key: u64, skb_addr: u64, state: u64) {
 }
 
 #[inline(always)]
-fn leave(key: u64, ret: i32, source: u8) {
+fn leave(id: u64, ret: i32, source: u8) {
+    let Some(key) = nesting::leave(id) else {
+        return;
+    };
     let Some(entry) = NF_ENTRIES.get_ptr(&key) else {
         return;
     };

@@ -7,6 +7,7 @@ pub mod filter;
 pub mod latency;
 pub mod layout;
 pub mod maps;
+pub mod nesting;
 pub mod netns;
 pub mod packet;
 pub mod skb;
