@@ -60,6 +60,19 @@ fn udp_from(ns: &probe_lab::Netns, src: Option<IpAddr>, dst: IpAddr, port: u16, 
     .unwrap();
 }
 
+/// Waits until `ns`'s neighbour entry of `addr` says `state` (bounded: 10 s).
+fn wait_for_neighbour(ns: &probe_lab::Netns, addr: &str, state: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ns.ip(&["neigh", "show", addr]).unwrap().contains(state) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr}'s entry in {} never said {state}",
+            ns.name()
+        );
+        std::thread::yield_now();
+    }
+}
+
 fn setsockopt(fd: i32, level: i32, name: i32, value: i32) {
     // SAFETY: a plain int option on a socket the caller owns.
     let rc = unsafe {
@@ -128,19 +141,7 @@ fn reverse_path_filter_shows_the_interfaces_setting() {
     // The router's address resolved first: with rp_filter on, it would not answer ARP for
     // the spoofed source either.
     udp_from(&lab.client, None, "10.203.1.1".parse().unwrap(), 9, 1);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !lab
-        .client
-        .ip(&["neigh", "show", "10.203.1.1"])
-        .unwrap()
-        .contains("lladdr")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the router's address never resolved"
-        );
-        std::thread::yield_now();
-    }
+    wait_for_neighbour(&lab.client, "10.203.1.1", "lladdr");
     // A source the router has no route back to.
     lab.client
         .ip(&["addr", "add", "10.77.0.1/32", "dev", "eth0"])
@@ -272,19 +273,7 @@ fn a_neighbour_that_never_answers_is_named_with_its_entry() {
     let (all, stderr) = trace(lab.router.name(), "udp port 7106", || {
         udp_from(&lab.client, None, absent, 7106, 8);
         // Until the router has given up on the neighbour (its entry fails).
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !lab
-            .router
-            .ip(&["neigh", "show", "10.203.2.99"])
-            .unwrap()
-            .contains("FAILED")
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the neighbour never failed"
-            );
-            std::thread::yield_now();
-        }
+        wait_for_neighbour(&lab.router, "10.203.2.99", "FAILED");
     });
     let d = dropped(&all, "neighbour", &stderr);
     assert_eq!(fact(d, "neighbour"), "10.203.2.99 dev to-server FAILED");
