@@ -420,3 +420,58 @@ fn route_rows_show_the_real_gateway_or_none_ipv4_and_ipv6() {
         }
     }
 }
+
+/// IPv6 datagrams of one socket carry nothing that tells them apart (no IP id): sent back to
+/// back across a router, each is still its own timeline, seen once at each hook.
+#[test]
+fn back_to_back_ipv6_datagrams_are_one_timeline_each() {
+    require_root();
+    let _serial = probe_lab::one_lab_at_a_time();
+    let lab = probe_lab::Routed::new().unwrap().with_ipv6().unwrap();
+    let dst = std::net::IpAddr::from(probe_lab::Routed::SERVER6);
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.router.name(),
+        "--json",
+        "--no-routes",
+        "udp port 7310",
+    ])
+    .unwrap();
+    let listener = lab
+        .server
+        .run(|| std::net::UdpSocket::bind(("::", 7310)).unwrap())
+        .unwrap();
+    lab.client
+        .run(move || {
+            let s = std::net::UdpSocket::bind(("::", 0)).unwrap();
+            s.connect((dst, 7310)).unwrap();
+            for _ in 0..5 {
+                s.send(b"same tuple").unwrap();
+            }
+        })
+        .unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..5 {
+        listener.recv(&mut buf).expect("datagram delivered");
+    }
+    let (stdout, stderr) = run.stop().unwrap();
+    let timelines: Vec<Value> = json_lines(&stdout)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t["first"]["dport"] == 7310)
+        .collect();
+    assert_eq!(timelines.len(), 5, "{timelines:#?}\n{stderr}");
+    for t in &timelines {
+        let places: Vec<&str> = t["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["where"].as_str().unwrap())
+            .collect();
+        assert_eq!(places, ["to-client ingress", "to-server egress"], "{t:#}");
+    }
+}

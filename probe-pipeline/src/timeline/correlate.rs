@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     bounded::BoundedMap,
-    event::{Event, EventBody, Hook, L4Header, Packet},
+    event::{Direction, Event, EventBody, Hook, L4Header, Packet},
     identity,
 };
 
@@ -201,9 +201,13 @@ impl Correlator {
                 let sig = packet.and_then(Signature::of);
                 // Rule verdicts arrive late, possibly after the drop that ended the journey.
                 let late = matches!(event.body, EventBody::Rule(_));
+                let at = match &event.body {
+                    EventBody::Tc(t) => Some((t.ifindex, t.direction)),
+                    _ => None,
+                };
                 let found = skb
                     .and_then(|s| self.find_by_skb(s))
-                    .or_else(|| sig.and_then(|s| self.find_by_signature(s, tuple, now, late)));
+                    .or_else(|| sig.and_then(|s| self.find_by_signature(s, tuple, at, now, late)));
                 // A socket purging its queue frees packets it already received: part of a
                 // journey if we saw it, not a journey of its own.
                 let purge = matches!(&event.body, EventBody::Drop(d) if d.reason.as_deref() == Some("QUEUE_PURGE"));
@@ -239,6 +243,7 @@ impl Correlator {
         &self,
         sig: Signature,
         tuple: Option<Tuple>,
+        at: Option<(u32, Direction)>,
         now: u64,
         include_ended: bool,
     ) -> Option<usize> {
@@ -249,6 +254,12 @@ impl Correlator {
             let j = &self.live[i];
             if (j.ended && !include_ended) || now.saturating_sub(j.last_ns) > self.limits.linger_ns
             {
+                continue;
+            }
+            // Where the signature cannot tell packets apart (IPv6 and id-0 datagrams of one
+            // socket), a journey already seen at this tc hook is an earlier packet: one packet
+            // passes a hook once.
+            if !sig.key.is_distinct() && at.is_some_and(|at| j.seen_at(at)) {
                 continue;
             }
             if j.current == tuple {

@@ -90,6 +90,13 @@ pub struct Journey {
 }
 
 impl Journey {
+    /// Whether a tc hook (interface and direction) saw this journey's packet already.
+    fn seen_at(&self, (ifindex, direction): (u32, Direction)) -> bool {
+        self.hops.iter().any(|h| {
+            matches!(&h.event.body, EventBody::Tc(t) if t.ifindex == ifindex && t.direction == direction)
+        })
+    }
+
     /// Whether any sighting of the journey matches `filter` (before or after rewrites).
     pub fn matches(&self, filter: &crate::filter::Filter) -> bool {
         self.hops
