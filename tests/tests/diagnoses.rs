@@ -564,3 +564,155 @@ fn hairpin_nat_is_named_with_its_rewrite() {
         "{d}"
     );
 }
+
+/// The Internet checksum of `bytes` (RFC 1071).
+fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sends an IPv4 packet with a header of the test's making (IP_HDRINCL) from `ns`: the
+/// kernel fills in the header checksum and the total length, nothing else.
+fn send_raw_ipv4(
+    ns: &probe_lab::Netns,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    proto: u8,
+    l4: Vec<u8>,
+) {
+    ns.run(move || {
+        let mut packet = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, proto, 0, 0];
+        packet.extend_from_slice(&src.octets());
+        packet.extend_from_slice(&dst.octets());
+        let total = (20 + l4.len()) as u16;
+        packet[2..4].copy_from_slice(&total.to_be_bytes());
+        packet.extend_from_slice(&l4);
+        // SAFETY: a raw socket this closure owns, closed below; sendto reads `packet` only.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let sent = libc::sendto(
+                fd,
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(
+                sent,
+                packet.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+            libc::close(fd);
+        }
+    })
+    .unwrap();
+}
+
+/// A datagram from a multicast source: a martian the router refuses to route.
+#[test]
+fn a_martian_source_is_named() {
+    require_root();
+    let (major, minor) = Doctor::run().unwrap().kernel_version().unwrap();
+    let _lab = one_lab_at_a_time();
+    let lab = Routed::new().unwrap();
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&7120u16.to_be_bytes());
+    udp.extend_from_slice(&12u16.to_be_bytes());
+    // UDP over IPv4 may leave its checksum out (0).
+    udp.extend_from_slice(&[0, 0, b'm', b'a', b'r', b's']);
+    let (all, stderr) = trace(lab.router.name(), "udp port 7120", || {
+        send_raw_ipv4(
+            &lab.client,
+            "224.0.0.5".parse().unwrap(),
+            Routed::SERVER,
+            libc::IPPROTO_UDP as u8,
+            udp,
+        )
+    });
+    if (major, minor) < (5, 17) {
+        assert!(
+            all.iter().any(|t| t["outcome"] == "dropped"),
+            "{all:#?}\n{stderr}"
+        );
+        return;
+    }
+    let d = dropped(&all, "martian-address", &stderr);
+    assert!(
+        diagnosis(d).contains("source or destination address is not allowed"),
+        "{d:#}"
+    );
+}
+
+/// A TCP segment without its handshake, with loose pickup off: conntrack calls it INVALID,
+/// and the rule that drops INVALID packets is named as conntrack's doing.
+#[test]
+fn a_packet_conntrack_calls_invalid_is_named_with_the_rule() {
+    require_root();
+    let _lab = one_lab_at_a_time();
+    let lab = Routed::new().unwrap();
+    lab.router
+        .exec(
+            "nft",
+            &[
+                "add table inet lab; add chain inet lab forward_lab { type filter hook forward \
+               priority 0; }; add rule inet lab forward_lab ct state invalid drop",
+            ],
+        )
+        .unwrap();
+    sysctl(&lab.router, "net.netfilter.nf_conntrack_tcp_loose", "0").unwrap();
+    let (src, dst) = (Routed::CLIENT, Routed::SERVER);
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&40001u16.to_be_bytes());
+    tcp.extend_from_slice(&7121u16.to_be_bytes());
+    tcp.extend_from_slice(&1000u32.to_be_bytes());
+    tcp.extend_from_slice(&2000u32.to_be_bytes());
+    // Header length 5 words, ACK only; window; checksum (below); urgent pointer.
+    tcp.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, tcp.len() as u8]);
+    pseudo.extend_from_slice(&tcp);
+    let sum = checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.router.name(),
+        "--json",
+        "--rules",
+        "tcp port 7121",
+    ])
+    .unwrap();
+    send_raw_ipv4(&lab.client, src, dst, libc::IPPROTO_TCP as u8, tcp);
+    let (stdout, stderr) = run.stop().unwrap();
+    let all = json_lines(&stdout).unwrap();
+    let d = dropped(&all, "conntrack-invalid", &stderr);
+    assert!(
+        diagnosis(d).starts_with("dropped by inet lab/forward_lab (forward) rule ")
+            && diagnosis(d).contains("[ct state invalid drop]"),
+        "{d:#}"
+    );
+    assert_eq!(
+        fact(d, "rule"),
+        "lab/forward_lab rule [ct state invalid drop]"
+    );
+}

@@ -139,6 +139,20 @@ pub fn cause(reason: Option<&str>, location: Option<&str>) -> Option<&'static Ca
         .or_else(|| location.and_then(by_function))
 }
 
+/// The cause of a drop by a netfilter rule, from the rule's text: a rule that drops what
+/// conntrack calls INVALID is conntrack's doing; any other is the rule's.
+pub fn by_rule(rule_text: Option<&str>) -> Option<&'static Cause> {
+    let invalid = rule_text.is_some_and(|t| {
+        let t = t.to_ascii_lowercase();
+        t.contains("ct state invalid") || t.contains("ctstate invalid")
+    });
+    by_id(if invalid {
+        "conntrack-invalid"
+    } else {
+        "netfilter"
+    })
+}
+
 /// Every cause, for `probe explain --all`.
 pub fn all() -> impl Iterator<Item = (&'static Cause, &'static [&'static str])> {
     reasons::ROWS.iter().map(|r| (&r.cause, r.reasons))
@@ -164,7 +178,8 @@ mod tests {
                 c.id
             );
             assert!(c.explanation.len() > 20 && c.next.len() > 20, "{}", c.id);
-            let refined = reasons::REFINED.iter().any(|x| x.cause == c.id);
+            let refined =
+                reasons::REFINED.iter().any(|x| x.cause == c.id) || c.id == "conntrack-invalid";
             assert!(
                 !r.reasons.is_empty() || !r.functions.is_empty() || refined,
                 "{}",
@@ -231,5 +246,17 @@ mod tests {
         for r in reasons::REFINED {
             assert!(by_id(r.cause).is_some(), "{}", r.cause);
         }
+        assert_eq!(
+            by_rule(Some("ct state invalid counter drop")).unwrap().id,
+            "conntrack-invalid"
+        );
+        assert_eq!(
+            by_rule(Some("-m conntrack --ctstate INVALID -j DROP"))
+                .unwrap()
+                .id,
+            "conntrack-invalid"
+        );
+        assert_eq!(by_rule(Some("udp dport 53 drop")).unwrap().id, "netfilter");
+        assert_eq!(by_rule(None).unwrap().id, "netfilter");
     }
 }

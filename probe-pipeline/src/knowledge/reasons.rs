@@ -217,6 +217,18 @@ pub(super) static ROWS: &[Row] = &[
         ],
     ),
     row(
+        "conntrack-invalid",
+        "connection tracking could not place it in any connection (state INVALID), and a rule \
+         drops such packets: a TCP segment without its handshake, a reply whose request took \
+         another path, or a connection the table forgot",
+        &[Fact::Rule, Fact::Conntrack],
+        "`conntrack -S` counts invalid packets; check that both directions pass this host \
+         (asymmetric routing), and net.netfilter.nf_conntrack_tcp_loose for connections \
+         picked up mid-stream",
+        &[],
+        &[],
+    ),
+    row(
         "ttl-exceeded",
         "its time to live ran out on the way (TTL/hop limit 1 on arrival at a router): a loop \
          between routers, or a sender that set a low TTL on purpose (traceroute)",

@@ -159,7 +159,15 @@ fn dropped(c: &Case<'_>) -> Option<Diagnosis> {
     let parties = containers_involved(j, c.topo);
     let after_nat = &c.after_nat;
     // A rule or hook that dropped is netfilter's doing, whatever the reason says (5.10 has none).
-    let cause = if by_rule.is_some() || by_hook.is_some() {
+    let cause = if by_rule.is_some() {
+        knowledge::by_rule(
+            c.rev_find(|b| match b {
+                EventBody::Rule(r) if r.verdict == Verdict::Drop => Some(r.rule.as_deref()),
+                _ => None,
+            })
+            .flatten(),
+        )
+    } else if by_hook.is_some() {
         knowledge::by_reason("NETFILTER_DROP")
     } else {
         knowledge::cause(drop.reason.as_deref(), drop.location_sym.as_deref())
