@@ -577,6 +577,32 @@ fn checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+/// A bare TCP ACK from `src:sport` to `dst` with sequence and acknowledgement numbers `seq`;
+/// its checksum right, or wrong on purpose.
+fn tcp_segment(
+    src: std::net::Ipv4Addr,
+    (dst, dport): (std::net::Ipv4Addr, u16),
+    sport: u16,
+    (seq, ack): (u32, u32),
+    good_checksum: bool,
+) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&sport.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    // Header length 5 words, ACK only; window; checksum (below); urgent pointer.
+    tcp.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, tcp.len() as u8]);
+    pseudo.extend_from_slice(&tcp);
+    let sum = checksum(&pseudo) ^ if good_checksum { 0 } else { 0x5a5a };
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    tcp
+}
+
 /// Sends an IPv4 packet with a header of the test's making (IP_HDRINCL) from `ns`: the
 /// kernel fills in the header checksum and the total length, nothing else.
 fn send_raw_ipv4(
@@ -679,20 +705,7 @@ fn a_packet_conntrack_calls_invalid_is_named_with_the_rule() {
         .unwrap();
     sysctl(&lab.router, "net.netfilter.nf_conntrack_tcp_loose", "0").unwrap();
     let (src, dst) = (Routed::CLIENT, Routed::SERVER);
-    let mut tcp = Vec::new();
-    tcp.extend_from_slice(&40001u16.to_be_bytes());
-    tcp.extend_from_slice(&7121u16.to_be_bytes());
-    tcp.extend_from_slice(&1000u32.to_be_bytes());
-    tcp.extend_from_slice(&2000u32.to_be_bytes());
-    // Header length 5 words, ACK only; window; checksum (below); urgent pointer.
-    tcp.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, tcp.len() as u8]);
-    pseudo.extend_from_slice(&tcp);
-    let sum = checksum(&pseudo);
-    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let tcp = tcp_segment(src, (dst, 7121), 40001, (1000, 2000), true);
     let run = ProbeRun::start(&[
         "trace",
         "--netns",
@@ -715,4 +728,56 @@ fn a_packet_conntrack_calls_invalid_is_named_with_the_rule() {
         fact(d, "rule"),
         "lab/forward_lab rule [ct state invalid drop]"
     );
+}
+
+/// TCP segments a connection refuses: one whose checksum is wrong, and one far outside the
+/// receive window of an established connection.
+#[test]
+fn tcp_checksum_and_sequence_errors_are_named() {
+    require_root();
+    let reasons = Doctor::run().unwrap().kernel_version().unwrap() >= (5, 17);
+    let _lab = one_lab_at_a_time();
+    let lab = Routed::new().unwrap();
+    let listener = lab
+        .server
+        .run(|| TcpListener::bind((Routed::SERVER, 7122)).unwrap())
+        .unwrap();
+    let client = lab
+        .client
+        .run(|| {
+            TcpStream::connect_timeout(&(Routed::SERVER, 7122).into(), Duration::from_secs(5))
+                .unwrap()
+        })
+        .unwrap();
+    let _accepted = listener.accept().unwrap();
+    let sport = client.local_addr().unwrap().port();
+    for (good_checksum, cause) in [(false, "bad-checksum"), (true, "tcp-sequence")] {
+        // Far from anything the connection expects.
+        let tcp = tcp_segment(
+            Routed::CLIENT,
+            (Routed::SERVER, 7122),
+            sport,
+            (0x8000_0000, 1),
+            good_checksum,
+        );
+        let (all, stderr) = trace(lab.server.name(), "tcp port 7122", || {
+            send_raw_ipv4(
+                &lab.client,
+                Routed::CLIENT,
+                Routed::SERVER,
+                libc::IPPROTO_TCP as u8,
+                tcp,
+            )
+        });
+        if !reasons {
+            assert!(
+                all.iter().any(|t| t["outcome"] == "dropped"),
+                "{all:#?}\n{stderr}"
+            );
+            continue;
+        }
+        let d = dropped(&all, cause, &stderr);
+        assert_eq!(d["first"]["sport"], sport, "{d:#}");
+    }
+    drop(client);
 }
