@@ -18,7 +18,19 @@ pub fn read_packet(skb: u64, ethertype: u16, out: &mut PacketInfo) {
     let network = read_kernel::<u16>(skb, layout::get(|l| &l.skb_network_header)).unwrap_or(0xFFFF);
     // 0xFFFF: the network header was never set (e.g. dropped before layer 3).
     if head != 0 && network != 0xFFFF {
-        packet::parse_from_network(&KernelBytes(head + network as u64), ethertype, out);
+        let at = head + network as u64;
+        // A hook of a family that carries several protocols (the bridge's): the IP version
+        // nibble says which, and anything else (ARP) is left unparsed.
+        let ethertype = if ethertype != 0 {
+            ethertype
+        } else {
+            match read_kernel::<u8>(at, 0).unwrap_or(0) >> 4 {
+                4 => 0x0800,
+                6 => 0x86DD,
+                _ => 0,
+            }
+        };
+        packet::parse_from_network(&KernelBytes(at), ethertype, out);
     } else {
         out.l3_proto = ethertype;
     }

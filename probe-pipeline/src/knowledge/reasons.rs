@@ -484,14 +484,10 @@ pub(super) static REFINED: &[Refined] = &[
         function: "ip_forward",
         cause: "ttl-exceeded",
     },
-    // ip_error: these two reasons are set only when the input device does not forward.
+    // ip_error sets IP_INADDRERRORS only when the input device does not forward (a route
+    // was found, or EHOSTUNREACH); IP_INNOROUTES it sets either way.
     Refined {
         reason: "IP_INADDRERRORS",
-        function: "ip_error",
-        cause: "forwarding-disabled",
-    },
-    Refined {
-        reason: "IP_INNOROUTES",
         function: "ip_error",
         cause: "forwarding-disabled",
     },

@@ -40,8 +40,6 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
             "no_socket_for_udp_and_tcp",
             "an_unreachable_route_is_named",
             "ttl_running_out_at_the_router",
-            "a_neighbour_that_never_answers",
-            "hairpin_nat_is_named",
         ],
     ),
     ("latency", &[]),
