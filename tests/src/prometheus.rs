@@ -18,6 +18,13 @@ use crate::Netns;
 /// How long Prometheus may take to start, and a query to show what is awaited.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// Whether a `prometheus` server binary is on PATH (the VM guests have none).
+pub fn installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("prometheus").is_file())
+    })
+}
+
 /// A Prometheus server in a namespace, scraping one target.
 pub struct Prometheus {
     child: Child,
