@@ -218,15 +218,38 @@ fn prometheus_scrapes_drops_by_reason_hop_latency_and_route_failures() {
     let lost = prom.query("sum(probe_counts_lost_total)").unwrap();
     assert_eq!(one(&lost, "lost"), 0.0);
 
+    // Interface churn: b's veth goes; its hop series stays, with its counts, and probe goes
+    // on serving.
+    lab.host.ip(&["link", "del", &b.host_if]).unwrap();
+    let gone = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let hop_count = format!(r#"probe_hop_latency_seconds_count{{{hop}}}"#);
+    // A sample scraped after the veth went.
+    let after = prom
+        .query_until(
+            &format!("{hop_count} and timestamp({hop_count}) > {gone:.3}"),
+            |r| !r.is_empty(),
+        )
+        .unwrap();
+    assert_eq!(one(&after, "count after the veth went"), 2.0 * N as f64);
+    let (status, text) = http_get(&host, METRICS, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(&format!(r#"to_iface="{}""#, b.host_if)),
+        "{text}"
+    );
+
     drop(prom);
     let (_, stderr) = run.stop().unwrap();
-    // Nothing left behind: no filter or qdisc on the veths.
-    for iface in [&a.host_if, &b.host_if] {
+    // Nothing left behind: no filter or qdisc on the remaining veth.
+    for dir in ["ingress", "egress"] {
         let filters = lab
             .host
-            .exec("tc", &["filter", "show", "dev", iface, "ingress"])
+            .exec("tc", &["filter", "show", "dev", &a.host_if, dir])
             .unwrap();
-        assert!(filters.trim().is_empty(), "{iface}: {filters}\n{stderr}");
+        assert!(filters.trim().is_empty(), "{dir}: {filters}\n{stderr}");
     }
 }
 
