@@ -66,6 +66,34 @@ impl Maps {
         })
     }
 
+    /// Removes the kernel entries of interfaces that went (hop pairs through them, drops on
+    /// them in this namespace), so interface churn cannot fill the maps; returns the keys
+    /// removed. Call after the store took their last counts.
+    fn prune(&mut self, gone: &[u32], own_netns: u64) -> (Vec<DropCountKey>, Vec<HopBucket>) {
+        let drops: Vec<DropCountKey> = self
+            .drops
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                gone.contains(&k.ifindex)
+                    && (k.netns_inum == 0 || u64::from(k.netns_inum) == own_netns)
+            })
+            .collect();
+        let hops: Vec<HopBucket> = self
+            .hops
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| gone.contains(&k.from.ifindex) || gone.contains(&k.to.ifindex))
+            .collect();
+        for k in &drops {
+            let _ = self.drops.remove(k);
+        }
+        for k in &hops {
+            let _ = self.hops.remove(k);
+        }
+        (drops, hops)
+    }
+
     /// Every entry, summed over CPUs.
     fn read(&self) -> KernelCounts {
         fn all<K: aya::Pod + Copy>(map: &PerCpuHashMap<MapData, K, u64>) -> Vec<(K, u64)> {
@@ -115,7 +143,7 @@ pub fn run(opts: &WatchOptions) -> anyhow::Result<()> {
             log::warn!("{name} are not counted here: {why}");
         }
     }
-    let maps = Maps::take(&mut session)?;
+    let mut maps = Maps::take(&mut session)?;
     let names = Names {
         reasons: drops::reasons(&session.kernel),
         symbols: session.kernel.symbols.clone(),
@@ -132,7 +160,7 @@ pub fn run(opts: &WatchOptions) -> anyhow::Result<()> {
         let (server, requests) =
             Server::new(listener).context("cannot serve metrics from the event loop")?;
         session::announce(&what, opts.ready_file.as_deref())?;
-        serve(&mut session, &maps, &names, opts, server, requests).await
+        serve(&mut session, &mut maps, &names, opts, server, requests).await
     });
     drop(rt);
     session.finish();
@@ -141,7 +169,7 @@ pub fn run(opts: &WatchOptions) -> anyhow::Result<()> {
 
 async fn serve(
     session: &mut Session,
-    maps: &Maps,
+    maps: &mut Maps,
     names: &Names,
     opts: &WatchOptions,
     server: Server,
@@ -172,9 +200,25 @@ async fn serve(
             guard = readable(&mut links) => {
                 let mut guard = guard?;
                 let changes = session.on_link_events();
+                // The counts of interfaces that went are taken under their last names (and
+                // those of new ones under theirs); then their kernel entries make room.
+                let mut naming = session.topology.clone();
                 host::apply(&mut session.topology, &changes);
-                // Counts of interfaces that go are named before their names are forgotten.
-                store.update(&maps.read(), &namer(&session.topology, names));
+                for (index, link) in &session.topology.links {
+                    naming.links.insert(*index, link.clone());
+                }
+                store.update(&maps.read(), &namer(&naming, names));
+                let gone: Vec<u32> = changes
+                    .iter()
+                    .filter_map(|c| match c {
+                        host::rtnl::LinkChange::Removed { index } => Some(*index),
+                        host::rtnl::LinkChange::New(_) => None,
+                    })
+                    .collect();
+                if !gone.is_empty() {
+                    let (drops, hops) = maps.prune(&gone, session.topology.own_netns);
+                    store.forget(&drops, &hops);
+                }
                 docker.links_changed();
                 guard.clear_ready();
             }

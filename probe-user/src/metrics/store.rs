@@ -93,6 +93,17 @@ impl<K, L, V> Default for Family<K, L, V> {
     }
 }
 
+impl<K, L, V> Family<K, L, V>
+where
+    K: Hash + Eq,
+{
+    /// Forgets a kernel key whose map entry was removed (its series stays as it is).
+    fn forget(&mut self, key: &K) {
+        self.last.remove(key);
+        self.named.remove(key);
+    }
+}
+
 impl<K: Hash + Eq + Copy, L: Ord + Clone, V: Default> Family<K, L, V> {
     /// Adds what `key` gained since the last scrape to its series through `add`.
     fn update(
@@ -179,6 +190,17 @@ impl Store {
         l.events = l.events.max(counts.lost.events);
         l.latency_samples = l.latency_samples.max(counts.lost.latency_samples);
         l.watch_counts = l.watch_counts.max(counts.lost.watch_counts);
+    }
+
+    /// The kernel entries of these keys were removed: a key made again later starts from
+    /// zero, its series going on from what it holds.
+    pub fn forget(&mut self, drops: &[DropCountKey], hops: &[HopBucket]) {
+        for k in drops {
+            self.drops.forget(k);
+        }
+        for k in hops {
+            self.hops.forget(k);
+        }
     }
 
     pub fn series(&self) -> Series {
@@ -275,6 +297,31 @@ mod tests {
             .expect("named hop pair");
         assert_eq!(h.buckets[10], 4);
         assert_eq!(s.drops.values().sum::<u64>(), 9);
+    }
+
+    #[test]
+    fn a_forgotten_key_made_again_adds_to_its_series() {
+        let reasons = DropReasons::default();
+        let (symbols, tables) = (KernelSymbols::default(), RouteTables::default());
+        let t = topology(&[(7, "veth-a"), (8, "br0")]);
+        let namer = Namer {
+            topology: &t,
+            reasons: &reasons,
+            symbols: &symbols,
+            tables: &tables,
+        };
+        let key = hop(7, 8, 12);
+        let counts = |n| KernelCounts {
+            hops: vec![(key, n)],
+            ..KernelCounts::default()
+        };
+        let mut store = Store::new(8);
+        store.update(&counts(10), &namer);
+        // The entry was removed from the kernel's map and made again, from zero.
+        store.forget(&[], &[key]);
+        store.update(&counts(3), &namer);
+        let s = store.series();
+        assert_eq!(s.hops.values().map(Histogram::count).sum::<u64>(), 13);
     }
 
     #[test]
