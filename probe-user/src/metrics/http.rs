@@ -111,8 +111,14 @@ impl Server {
 
     /// Waits for the next connection and starts serving it on a task of its own.
     pub async fn accept(&self) {
-        let Ok((stream, peer)) = self.listener.accept().await else {
-            return;
+        let (stream, peer) = match self.listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: wait a little instead of spinning on the error.
+                log::debug!("metrics: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
         };
         if self.open.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
             log::debug!("metrics: too many connections; closing the one from {peer}");
