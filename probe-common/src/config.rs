@@ -53,6 +53,9 @@ pub mod mode {
     pub const EVENTS: u8 = 0;
     /// No events: tc sightings feed per-hop latency histograms (`probe latency`).
     pub const LATENCY: u8 = 1;
+    /// No events: tc sightings feed the latency histograms, drops and failed routing lookups
+    /// are counted in maps (`probe watch`).
+    pub const WATCH: u8 = 2;
 }
 
 /// Run-time choices handed to every program as a load-time constant.

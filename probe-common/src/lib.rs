@@ -28,11 +28,13 @@ mod config;
 mod events;
 mod keys;
 mod layout;
+mod watch;
 
 pub use config::*;
 pub use events::*;
 pub use keys::*;
 pub use layout::*;
+pub use watch::*;
 
 /// Per-CPU counters kept by the programs, indices into the `COUNTERS` per-CPU array.
 pub mod counter {
@@ -42,8 +44,10 @@ pub mod counter {
     pub const FILTERED: u32 = 1;
     /// Latency samples not counted because the histogram map was full.
     pub const LATENCY_MAP_FULL: u32 = 2;
+    /// Drops or routing failures not counted because a `probe watch` map was full.
+    pub const WATCH_MAP_FULL: u32 = 3;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Names of the maps and globals userspace looks up; defined here so both sides agree.
@@ -93,3 +97,5 @@ const _: () = assert!(size_of::<FilterInsn>() == 40);
 const _: () = assert!(size_of::<PacketKey>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<HopBucket>() == 20);
+const _: () = assert!(size_of::<DropCountKey>() == 24);
+const _: () = assert!(size_of::<RouteFailKey>() == 12);

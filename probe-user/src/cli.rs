@@ -53,6 +53,20 @@ pub enum Command {
         leaves alone; IPv6 and datagrams with IPv4 id 0 (unconnected UDP sockets) are not \
         followed.")]
     Latency(LatencyArgs),
+    /// Count drops, failed routing lookups and per-hop latency in the kernel (no event per
+    /// packet) and serve them as Prometheus/OpenMetrics metrics on /metrics, until stopped.
+    #[command(after_help = "Examples:\n  \
+        sudo probe watch                                   # http://127.0.0.1:9464/metrics\n  \
+        sudo probe watch --metrics 0.0.0.0:9464            # for a Prometheus elsewhere\n  \
+        sudo probe watch --iface 'veth*,docker0' --label-limit 32\n  \
+        sudo probe watch --netns lab-host --metrics 10.0.0.1:9464\n\n\
+        Series: probe_drops_total{reason,location,interface,netns}, \
+        probe_route_lookup_failures_total{family,table,errno}, \
+        probe_hop_latency_seconds{from_iface,from_dir,to_iface,to_dir} (histogram), \
+        probe_events_lost_total, probe_latency_samples_lost_total, probe_counts_lost_total.\n\
+        PromQL: sum by (reason) (rate(probe_drops_total[5m])); histogram_quantile(0.99, sum by \
+        (le, from_iface, to_iface) (rate(probe_hop_latency_seconds_bucket[5m]))).")]
+    Watch(WatchArgs),
     /// Print the timelines of a recording made with `probe trace --record` (no root needed).
     #[command(after_help = "Examples:\n  \
         sudo probe trace --record incident.probe --count 50\n  \
@@ -255,6 +269,37 @@ pub struct LatencyArgs {
     /// JSON Lines: one line per hop pair and report (schema probe.latency/1).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    /// Interfaces to watch with tc for hop latency, comma-separated or repeated (names or
+    /// globs); default: every bridge, veth, tunnel and the uplink, including later ones.
+    #[arg(
+        short,
+        long = "iface",
+        value_name = "IF[,IF...]",
+        value_delimiter = ','
+    )]
+    pub ifaces: Vec<String>,
+    /// Address and port to serve /metrics on (in the namespace of --netns, if given).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub metrics: std::net::SocketAddr,
+    /// Distinct values each label may take (interfaces, reasons, functions, namespaces,
+    /// tables); past it, counts go to the value `other`.
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub label_limit: u32,
+    /// Network namespace to work in: a name from `ip netns list`, or a path such as
+    /// /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+    /// Write "ready" to this file once every program is attached and /metrics is served.
+    #[arg(long, value_name = "PATH")]
+    pub ready_file: Option<PathBuf>,
+    /// How to attach tc programs: tcx links (Linux 6.6+), a clsact qdisc, or the best available.
+    #[arg(long, value_enum, default_value_t = TcBackendArg::Auto)]
+    pub tc_backend: TcBackendArg,
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {

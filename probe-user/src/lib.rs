@@ -9,6 +9,7 @@
 pub mod cmd;
 pub mod host;
 pub mod kernel;
+pub mod metrics;
 pub mod points;
 pub mod schema;
 pub mod session;

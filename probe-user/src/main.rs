@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use cli::{Cli, Command, LatencyArgs, TraceArgs};
+use cli::{Cli, Command, LatencyArgs, TraceArgs, WatchArgs};
 use probe::{cmd, points};
 use probe_pipeline::{filter::Filter, render::Format};
 
@@ -128,6 +128,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Latency(args) => latency(args),
+        Command::Watch(args) => watch(args),
         Command::Trace(args) => trace(args),
     }
 }
@@ -140,6 +141,17 @@ fn print_all(bytes: &[u8]) -> anyhow::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    cmd::prepare(None, args.netns.as_deref())?;
+    cmd::watch::run(&cmd::watch::WatchOptions {
+        ifaces: args.ifaces,
+        metrics: args.metrics,
+        label_limit: args.label_limit as usize,
+        ready_file: args.ready_file,
+        backend: args.tc_backend.into(),
+    })
 }
 
 fn latency(args: LatencyArgs) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod host_lab;
 pub mod netns;
 pub mod probe;
+pub mod prometheus;
 pub mod topology;
 pub mod traffic;
 

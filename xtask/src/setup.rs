@@ -47,7 +47,13 @@ const TOOLS: &[(&str, &str)] = &[
     // The pcapng test reads probe's files with Wireshark's reader (apt runs it
     // non-interactively: wireshark-common's setuid question takes its default, no).
     ("tshark", "tshark"),
+    // The watch test's real Prometheus server (started by the test in a lab namespace; the
+    // package's own service is kept from starting, see `Apt::install`).
+    ("prometheus", "prometheus"),
 ];
+
+/// Packages whose service must not run after installation: the tests start their own.
+const NO_SERVICE: &[(&str, &str)] = &[("prometheus", "prometheus.service")];
 
 /// What the build needs to know about the set-up machine.
 pub struct Toolchain {
@@ -125,12 +131,76 @@ impl Apt {
         }
         status(&format!("installing Debian packages: {list}"));
         run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
-        run_cmd(
+        let mut args: Vec<String> = self.packages.clone();
+        // prometheus recommends prometheus-node-exporter, a second service nothing here
+        // needs: a trailing '-' tells apt not to install it (only when it is not there
+        // already, since it would remove it).
+        if self.packages.iter().any(|p| p == "prometheus")
+            && !dpkg_installed("prometheus-node-exporter")
+        {
+            args.push("prometheus-node-exporter-".to_owned());
+        }
+        let held = ServicesHeld::hold()?;
+        let installed = run_cmd(
             Command::new("apt-get")
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .args(["install", "-y", "-q"])
-                .args(&self.packages),
+                .args(&args),
+        );
+        drop(held);
+        installed?;
+        self.stop_services();
+        Ok(())
+    }
+
+    /// Under systemd the packages' postinst enabled their services for the next boot: those
+    /// the tests start themselves are disabled (and stopped, should one have started).
+    fn stop_services(&self) {
+        if !std::path::Path::new("/run/systemd/system").exists() {
+            return;
+        }
+        for (package, unit) in NO_SERVICE {
+            if self.packages.iter().any(|p| p == package) {
+                status(&format!(
+                    "disabling {unit}: the tests start their own {package} when they need one"
+                ));
+                let _ = Command::new("systemctl")
+                    .args(["disable", "--now", unit])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 ("not allowed") while packages are installed, so
+/// their maintainer scripts start no service; removed afterwards if it was ours. Where one
+/// exists already (container images have one) it is left as it is.
+struct ServicesHeld(Option<PathBuf>);
+
+impl ServicesHeld {
+    fn hold() -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(
+            &path,
+            "#!/bin/sh\n# written by cargo xtask setup while installing\nexit 101\n",
         )
+        .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Self(Some(path)))
+    }
+}
+
+impl Drop for ServicesHeld {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -142,6 +142,7 @@ fn wants_test(extra: &[String], name: &str) -> bool {
 const MAN_PAGES: &[&str] = &[
     "trace",
     "latency",
+    "watch",
     "replay",
     "doctor",
     "cleanup",

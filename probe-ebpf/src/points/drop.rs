@@ -7,12 +7,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use probe_common::{ABSENT, DropEvent, EventHeader, PacketInfo, counter, kind};
+use probe_common::{ABSENT, DropCountKey, DropEvent, EventHeader, PacketInfo, counter, kind};
 
 use crate::shared::{
     filter,
     layout::{self, read_kernel},
-    maps, skb,
+    maps, skb, watch,
 };
 
 #[tracepoint]
@@ -44,6 +44,17 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     let ifindex = skb::dev_ifindex(dev);
     let rx_sk: u64 = field(ctx, layout::get(|l| &l.kfree_rx_sk)).unwrap_or(0);
     let netns_inum = skb::netns(skb, dev, rx_sk);
+    if watch::active() {
+        // Counted, not reported: no packet parse, no event.
+        watch::count_drop(&DropCountKey {
+            location,
+            reason,
+            ifindex,
+            netns_inum,
+            _pad: 0,
+        });
+        return Ok(());
+    }
     skb::read_packet(skb, protocol, &mut packet);
     if !filter::admit(&packet) {
         return Ok(());

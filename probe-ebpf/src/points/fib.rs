@@ -19,13 +19,14 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use probe_common::{
-    ABSENT, EventHeader, Fib4RawLayout, FibEvent, FibTpLayout, counter, family, fib_source, kind,
+    ABSENT, EventHeader, Fib4RawLayout, FibEvent, FibTpLayout, RouteFailKey, counter, family,
+    fib_source, kind,
 };
 
 use crate::shared::{
     filter,
     layout::{self, read_kernel},
-    maps, netns,
+    maps, netns, watch,
 };
 
 /// `nhc_gw_family` values.
@@ -51,6 +52,10 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
     let err = ctx.arg::<u64>(3) as i32;
     if flp == 0 {
         return Err(-1);
+    }
+    if watch::active() {
+        count_failure(tb_id, err, family::IPV4);
+        return Ok(());
     }
     let Some(mut entry) = maps::EVENTS.reserve::<FibEvent>(0) else {
         maps::bump(counter::RINGBUF_FULL);
@@ -143,6 +148,10 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
 /// ordinary tracepoint's program of the same lookup, which reads the rest from its record.
 #[raw_tracepoint(tracepoint = "fib6_table_lookup")]
 pub fn fib6_table_lookup_netns(ctx: RawTracePointContext) -> i32 {
+    // Watch mode counts failures by table alone: no namespace to park.
+    if watch::active() {
+        return 0;
+    }
     let net = ctx.arg::<u64>(0);
     let table = ctx.arg::<u64>(2);
     let flp = ctx.arg::<u64>(3);
@@ -202,6 +211,10 @@ fn is_zero(a: &[u8; 16]) -> bool {
 
 #[inline(always)]
 fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Result<(), i32> {
+    if watch::active() {
+        count_failure(read::<u32>(ctx, l.tb_id), read::<i32>(ctx, l.err), fam);
+        return Ok(());
+    }
     // The event is filled in place in the ring buffer: it is too large for the BPF stack
     // next to the record reads.
     let Some(mut entry) = maps::EVENTS.reserve::<FibEvent>(0) else {
@@ -293,4 +306,17 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
     }
     entry.submit(0);
     Ok(())
+}
+
+/// Watch mode: a lookup that failed in its table is counted; one that found a route is not.
+#[inline(always)]
+fn count_failure(table: u32, err: i32, fam: u8) {
+    if err != 0 {
+        watch::count_route_failure(&RouteFailKey {
+            table,
+            err,
+            family: fam,
+            _pad: [0; 3],
+        });
+    }
 }

@@ -60,7 +60,8 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
     if !filter::admit(&pkt) {
         return Ok(());
     }
-    if config::get(|c| &c.mode) == mode::LATENCY {
+    // Watch mode's histograms are latency mode's.
+    if matches!(config::get(|c| &c.mode), mode::LATENCY | mode::WATCH) {
         let at = HopPoint {
             ifindex,
             direction: dir,

@@ -1,6 +1,6 @@
 //! What the attach points share: the maps every program writes, the globals userspace fills
 //! in at load time (configuration, kernel layout), packet parsing (from a tc context or an skb
-//! in kernel memory), the filter, and latency mode's in-kernel histograms.
+//! in kernel memory), the filter, latency mode's in-kernel histograms and watch mode's counts.
 
 pub mod config;
 pub mod filter;
@@ -11,3 +11,4 @@ pub mod nesting;
 pub mod netns;
 pub mod packet;
 pub mod skb;
+pub mod watch;

@@ -6,6 +6,7 @@ pub mod explain;
 pub mod latency;
 pub mod replay;
 pub mod trace;
+pub mod watch;
 
 use probe_pipeline::{filter::Filter, sink::Stats, timeline::Tally};
 use schemars::JsonSchema;

@@ -79,12 +79,17 @@ pub fn load(ringbuf_bytes: u32, layout: &KernelLayout, config: &Config) -> Resul
             .map_max_entries(names::ADMITTED_PACKETS_MAP, UNUSED_MAP_ENTRIES)
             .map_max_entries(names::ADMITTED_FLOWS_MAP, UNUSED_MAP_ENTRIES);
     }
-    if config.mode != mode::LATENCY {
+    if config.mode != mode::WATCH {
+        loader
+            .map_max_entries(probe_common::WATCH_DROPS_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(probe_common::WATCH_ROUTE_FAILS_MAP, UNUSED_MAP_ENTRIES);
+    }
+    if !matches!(config.mode, mode::LATENCY | mode::WATCH) {
         loader
             .map_max_entries(names::LAST_SEEN_MAP, UNUSED_MAP_ENTRIES)
             .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES);
     } else {
-        // No events in latency mode: the ring buffer only has to exist.
+        // No events in latency and watch mode: the ring buffer only has to exist.
         loader.map_max_entries(names::EVENTS_MAP, 4096);
     }
     Ok(loader.load(OBJECT)?)
@@ -161,6 +166,8 @@ pub struct CounterValues {
     pub filtered: u64,
     /// Latency samples not counted: the histogram map was full.
     pub latency_map_full: u64,
+    /// Drops or routing failures not counted: a watch map was full.
+    pub watch_map_full: u64,
 }
 
 impl Counters {
@@ -194,6 +201,7 @@ impl Counters {
             ringbuf_full: sum(counter::RINGBUF_FULL),
             filtered: sum(counter::FILTERED),
             latency_map_full: sum(counter::LATENCY_MAP_FULL),
+            watch_map_full: sum(counter::WATCH_MAP_FULL),
         }
     }
 }

@@ -62,6 +62,11 @@ pub const CONFIGS: &[Config] = &[
         account: true,
     },
     Config {
+        name: "probe watch: both veths, drops, routes (counted in the kernel, /metrics)",
+        observer: Observer::Probe(&["watch", "--iface", "veth-c1,veth-c2"]),
+        account: true,
+    },
+    Config {
         name: "tcpdump -i any -w /dev/null (host namespace)",
         observer: Observer::Tcpdump,
         account: false,
