@@ -7,5 +7,7 @@ pub mod chain;
 pub mod drop;
 pub mod fib;
 pub mod fib_rules;
+pub mod netif;
 pub mod nf;
+pub mod qdisc;
 pub mod tc;

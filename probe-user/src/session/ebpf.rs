@@ -82,10 +82,16 @@ pub fn load(ringbuf_bytes: u32, layout: &KernelLayout, config: &Config) -> Resul
     if config.mode != mode::LATENCY {
         loader
             .map_max_entries(names::LAST_SEEN_MAP, UNUSED_MAP_ENTRIES)
-            .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES);
+            .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::LATENCY_CHAINS_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::LATENCY_STAGES_MAP, UNUSED_MAP_ENTRIES);
     } else {
         // No events in latency mode: the ring buffer only has to exist.
         loader.map_max_entries(names::EVENTS_MAP, 4096);
+        // probe latency follows packets by skb (LATENCY_CHAINS), not by PacketKey.
+        loader
+            .map_max_entries(names::LAST_SEEN_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES);
     }
     Ok(loader.load(OBJECT)?)
 }
