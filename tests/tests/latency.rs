@@ -3,12 +3,13 @@
 //! backlog), so IPv6 and datagrams with IPv4 id 0 are measured too, counted exactly.
 
 use std::{
+    io::Write as _,
     net::{Ipv6Addr, SocketAddr, UdpSocket},
     time::Duration,
 };
 
 use probe_lab::{
-    BridgeLab, Netns, ProbeRun,
+    BridgeLab, Netns, ProbeRun, docker,
     probe::json_lines,
     require_root,
     topology::{Container, sysctl},
@@ -298,4 +299,133 @@ fn a_slow_queue_shows_in_the_queueing_stage_of_its_group_only() {
         "{first:#}"
     );
     assert!(first["ns"].as_u64().unwrap() >= 8 * MS, "{first:#}");
+}
+
+/// The host-side veth of a Docker container on `net`: the bridge port whose peer is the
+/// container's eth0.
+fn docker_veth(net: &docker::Network, c: &docker::Container) -> String {
+    let eth0 = docker::docker(&[
+        "exec",
+        &c.name,
+        "/bin/busybox",
+        "cat",
+        "/sys/class/net/eth0/ifindex",
+    ])
+    .unwrap();
+    let peer = format!("@if{}:", eth0.trim());
+    let ports = probe_lab::cmd::run("ip", &["-o", "link", "show", "master", &net.bridge]).unwrap();
+    ports
+        .lines()
+        .find_map(|l| {
+            let name = l.split_whitespace().nth(1)?;
+            name.ends_with(&peer)
+                .then(|| name.trim_end_matches(&peer).to_owned())
+        })
+        .unwrap_or_else(|| panic!("no port of {} with peer {peer}: {ports}", net.bridge))
+}
+
+#[test]
+fn by_container_separates_docker_containers_and_finds_the_one_behind_a_slow_queue() {
+    require_root();
+    if let Some(why) = docker::unavailable() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED by_container_... (tests/tests/latency.rs): Docker is not available here ({why})"
+        );
+        return;
+    }
+    docker::sweep_stale();
+    const N: usize = 20;
+    const PORT: u16 = 7303;
+    let image = docker::Image::build().unwrap();
+    let net = docker::Network::create(true).unwrap();
+    let a = docker::Container::run(&image, &net, "lat-a", 2, None).unwrap();
+    let b = docker::Container::run(&image, &net, "lat-b", 3, None).unwrap();
+    let c = docker::Container::run(&image, &net, "lat-c", 4, None).unwrap();
+    let (va, vb, vc) = (
+        docker_veth(&net, &a),
+        docker_veth(&net, &b),
+        docker_veth(&net, &c),
+    );
+    // b's veth (ours: it goes with the container) gets a 1 Mbit/s queue.
+    probe_lab::cmd::run(
+        "tc",
+        &[
+            "qdisc", "add", "dev", &vb, "root", "tbf", "rate", "1mbit", "burst", "1600", "limit",
+            "100000",
+        ],
+    )
+    .unwrap();
+    let bind = |addr: std::net::Ipv4Addr| {
+        move || -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind((addr, PORT))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            Ok(s)
+        }
+    };
+    let to_b = b.run_in(bind(b.addr)).unwrap().unwrap();
+    let to_a = a.run_in(bind(a.addr)).unwrap().unwrap();
+    let connect = |dst: std::net::Ipv4Addr| {
+        move || -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind(("0.0.0.0", 0))?;
+            s.connect((dst, PORT))?;
+            Ok(s)
+        }
+    };
+    let slow = a.run_in(connect(b.addr)).unwrap().unwrap();
+    let fast = c.run_in(connect(a.addr)).unwrap().unwrap();
+    let mut buf = [0u8; 1000];
+    slow.send(b"warm").unwrap();
+    to_b.recv(&mut buf).unwrap();
+    fast.send(b"warm").unwrap();
+    to_a.recv(&mut buf).unwrap();
+    let ifaces = format!("{va},{vb},{vc}");
+    let filter = format!("udp port {PORT}");
+    let run = ProbeRun::start(&[
+        "latency",
+        "--iface",
+        &ifaces,
+        "--filter",
+        &filter,
+        "--by",
+        "container",
+        "--json",
+        "--interval",
+        "60",
+    ])
+    .unwrap();
+    for _ in 0..N {
+        slow.send(&[7u8; 1000]).unwrap();
+        fast.send(&[7u8; 1000]).unwrap();
+    }
+    for _ in 0..N {
+        to_b.recv(&mut buf).unwrap();
+        to_a.recv(&mut buf).unwrap();
+    }
+    let (stdout, stderr) = run.stop().unwrap();
+    let t = totals(&stdout, &stderr);
+    const MS: u64 = 1_000_000;
+    let ga = group(&t, &format!("container {}", a.name));
+    let queue = ga["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "queueing")
+        .unwrap_or_else(|| panic!("no queueing stage for {}: {t:#}\n{stderr}", a.name));
+    assert_eq!(queue["count"], N as u64, "{queue:#}");
+    assert!(queue["p50_le_ns"].as_u64().unwrap() >= 8 * MS, "{queue:#}");
+    let gc = group(&t, &format!("container {}", c.name));
+    for s in gc["stages"].as_array().unwrap() {
+        assert_ne!(s["stage"], "queueing", "{gc:#}");
+        assert!(s["p50_le_ns"].as_u64().unwrap() <= MS, "{s:#}");
+    }
+    let first = &t["slowest"][0];
+    assert_eq!(first["stage"], "queueing", "{t:#}");
+    assert!(
+        first["tuple"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("→ {}:{PORT}", b.addr)),
+        "{first:#}"
+    );
 }

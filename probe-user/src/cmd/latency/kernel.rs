@@ -161,7 +161,7 @@ impl Maps {
                 .flat_map(|t| t.slots.iter().copied())
                 .filter(|o| o.gap_ns > 0)
                 .collect();
-            r.slowest.sort_by(|a, b| b.gap_ns.cmp(&a.gap_ns));
+            r.slowest.sort_by_key(|o| std::cmp::Reverse(o.gap_ns));
             r.slowest.truncate(slowest);
             let cleared = vec![TopN::default(); per_cpu.len()];
             if let Ok(values) = PerCpuValues::try_from(cleared) {

@@ -18,7 +18,7 @@ pub use model::{Histogram, Point, Snapshot};
 pub use render::{By, SCHEMA, line_schema};
 
 use crate::{
-    host,
+    host::{self, docker},
     points::tc::{BackendChoice, Selector},
     session::{
         self, Session, StartOptions, Stops, clock,
@@ -93,6 +93,13 @@ async fn measure(
         None => None,
     };
     let mut stops = Stops::listen()?;
+    // Docker's names for the containers' veths (--by container); none without Docker.
+    let mut docker = if opts.by == By::Container {
+        docker::Watcher::start()
+    } else {
+        docker::Watcher::disabled()
+    };
+    session.topology.containers = docker.containers().clone();
     let start = tokio::time::Instant::now() + opts.interval;
     let mut ticker = tokio::time::interval_at(start, opts.interval);
     let mut last = model::Reading::default();
@@ -103,6 +110,9 @@ async fn measure(
             _ = ticker.tick() => {
                 if session::namespace_gone() {
                     break;
+                }
+                if let Some(c) = docker.poll() {
+                    session.topology.containers = c.clone();
                 }
                 let now = maps.read(render::SLOWEST);
                 let fresh = now.since(&last);
@@ -119,10 +129,14 @@ async fn measure(
                 let mut guard = guard?;
                 let changes = session.on_link_events();
                 host::apply(&mut session.topology, &changes);
+                docker.links_changed();
                 guard.clear_ready();
             }
             _ = stops.recv() => break,
         }
+    }
+    if let Some(c) = docker.poll() {
+        session.topology.containers = c.clone();
     }
     let mut totals = maps.read(render::SLOWEST);
     // The slowest since the last report, or the last report's when none came since.

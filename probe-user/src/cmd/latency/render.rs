@@ -96,10 +96,11 @@ fn group_name(group: u32, by: By, r: &Reading, topo: &Topology) -> String {
     match by {
         By::None => "all packets".to_owned(),
         By::Interface => topo.iface_label(group),
+        // An interface no Docker container owns (a plain namespace's veth) by its label.
         By::Container => topo
             .container_of(group)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{} (no container)", topo.name(group))),
+            .map(|c| format!("container {c}"))
+            .unwrap_or_else(|| topo.iface_label(group)),
         By::Flow if group == GROUP_OTHER => "other".to_owned(),
         By::Flow => r
             .flows
