@@ -184,6 +184,14 @@ pub fn short(ns: u64) -> String {
     }
 }
 
+/// A duration in µs with three decimals' worth of ns: 4123.456µs reads as 4.123ms.
+fn precise(ns: u64) -> String {
+    match ns {
+        0..1_000_000 => format!("{:.3}µs", ns as f64 / 1e3),
+        _ => format!("{:.3}ms", ns as f64 / 1e6),
+    }
+}
+
 fn percent(found: u64, of: u64) -> Option<f64> {
     (of > 0).then(|| found as f64 * 100.0 / of as f64)
 }
@@ -358,6 +366,7 @@ pub fn write_json(
     out.flush()
 }
 
+/// `histograms`: also the buckets of each group's dominant stage (the largest share).
 pub fn write_text(
     out: &mut impl Write,
     v: &View,
@@ -365,6 +374,14 @@ pub fn write_text(
     when: &str,
     histograms: bool,
 ) -> io::Result<()> {
+    let names =
+        |f: &Point, t: &Point| format!("{} → {}", point_name(*f, topo), point_name(*t, topo));
+    let width = v
+        .groups
+        .iter()
+        .flat_map(|g| g.stages.iter().map(|(f, t, _)| names(f, t).chars().count()))
+        .max()
+        .unwrap_or(0);
     let measured = match percent(v.measured.0, v.measured.1) {
         Some(p) => format!(
             "measured {p:.1}% ({} of {} sightings found the packet's previous one)",
@@ -387,6 +404,7 @@ pub fn write_text(
             g.packets(),
             short(per_packet as u64)
         )?;
+        let dominant = g.stages.iter().map(|s| s.2.sum_ns).max().unwrap_or(0);
         for (f, t, h) in &g.stages {
             let max = match h.max_ns {
                 Some(m) => format!("max {}", short(m)),
@@ -394,15 +412,15 @@ pub fn write_text(
             };
             writeln!(
                 out,
-                "  {:<52} {:<26} {:>8} {:>5.1}%  p50 < {:<7} p99 < {:<7} {max}",
-                format!("{} → {}", point_name(*f, topo), point_name(*t, topo)),
+                "  {:<width$}  {:<26} {:>8} {:>5.1}%  p50 < {:<7} p99 < {:<7} {max}",
+                names(f, t),
                 stage_word(*f, *t),
                 h.count(),
                 share(h, sum),
                 short(h.quantile_bound_ns(0.5)),
                 short(h.quantile_bound_ns(0.99)),
             )?;
-            if histograms {
+            if histograms && h.sum_ns == dominant && dominant > 0 {
                 let widest = h.buckets.values().copied().max().unwrap_or(1).max(1);
                 for (&b, &n) in &h.buckets {
                     let bar = "#".repeat(((n * 40).div_ceil(widest)) as usize);
@@ -421,8 +439,8 @@ pub fn write_text(
         let (f, t) = (Point::from(o.from), Point::from(o.to));
         writeln!(
             out,
-            "slowest: {:>8}  {} ({} → {})  {}",
-            short(o.gap_ns),
+            "slowest: {:>9}  {} ({} → {})  {}",
+            precise(o.gap_ns),
             stage_word(f, t),
             point_name(f, topo),
             point_name(t, topo),
