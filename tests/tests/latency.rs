@@ -429,3 +429,22 @@ fn by_container_separates_docker_containers_and_finds_the_one_behind_a_slow_queu
         "{first:#}"
     );
 }
+
+#[test]
+fn doctor_names_the_stage_tracepoints_this_kernel_has() {
+    require_root();
+    let doctor = probe_lab::doctor::Doctor::run().unwrap();
+    let stages = doctor
+        .backend("latency stages")
+        .expect("the stage tracepoints attach on every kernel of the matrix");
+    for t in ["qdisc_dequeue", "netif_rx", "netif_receive_skb"] {
+        assert!(stages.contains(t), "{stages}");
+    }
+    // qdisc_enqueue came with Linux 5.18.
+    let version = doctor.kernel_version().unwrap();
+    assert_eq!(
+        stages.contains("qdisc_enqueue"),
+        version >= (5, 18),
+        "{stages}"
+    );
+}

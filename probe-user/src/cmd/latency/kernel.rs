@@ -43,6 +43,9 @@ const STAGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// As `probe doctor` lists it.
+pub const NAME: &str = "latency stages";
+
 /// The stages inside the path as an observation point: attached with tc by the session, which
 /// also reads the skb offsets (`skb->dev`) the qdisc programs need into the layout.
 #[derive(Clone, Default)]
@@ -53,7 +56,7 @@ pub struct Stages {
 
 impl Point for Stages {
     fn name(&self) -> &'static str {
-        "latency stages"
+        NAME
     }
 
     fn shows(&self) -> &'static str {

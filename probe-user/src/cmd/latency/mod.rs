@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 use probe_common::{group_by, mode};
 use probe_pipeline::filter::Filter;
 
+pub use kernel::Stages;
 pub use model::{Histogram, Point, Snapshot};
 pub use render::{By, SCHEMA, line_schema};
 
