@@ -15,6 +15,10 @@ pub mod stage {
     pub const NETIF_RX: u8 = 4;
     /// `net:netif_receive_skb` of that packet: the backlog's softirq took it.
     pub const NETIF_RECEIVE: u8 = 5;
+    /// kprobe `br_handle_frame` on the port the packet entered by (the point's device).
+    pub const BR_HANDLE_FRAME: u8 = 6;
+    /// kprobe `br_forward`: the bridge chose the output port.
+    pub const BR_FORWARD: u8 = 7;
     /// `from` of a chain's first sighting (counted, to tell how many sightings found none).
     pub const START: u8 = 255;
 }

@@ -64,6 +64,8 @@ pub mod names {
     pub const RAW_TP_QDISC_DEQUEUE: &str = "latency_qdisc_dequeue";
     pub const RAW_TP_NETIF_RX: &str = "latency_netif_rx";
     pub const RAW_TP_NETIF_RECEIVE: &str = "latency_netif_receive_skb";
+    pub const KPROBE_BR_HANDLE_FRAME: &str = "latency_br_handle_frame";
+    pub const KPROBE_BR_FORWARD: &str = "latency_br_forward";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";

@@ -3,6 +3,7 @@
 //! `#[kprobe]`/... function around the module's work; what the modules share is in
 //! [`crate::shared`].
 
+pub mod bridge;
 pub mod chain;
 pub mod drop;
 pub mod fib;

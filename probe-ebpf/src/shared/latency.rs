@@ -169,6 +169,11 @@ pub fn record_stage(skb: u64, st: u8, dev_ifindex: u32, now: u64) {
             (after_egress || last.direction == stage::QDISC_ENQUEUE) && last.ifindex == dev_ifindex
         }
         stage::NETIF_RX => after_egress || last.direction == stage::QDISC_DEQUEUE,
+        stage::BR_HANDLE_FRAME => {
+            last.direction == direction::INGRESS && last.ifindex == dev_ifindex
+        }
+        // A frame from a port, or one the bridge device itself sends (br_dev_xmit).
+        stage::BR_FORWARD => last.direction == stage::BR_HANDLE_FRAME || after_egress,
         // A NAPI veth hands on without netif_rx.
         stage::NETIF_RECEIVE => {
             after_egress
@@ -202,7 +207,14 @@ fn tc_follows(last: HopPoint, at: HopPoint) -> bool {
     if last.ifindex == at.ifindex && last.direction == at.direction {
         return false;
     }
-    !(at.direction == direction::INGRESS && last.direction != direction::INGRESS)
+    !(at.direction == direction::INGRESS && !ingress_side(last.direction))
+}
+
+/// Points a packet passes before it leaves by a device: tc ingress and the bridge's input
+/// steps (a frame the bridge passes up reaches tc ingress on the bridge device next).
+#[inline(always)]
+fn ingress_side(at: u8) -> bool {
+    at == direction::INGRESS || at == stage::BR_HANDLE_FRAME || at == stage::BR_FORWARD
 }
 
 /// Starts `c` as a new chain at `at`, and counts the start (the measured fraction's "found

@@ -1,11 +1,11 @@
 //! `probe latency`'s side of the kernel: the stage tracepoints it attaches, the options it
 //! writes, and the maps it reads each interval.
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
-    programs::RawTracePoint,
+    programs::{KProbe, RawTracePoint},
 };
 use probe_common::{FlowKey, LatencyOptions, StageKey, StageStat, TopN, names, stage};
 
@@ -69,7 +69,7 @@ impl Point for Stages {
 
     fn prepare(&self, _: &Kernel, _: &mut KernelLayout, _: &mut Vec<String>) {}
 
-    fn attach(&self, bpf: &mut Ebpf, _: &Kernel, _: &KernelLayout) -> Outcome {
+    fn attach(&self, bpf: &mut Ebpf, kernel: &Kernel, _: &KernelLayout) -> Outcome {
         let mut attached = Vec::new();
         let mut missing = Vec::new();
         for (program, tracepoint, without) in STAGES {
@@ -81,15 +81,61 @@ impl Point for Stages {
                 }
             }
         }
+        let mut kprobes = Vec::new();
+        for (program, function) in BRIDGE_STEPS {
+            match attach_kprobe(bpf, kernel, program, function) {
+                Ok(()) => kprobes.push(*function),
+                Err(e) => {
+                    log::debug!("kprobe {function}: {e:#}");
+                    missing.push(format!(
+                        "{function}: {e:#}; the bridge's steps are inside forwarding"
+                    ));
+                }
+            }
+        }
         if let Ok(mut m) = self.missing.lock() {
             *m = missing.clone();
         }
-        if attached.is_empty() {
+        let mut how = Vec::new();
+        if !attached.is_empty() {
+            how.push(format!("raw tracepoint {}", attached.join(", ")));
+        }
+        if !kprobes.is_empty() {
+            how.push(format!("kprobe {}", kprobes.join(", ")));
+        }
+        if how.is_empty() {
             Outcome::Unavailable(missing.join("; "))
         } else {
-            Outcome::Attached(format!("raw tracepoint {}", attached.join(", ")))
+            Outcome::Attached(how.join("; "))
         }
     }
+}
+
+/// The bridge's own steps: (program, kernel function), kprobes where the kernel has them.
+const BRIDGE_STEPS: &[(&str, &str)] = &[
+    (names::KPROBE_BR_HANDLE_FRAME, "br_handle_frame"),
+    (names::KPROBE_BR_FORWARD, "br_forward"),
+];
+
+fn attach_kprobe(
+    bpf: &mut Ebpf,
+    kernel: &Kernel,
+    program: &str,
+    function: &str,
+) -> anyhow::Result<()> {
+    if !kernel.kprobes {
+        bail!("this kernel has no kprobes");
+    }
+    if !kernel.has_function(function) {
+        bail!("the kernel has no function {function} (bridge module not loaded?)");
+    }
+    let p: &mut KProbe = bpf
+        .program_mut(program)
+        .context("not in the eBPF object")?
+        .try_into()?;
+    p.load()?;
+    p.attach(function, 0)?;
+    Ok(())
 }
 
 fn attach_one(bpf: &mut Ebpf, program: &str, tracepoint: &str) -> anyhow::Result<()> {

@@ -37,6 +37,8 @@ impl Point {
             stage::QDISC_DEQUEUE => "qdisc dequeue",
             stage::NETIF_RX => "peer netif_rx",
             stage::NETIF_RECEIVE => "peer netif_receive_skb",
+            stage::BR_HANDLE_FRAME => "br_handle_frame",
+            stage::BR_FORWARD => "br_forward",
             _ => "?",
         }
     }
@@ -45,6 +47,10 @@ impl Point {
 /// What the time between two points is spent on.
 pub fn stage_word(from: Point, to: Point) -> &'static str {
     match (from.at, to.at) {
+        (_, stage::BR_HANDLE_FRAME) => "to the bridge",
+        (stage::BR_HANDLE_FRAME, stage::BR_FORWARD) => "bridge input (FDB, br_netfilter)",
+        (_, stage::BR_FORWARD) => "bridge device transmit",
+        (stage::BR_FORWARD, _) => "bridge output to the port",
         (_, stage::QDISC_ENQUEUE) => "to the qdisc",
         (_, stage::QDISC_DEQUEUE) => "queueing",
         (_, stage::NETIF_RX) => "transmit to the peer",
