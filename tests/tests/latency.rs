@@ -129,6 +129,11 @@ fn bridged_packets_are_counted_once_per_stage() {
             assert_eq!(s["stage"], word, "{s:#}");
         }
         assert!(stage(g, &from, &to).is_none(), "{t:#}");
+        // Straight to the terminal (the matrix's log shows which branch ran).
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: bridge steps measured by kprobes br_handle_frame and br_forward"
+        );
         stage(g, &fwd, &to).unwrap()
     } else {
         let unavailable = t["unavailable"].to_string();
