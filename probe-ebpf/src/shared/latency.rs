@@ -122,8 +122,10 @@ static OPTS: Array<LatencyOptions> = Array::with_max_entries(1, 0);
 
 /// A tc sighting in latency mode. `skb` is the classifier's context pointer, which is the
 /// packet's `struct sk_buff` (kept only as a map key: reading it as a number needs the
-/// privileges probe runs with anyway). `l2_len` is the link-layer header's length.
-#[inline(always)]
+/// privileges probe runs with anyway). `l2_len` is the link-layer header's length. Not
+/// inlined: its chain and keys live in their own stack frame, not the tc program's, which the
+/// filter's frame is added to (the verifier allows 512 bytes for a call chain).
+#[inline(never)]
 pub fn record_skb(skb: u64, p: &PacketInfo, l2_len: usize, at: HopPoint, now: u64) {
     let fp = fingerprint(p, l2_len);
     match CHAINS.get_ptr_mut(&skb) {
