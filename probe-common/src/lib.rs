@@ -27,12 +27,14 @@ macro_rules! pod {
 mod config;
 mod events;
 mod keys;
+mod latency;
 mod layout;
 mod watch;
 
 pub use config::*;
 pub use events::*;
 pub use keys::*;
+pub use latency::*;
 pub use layout::*;
 pub use watch::*;
 
@@ -57,6 +59,17 @@ pub mod names {
     pub const ADMITTED_FLOWS_MAP: &str = "ADMITTED_FLOWS";
     pub const LAST_SEEN_MAP: &str = "LAST_SEEN";
     pub const LATENCY_MAP: &str = "LATENCY";
+    pub const LATENCY_CHAINS_MAP: &str = "LATENCY_CHAINS";
+    pub const LATENCY_STAGES_MAP: &str = "LATENCY_STAGES";
+    pub const LATENCY_TOP_MAP: &str = "LATENCY_TOP";
+    pub const LATENCY_FLOWS_MAP: &str = "LATENCY_FLOWS";
+    pub const LATENCY_OPTS_MAP: &str = "LATENCY_OPTS";
+    pub const RAW_TP_QDISC_ENQUEUE: &str = "latency_qdisc_enqueue";
+    pub const RAW_TP_QDISC_DEQUEUE: &str = "latency_qdisc_dequeue";
+    pub const RAW_TP_NETIF_RX: &str = "latency_netif_rx";
+    pub const RAW_TP_NETIF_RECEIVE: &str = "latency_netif_receive_skb";
+    pub const KPROBE_BR_HANDLE_FRAME: &str = "latency_br_handle_frame";
+    pub const KPROBE_BR_FORWARD: &str = "latency_br_forward";
     pub const COUNTERS_MAP: &str = "COUNTERS";
     pub const TC_INGRESS: &str = "tc_ingress";
     pub const TC_EGRESS: &str = "tc_egress";
@@ -97,5 +110,8 @@ const _: () = assert!(size_of::<FilterInsn>() == 40);
 const _: () = assert!(size_of::<PacketKey>() == 8);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<HopBucket>() == 20);
+const _: () = assert!(size_of::<StageKey>() == 24);
+const _: () = assert!(size_of::<Chain>() == 64);
+const _: () = assert!(size_of::<Outlier>() == 72);
 const _: () = assert!(size_of::<DropCountKey>() == 24);
 const _: () = assert!(size_of::<RouteFailKey>() == 12);

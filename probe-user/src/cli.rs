@@ -48,10 +48,11 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         sudo probe latency --iface 'veth*'                  # every veth, both directions\n  \
         sudo probe latency --iface veth-a,veth-b -f 'tcp port 5201' --interval 5\n  \
-        sudo probe latency --netns lab-host --json --count 3\n\n\
-        Packets are told apart by IP protocol, IPv4 id and TCP sequence number, which NAT \
-        leaves alone; IPv6 and datagrams with IPv4 id 0 (unconnected UDP sockets) are not \
-        followed.")]
+        sudo probe latency --netns lab-host --json --count 3\n  \
+        sudo probe latency --iface 'veth*' --by container   # which container's traffic is slow\n\n\
+        Every packet is followed by its kernel buffer (skb), IPv6 and IPv4 id 0 included, \
+        through tc and the stages inside the path (qdisc queueing, the peer's backlog); each \
+        report says the fraction measured and names the slowest samples.")]
     Latency(LatencyArgs),
     /// Count drops, failed routing lookups and per-hop latency in the kernel (no event per
     /// packet) and serve them as Prometheus/OpenMetrics metrics on /metrics, until stopped.
@@ -266,9 +267,34 @@ pub struct LatencyArgs {
     /// Stop after this many reports.
     #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
-    /// JSON Lines: one line per hop pair and report (schema probe.latency/1).
+    /// JSON Lines: one line per report (schema probe.latency/2).
     #[arg(long)]
     pub json: bool,
+    /// Group the histograms: by flow (tuple at the first sighting), container (Docker name of
+    /// the interface the packet entered by) or interface (where probe first saw it); at most
+    /// 8 groups, the rest as `other`.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub by: Option<ByArg>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ByArg {
+    Flow,
+    Container,
+    Interface,
+}
+
+impl ByArg {
+    /// The grouping `--by` asks for (none without it).
+    pub fn grouping(b: Option<ByArg>) -> crate::cmd::latency::By {
+        use crate::cmd::latency::By;
+        match b {
+            None => By::None,
+            Some(ByArg::Flow) => By::Flow,
+            Some(ByArg::Container) => By::Container,
+            Some(ByArg::Interface) => By::Interface,
+        }
+    }
 }
 
 #[derive(Args)]

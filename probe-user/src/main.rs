@@ -165,12 +165,10 @@ fn latency(args: LatencyArgs) -> anyhow::Result<()> {
         json: args.json,
         ready_file: a.ready_file,
         backend: a.tc_backend.into(),
+        by: cli::ByArg::grouping(args.by),
     })?;
     let packets: u64 = totals.values().map(|h| h.count()).sum();
-    log::info!(
-        "{packets} packet hops measured over {} hop pair(s)",
-        totals.len()
-    );
+    log::info!("{packets} samples measured over {} stage(s)", totals.len());
     Ok(())
 }
 

@@ -140,7 +140,7 @@ mod tests {
     fn kinds_are_found_by_either_name() {
         assert_eq!(
             Kind::find("latency").unwrap().schema_name,
-            "probe.latency/1"
+            "probe.latency/2"
         );
         assert_eq!(Kind::find("probe.doctor/1").unwrap().name, "doctor");
         assert!(Kind::find("nope").is_none());

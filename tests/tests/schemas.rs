@@ -41,7 +41,7 @@ impl Schemas {
                 "probe.doctor/1",
                 "probe.event/1",
                 "probe.explain/1",
-                "probe.latency/1",
+                "probe.latency/2",
                 "probe.summary/1",
                 "probe.timeline/1"
             ]
@@ -352,7 +352,6 @@ fn latency_lines_validate() {
         "60",
     ])
     .unwrap();
-    // Connected, so each datagram has its own IPv4 id (the kernel tells packets apart by it).
     let dst = b.addr;
     let sender =
         a.ns.run(move || -> std::io::Result<UdpSocket> {
@@ -369,14 +368,17 @@ fn latency_lines_validate() {
     }
     let (stdout, _) = run.stop().unwrap();
     let seen = schemas.validate_lines(&stdout);
-    assert!(count(&seen, "probe.latency/1") > 0, "{stdout}");
+    assert!(count(&seen, "probe.latency/2") > 0, "{stdout}");
     let line: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let mut v = line.clone();
-    v["buckets"][0].as_object_mut().unwrap().remove("lt_ns");
-    schemas.assert_fails("probe.latency/1", "a bucket without lt_ns", &v);
+    v["groups"][0]["stages"][0]["buckets"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("lt_ns");
+    schemas.assert_fails("probe.latency/2", "a bucket without lt_ns", &v);
     let mut v = line;
     v.as_object_mut().unwrap().remove("total");
-    schemas.assert_fails("probe.latency/1", "no total", &v);
+    schemas.assert_fails("probe.latency/2", "no total", &v);
 }
 
 #[test]

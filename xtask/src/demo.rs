@@ -72,9 +72,9 @@ pub fn run(no_build: bool) -> anyhow::Result<()> {
         story(&lab).with_context(|| format!("story {title}"))?;
     }
     if color() {
-        println!("\n\x1b[1m== And for performance work: per-hop latency on the bridge ==\x1b[0m");
+        println!("\n\x1b[1m== And for performance work: per-stage latency on the bridge ==\x1b[0m");
     } else {
-        println!("\n== And for performance work: per-hop latency on the bridge ==");
+        println!("\n== And for performance work: per-stage latency on the bridge ==");
     }
     bridge_latency(&lab).context("the latency chapter")?;
     drop(lab);
@@ -317,55 +317,84 @@ fn icc(lab: &HostLab) -> anyhow::Result<()> {
 }
 
 fn bridge_latency(lab: &HostLab) -> anyhow::Result<()> {
-    const N: usize = 500;
+    const N: usize = 200;
     const PORT: u16 = 7400;
-    let db = lab.db().addr;
+    let (web, db) = (lab.web().addr, lab.db().addr);
     println!(
-        "`probe latency` measures in the kernel how long packets take between observation\n\
-         points, as histograms, with no event per packet. web sends {N} datagrams to db:{PORT}\n\
-         across docker0 (the bridge of the stories, icc rules gone)."
+        "`probe latency` follows every packet by its kernel buffer (skb) through tc and the\n\
+         stages inside the path, and adds the time of each stage to a histogram in the kernel:\n\
+         no event per packet. web sends {N} datagrams to db:{PORT} across docker0 while db sends\n\
+         {N} to web; db's veth gets a 20 Mbit/s queue (tbf), as a shaped or congested link has."
     );
     lab.icc_false(false)?;
-    let receiver = udp_listen(&lab.db().ns, db, PORT)?;
-    let sender = lab
-        .web()
-        .ns
-        .run(move || -> std::io::Result<std::net::UdpSocket> {
-            // Connected: each datagram gets its own IPv4 id, which is how probe tells them apart.
-            let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
-            s.connect((db, PORT))?;
-            Ok(s)
-        })??;
-    let mut buf = [0u8; 8];
-    sender.send(b"warm")?;
-    receiver.recv(&mut buf)?;
-    let filter = format!("udp port {PORT}");
-    let args = [
-        "latency",
-        "--netns",
-        lab.host().name(),
-        "--iface",
-        "veth-web,veth-db",
-        "--filter",
-        &filter,
-        "--interval",
-        "60",
+    let tbf = [
+        "qdisc", "add", "dev", "veth-db", "root", "tbf", "rate", "20mbit", "burst", "1600",
+        "limit", "200000",
     ];
-    println!("\n  $ probe {}", shell_words(&args));
-    let run = ProbeRun::start(&args)?;
-    for i in 0..N {
-        sender.send(&(i as u32).to_be_bytes())?;
-        // One at a time, as a request/response service would: no queue builds up.
-        receiver.recv(&mut buf)?;
-    }
-    let (stdout, _) = run.stop()?;
-    for line in stdout.lines() {
-        println!("  {line}");
-    }
+    lab.host().exec("tc", &tbf)?;
+    let chapter = (|| -> anyhow::Result<()> {
+        let at_db = udp_listen(&lab.db().ns, db, PORT)?;
+        let at_web = udp_listen(&lab.web().ns, web, PORT)?;
+        let connect = |to: std::net::Ipv4Addr| {
+            move || -> std::io::Result<std::net::UdpSocket> {
+                let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+                s.connect((to, PORT))?;
+                Ok(s)
+            }
+        };
+        let from_web = lab.web().ns.run(connect(db))??;
+        let from_db = lab.db().ns.run(connect(web))??;
+        let mut buf = [0u8; 1000];
+        from_web.send(b"warm")?;
+        at_db.recv(&mut buf)?;
+        from_db.send(b"warm")?;
+        at_web.recv(&mut buf)?;
+        let filter = format!("udp port {PORT}");
+        let args = [
+            "latency",
+            "--netns",
+            lab.host().name(),
+            "--iface",
+            "veth-web,veth-db",
+            "--filter",
+            &filter,
+            "--by",
+            "container",
+            "--interval",
+            "60",
+        ];
+        println!("\n  $ probe {}", shell_words(&args));
+        let run = ProbeRun::start(&args)?;
+        // Bursts of 10, as a batch job sends them: the queue on veth-db fills and drains.
+        for _ in 0..N / 10 {
+            for _ in 0..10 {
+                from_web.send(&[7u8; 1000])?;
+                from_db.send(&[7u8; 1000])?;
+            }
+            for _ in 0..10 {
+                at_db.recv(&mut buf)?;
+                at_web.recv(&mut buf)?;
+            }
+        }
+        let (stdout, _) = run.stop()?;
+        for line in stdout.lines() {
+            println!("  {line}");
+        }
+        Ok(())
+    })();
+    let removed = lab
+        .host()
+        .exec("tc", &["qdisc", "del", "dev", "veth-db", "root"]);
+    chapter?;
+    removed?;
     println!(
-        "\n  Reading it: every datagram entered the host at veth-web (ingress) and left at\n  \
-         veth-db (egress); the bridge forwarding between them took the time in the histogram.\n  \
-         Packets are told apart by IPv4 id and TCP sequence number, which NAT leaves alone."
+        "\n  Reading it: one block per container (by the veth its packets entered through; on a\n  \
+         Docker host, by the container's name). Each line is a stage of the path, in order:\n  \
+         forwarding (tc ingress on the sender's veth to tc egress on the receiver's: the bridge),\n  \
+         the qdisc (enqueue to dequeue: time in the queue), the hand-off to the veth's peer and\n  \
+         its backlog (softirq). The share says where the time went: web's packets spend it in\n  \
+         veth-db's queue, db's have none. `measured` says how many sightings found their\n  \
+         packet's previous one; `slowest` names the packets behind the p99."
     );
     Ok(())
 }

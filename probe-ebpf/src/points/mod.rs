@@ -3,9 +3,12 @@
 //! `#[kprobe]`/... function around the module's work; what the modules share is in
 //! [`crate::shared`].
 
+pub mod bridge;
 pub mod chain;
 pub mod drop;
 pub mod fib;
 pub mod fib_rules;
+pub mod netif;
 pub mod nf;
+pub mod qdisc;
 pub mod tc;

@@ -67,8 +67,11 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
             direction: dir,
             _pad: [0; 3],
         };
+        // The context is the packet's skb: its address is the packet's identity all along
+        // the path (see shared::latency).
+        let skb = ctx.skb.skb as u64;
         // SAFETY: helper without preconditions.
-        latency::record(&pkt, at, unsafe { bpf_ktime_get_ns() });
+        latency::record_skb(skb, &pkt, l2_len, at, unsafe { bpf_ktime_get_ns() });
         return Ok(());
     }
 

@@ -122,7 +122,9 @@ pub fn examine() -> Report {
             points: report_points,
         };
     }
-    let all = points::all();
+    let mut all = points::all();
+    // probe latency's stages inside the path (attached by probe latency only).
+    all.push(Box::new(crate::cmd::latency::Stages::default()));
     let outcomes = dry_run(&all, &kernel);
     let hook = outcomes.as_ref().ok().and_then(|o| {
         o.iter()

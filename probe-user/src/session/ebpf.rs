@@ -87,10 +87,16 @@ pub fn load(ringbuf_bytes: u32, layout: &KernelLayout, config: &Config) -> Resul
     if !matches!(config.mode, mode::LATENCY | mode::WATCH) {
         loader
             .map_max_entries(names::LAST_SEEN_MAP, UNUSED_MAP_ENTRIES)
-            .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES);
+            .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::LATENCY_CHAINS_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::LATENCY_STAGES_MAP, UNUSED_MAP_ENTRIES);
     } else {
         // No events in latency and watch mode: the ring buffer only has to exist.
         loader.map_max_entries(names::EVENTS_MAP, 4096);
+        // probe latency follows packets by skb (LATENCY_CHAINS), not by PacketKey.
+        loader
+            .map_max_entries(names::LAST_SEEN_MAP, UNUSED_MAP_ENTRIES)
+            .map_max_entries(names::LATENCY_MAP, UNUSED_MAP_ENTRIES);
     }
     Ok(loader.load(OBJECT)?)
 }

@@ -57,8 +57,8 @@ pub const CONFIGS: &[Config] = &[
         account: true,
     },
     Config {
-        name: "probe latency: both veths (histograms in the kernel)",
-        observer: Observer::Probe(&["latency", "--iface", "veth-c1,veth-c2"]),
+        name: "probe latency: both veths, every packet, stages, --by container (histograms in the kernel)",
+        observer: Observer::Probe(&["latency", "--iface", "veth-c1,veth-c2", "--by", "container"]),
         account: true,
     },
     Config {

@@ -46,6 +46,8 @@ const MODULES: &[&str] = &[
     "xt_MASQUERADE",
     "sch_ingress",
     "cls_bpf",
+    // The latency test's slow queue.
+    "sch_tbf",
 ];
 /// Tools the tests and probe call in the guest.
 const TOOLS: &[&str] = &[
