@@ -6,7 +6,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuHashMap};
-use probe_common::{DropCountKey, HopBucket, RouteFailKey, mode, names};
+use probe_common::{
+    DropCountKey, HopBucket, RouteFailKey, StageKey, StageStat, direction, mode, names,
+};
 use probe_pipeline::names::{DropReasons, KernelSymbols, RouteTables};
 
 use crate::{
@@ -40,8 +42,20 @@ pub struct WatchOptions {
 struct Maps {
     drops: PerCpuHashMap<MapData, DropCountKey, u64>,
     routes: PerCpuHashMap<MapData, RouteFailKey, u64>,
-    hops: PerCpuHashMap<MapData, HopBucket, u64>,
+    /// Latency mode's stage histograms: in watch mode only tc points feed them (no stage
+    /// tracepoints are attached), so every entry is a hop between two tc hooks.
+    hops: PerCpuHashMap<MapData, StageKey, StageStat>,
     counters: ebpf::Counters,
+}
+
+/// A tc-to-tc hop of the stage map as the metrics store counts it (None for chain starts).
+fn tc_hop(k: &StageKey) -> Option<HopBucket> {
+    let tc = |d: u8| d == direction::INGRESS || d == direction::EGRESS;
+    (tc(k.from.direction) && tc(k.to.direction)).then_some(HopBucket {
+        from: k.from,
+        to: k.to,
+        bucket: k.bucket,
+    })
 }
 
 impl Maps {
@@ -54,7 +68,7 @@ impl Maps {
         };
         let drops = take(probe_common::WATCH_DROPS_MAP)?;
         let routes = take(probe_common::WATCH_ROUTE_FAILS_MAP)?;
-        let hops = take(names::LATENCY_MAP)?;
+        let hops = take(names::LATENCY_STAGES_MAP)?;
         Ok(Self {
             drops: PerCpuHashMap::try_from(drops)
                 .context("the drop map has an unexpected shape")?,
@@ -79,7 +93,7 @@ impl Maps {
                     && (k.netns_inum == 0 || u64::from(k.netns_inum) == own_netns)
             })
             .collect();
-        let hops: Vec<HopBucket> = self
+        let hops: Vec<StageKey> = self
             .hops
             .keys()
             .filter_map(Result::ok)
@@ -91,7 +105,7 @@ impl Maps {
         for k in &hops {
             let _ = self.hops.remove(k);
         }
-        (drops, hops)
+        (drops, hops.iter().filter_map(tc_hop).collect())
     }
 
     /// Every entry, summed over CPUs.
@@ -106,7 +120,14 @@ impl Maps {
         KernelCounts {
             drops: all(&self.drops),
             route_failures: all(&self.routes),
-            hops: all(&self.hops),
+            hops: self
+                .hops
+                .iter()
+                .filter_map(Result::ok)
+                .filter_map(|(k, per_cpu)| {
+                    Some((tc_hop(&k)?, per_cpu.iter().map(|s| s.count).sum()))
+                })
+                .collect(),
             lost: Lost {
                 events: c.ringbuf_full,
                 latency_samples: c.latency_map_full,
