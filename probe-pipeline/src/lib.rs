@@ -14,6 +14,7 @@ pub mod filter;
 pub mod identity;
 pub mod knowledge;
 pub mod names;
+pub mod otlp;
 pub mod packet;
 pub mod pcapng;
 pub mod record;
