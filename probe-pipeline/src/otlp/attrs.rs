@@ -128,7 +128,10 @@ impl Attrs {
                 if let Some(h) = r.hook {
                     self.str("probe.hook", h.nft_name());
                 }
-                self.str("probe.table", format!("{} {}", r.family.nft_name(), r.table));
+                self.str(
+                    "probe.table",
+                    format!("{} {}", r.family.nft_name(), r.table),
+                );
                 self.str("probe.chain", r.chain.clone());
                 self.str("probe.verdict", r.verdict.as_str());
                 self.str("probe.decided_by", r.decided_by.as_str());

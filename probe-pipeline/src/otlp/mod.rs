@@ -53,10 +53,7 @@ impl Run {
         for b in seed {
             h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
         }
-        Run {
-            id: mix(h),
-            clock,
-        }
+        Run { id: mix(h), clock }
     }
 
     /// The trace id of packet `packet`: the run's id, then the packet's number.

@@ -234,10 +234,15 @@ fn a_dnat_journey_is_a_root_and_one_span_per_timed_hop() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 4, "span ids are unique");
-    assert!(spans.iter().all(|s| s.span_id.len() == 8 && s.span_id != [0; 8]));
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.span_id.len() == 8 && s.span_id != [0; 8])
+    );
 
     // Untimed verdicts: events of the interval their hook placed them in, at its start.
-    let events = |i: usize| -> Vec<&str> { spans[i].events.iter().map(|e| e.name.as_str()).collect() };
+    let events =
+        |i: usize| -> Vec<&str> { spans[i].events.iter().map(|e| e.name.as_str()).collect() };
     assert_eq!(events(1), ["ip nat/DOCKER (prerouting)"]);
     assert_eq!(events(2), ["ip filter/DOCKER (forward)"]);
     assert!(events(0).is_empty() && events(3).is_empty());
@@ -360,7 +365,10 @@ fn a_journey_of_verdicts_alone_says_its_times_are_untimed() {
     )]);
     let spans = spans(&j, &topo(), &diagnose(&j, &topo()), &run());
     assert_eq!(spans.len(), 1);
-    assert_eq!(attrs(&spans[0].attributes)["probe.untimed"], Value::BoolValue(true));
+    assert_eq!(
+        attrs(&spans[0].attributes)["probe.untimed"],
+        Value::BoolValue(true)
+    );
     assert_eq!(spans[0].events.len(), 1);
 }
 
@@ -399,5 +407,8 @@ fn the_sink_exports_the_timelines_it_shows() {
     assert_eq!(got[0].len(), 3);
     let line: serde_json::Value =
         serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
-    assert_eq!(got[0][0].trace_id, run().trace_id(line["id"].as_u64().unwrap()));
+    assert_eq!(
+        got[0][0].trace_id,
+        run().trace_id(line["id"].as_u64().unwrap())
+    );
 }
