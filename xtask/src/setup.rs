@@ -47,6 +47,8 @@ const TOOLS: &[(&str, &str)] = &[
     // The pcapng test reads probe's files with Wireshark's reader (apt runs it
     // non-interactively: wireshark-common's setuid question takes its default, no).
     ("tshark", "tshark"),
+    // The deployment test checks deploy/docker-compose.yaml with `docker-compose config`.
+    ("docker-compose", "docker-compose"),
 ];
 
 /// What the build needs to know about the set-up machine.
@@ -89,6 +91,7 @@ pub fn run() -> anyhow::Result<Toolchain> {
         run_cmd(Command::new("rustup").args(["toolchain", "link", DEBIAN_TOOLCHAIN, "/usr"]))?;
     }
     ensure_bpf_linker(debian)?;
+    crate::deploy_check::ensure();
     Ok(Toolchain {
         rustup_toolchain: toolchain,
     })
