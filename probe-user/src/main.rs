@@ -46,7 +46,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             let otlp = otlp
                 .as_deref()
                 .map(|url| {
-                    let mut o = probe::export::OtlpOptions::parse(url, 4096)?;
+                    let mut o =
+                        probe::export::OtlpOptions::parse(url, probe::export::otlp::DEFAULT_QUEUE)?;
                     o.wait_when_full = true;
                     probe::export::Exporter::start(&o, otlp_origin())
                 })

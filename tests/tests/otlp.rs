@@ -352,7 +352,9 @@ fn a_dropped_packet_arrives_as_an_error_with_its_reason_rule_and_cause() {
     lab.firewalld_forward_drop().unwrap();
     let receiver = Receiver::start();
     let mut sport = 0;
-    let (journeys, summary) = trace(&lab, &receiver.url, &["--rules", "--no-routes"], || {
+    let recording = probe_lab::TempFile::new("otlp-drop.probe");
+    let extra = ["--rules", "--no-routes", "--record", recording.path()];
+    let (journeys, summary) = trace(&lab, &receiver.url, &extra, || {
         sport = udp_send(&lab.web().ns, HostLab::OUTSIDE_ADDR, 53).unwrap();
     });
     assert_eq!(
@@ -393,6 +395,32 @@ fn a_dropped_packet_arrives_as_an_error_with_its_reason_rule_and_cause() {
     let ra = attrs(&rule.attributes);
     assert_eq!(text(&ra, "probe.verdict"), "drop");
     assert!(text(&ra, "probe.rule").ends_with("drop"), "{ra:#?}");
+
+    // The recording, replayed without root or kernel, exports the same trace.
+    let replayed = Receiver::start();
+    let out = std::process::Command::new(probe_lab::probe_binary())
+        .args(["replay", recording.path(), "--otlp", &replayed.url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = replayed.traces();
+    let names = |spans: &[Span]| {
+        let mut n: Vec<String> = spans.iter().map(|s| s.name.clone()).collect();
+        n.sort();
+        n
+    };
+    let same = &again[&dropped["id"].as_u64().unwrap()];
+    assert_eq!(names(same), names(spans));
+    let replayed_root = same.iter().find(|s| s.parent_span_id.is_empty()).unwrap();
+    assert_eq!(replayed_root.status, root.status);
+    assert_eq!(
+        replayed_root.start_time_unix_nano, root.start_time_unix_nano,
+        "the recording keeps the kernel's times"
+    );
 }
 
 /// A collector that accepts connections and never answers: every timeline is still printed,
@@ -521,4 +549,26 @@ fn an_unreachable_collector_is_reported() {
             .is_some_and(|e| e.contains("cannot connect to 127.0.0.1") && e.contains("refused")),
         "{summary:#}"
     );
+}
+
+/// A URL probe cannot send to is refused before anything is loaded, in one line.
+#[test]
+fn a_url_that_is_not_plain_http_is_refused_in_one_line() {
+    for (url, said) in [
+        ("https://collector:4318", "plain http://"),
+        ("http://:4318", "no host in the URL"),
+        ("http://collector:43x8", "is not a port number"),
+    ] {
+        let out = std::process::Command::new(probe_lab::probe_binary())
+            .args(["trace", "--otlp", url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("probe: error: --otlp {url}")) && stderr.contains(said),
+            "{stderr}"
+        );
+    }
 }
