@@ -167,6 +167,19 @@ fn lab() -> HostLab {
     HostLab::new(&Netns::unique_prefix()).unwrap()
 }
 
+/// Asserts that a summary line (with its `otlp` counts) is what docs/schema publishes.
+fn assert_published_summary(line: &Json) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/schema/probe.summary.json"
+    );
+    let schema: Json = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(line).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}: {line:#}");
+    assert!(line["otlp"].is_object(), "{line:#}");
+}
+
 /// Runs probe with `--json --otlp` around `traffic`: the timelines and the summary line.
 fn trace(lab: &HostLab, url: &str, extra: &[&str], traffic: impl FnOnce()) -> (Vec<Json>, Json) {
     let mut args = vec![
@@ -181,7 +194,9 @@ fn trace(lab: &HostLab, url: &str, extra: &[&str], traffic: impl FnOnce()) -> (V
     let run = ProbeRun::start(&args).unwrap();
     traffic();
     let (stdout, _) = run.stop().unwrap();
-    (json_lines(&stdout).unwrap(), json_summary(&stdout).unwrap())
+    let summary = json_summary(&stdout).unwrap();
+    assert_published_summary(&summary);
+    (json_lines(&stdout).unwrap(), summary)
 }
 
 /// The spans of timeline `j`, checked against it: a root named after the packet, one child
@@ -490,6 +505,7 @@ fn a_collector_that_never_answers_stalls_nothing_and_is_reported() {
         "every datagram's timeline is printed: {journeys:#?}"
     );
     let summary = json_summary(&stdout).unwrap();
+    assert_published_summary(&summary);
     let otlp = &summary["otlp"];
     assert_eq!(otlp["exported"], 0, "{summary:#}");
     assert_eq!(otlp["timelines"], summary["timelines"], "{summary:#}");
