@@ -15,6 +15,7 @@ pub mod host;
 pub mod identity;
 pub mod knowledge;
 pub mod names;
+pub mod otlp;
 pub mod packet;
 pub mod pcapng;
 pub mod record;

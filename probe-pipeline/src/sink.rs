@@ -10,13 +10,14 @@ use crate::{
     event::{Event, EventBody},
     filter::{Filter, Follower},
     names::Names,
+    otlp::{self, SpanExport},
     pcapng::PcapngWriter,
     record::RecordWriter,
     render::{
         Clock, Format, Renderer,
         timeline::{Style, render_finished},
     },
-    timeline::{Correlator, Journey, Limits, Tally},
+    timeline::{Correlator, Journey, Limits, Tally, diagnose},
     topology::Topology,
 };
 
@@ -86,6 +87,8 @@ pub struct Sink<W: Write> {
     recorder: Option<RecordWriter<Box<dyn Write>>>,
     /// Every timeline shown, also as pcapng blocks.
     pcapng: Option<PcapngWriter<Box<dyn Write>>>,
+    /// Every timeline shown, also as an OpenTelemetry trace (`--otlp`).
+    otlp: Option<(Box<dyn SpanExport>, otlp::Run)>,
     mode: Mode,
     netns: Option<u32>,
     limit: u64,
@@ -122,6 +125,7 @@ impl<W: Write> Sink<W> {
             names,
             recorder: None,
             pcapng: None,
+            otlp: None,
             mode,
             netns: opts.netns,
             limit: opts.limit.unwrap_or(u64::MAX),
@@ -140,6 +144,12 @@ impl<W: Write> Sink<W> {
     /// nothing is correlated, so there is no packet id to give).
     pub fn pcapng_to(&mut self, writer: PcapngWriter<Box<dyn Write>>) {
         self.pcapng = Some(writer);
+    }
+
+    /// Also hands every timeline shown, as the spans of one trace, to `export` (timelines
+    /// only, as for pcapng).
+    pub fn otlp_to(&mut self, export: Box<dyn SpanExport>, run: otlp::Run) {
+        self.otlp = Some((export, run));
     }
 
     /// Packet blocks written to the pcapng file.
@@ -282,6 +292,10 @@ impl<W: Write> Sink<W> {
             if let Some(p) = self.pcapng.as_mut() {
                 p.write_journey(&j, &self.topology)
                     .map_err(SinkError::Pcapng)?;
+            }
+            if let Some((export, run)) = self.otlp.as_mut() {
+                let diagnosis = diagnose(&j, &self.topology);
+                export.export(otlp::spans(&j, &self.topology, &diagnosis, run));
             }
             let text = render_finished(&j, &self.topology, *style, &mut self.stats.outcomes);
             let result = self.out.write_all(text.as_bytes());

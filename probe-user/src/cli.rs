@@ -41,7 +41,8 @@ pub enum Command {
         sudo probe trace --netns /proc/1234/ns/net --iface eth0 --count 10\n  \
         sudo probe trace --iface veth0 --tc-backend clsact\n  \
         sudo probe trace --pcapng trace.pcapng --count 20   # then: wireshark trace.pcapng\n  \
-        sudo probe trace --pcapng trace.pcapng --snaplen 128 host 172.17.0.2")]
+        sudo probe trace --pcapng trace.pcapng --snaplen 128 host 172.17.0.2\n  \
+        sudo probe trace --otlp http://127.0.0.1:4318   # each timeline as an OTLP trace")]
     Trace(TraceArgs),
     /// Measure how long packets take between observation points (per-hop latency), in the
     /// kernel, as log2 histograms printed every interval and in total at exit.
@@ -95,6 +96,11 @@ pub enum Command {
         /// where the trace copied them (--snaplen), else headers rebuilt from the fields.
         #[arg(long, value_name = "FILE", conflicts_with = "events")]
         pcapng: Option<PathBuf>,
+        /// Also export every timeline as an OpenTelemetry trace over OTLP/HTTP protobuf to URL
+        /// (http://HOST:PORT[/PATH]; the path /v1/traces when none is given). A replay waits
+        /// for the collector rather than leave timelines out.
+        #[arg(long, value_name = "URL", conflicts_with = "events")]
+        otlp: Option<String>,
     },
     /// Remove what killed probes left in a network namespace: their tc filters and the clsact
     /// qdiscs they created (from their ledgers in /run/probe), and their nftables trace
@@ -249,6 +255,21 @@ pub struct TraceArgs {
         value_parser = clap::value_parser!(u16).range(1..=probe_common::MAX_SNAPLEN as i64)
     )]
     pub snaplen: Option<u16>,
+    /// Also export every timeline as an OpenTelemetry trace over OTLP/HTTP protobuf to URL
+    /// (http://HOST:PORT[/PATH]; the path /v1/traces when none is given): a root span with the
+    /// diagnosis, one span per hop with the kernel's times. Never slows tracing: timelines the
+    /// collector cannot take in time are left out and counted.
+    #[arg(long, value_name = "URL", conflicts_with = "events")]
+    pub otlp: Option<String>,
+    /// Timelines the OTLP export queues at most while the collector is slow.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "otlp",
+        default_value_t = probe::export::otlp::DEFAULT_QUEUE as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub otlp_queue: u64,
     /// Stop after this many timelines (or events, with --events).
     #[arg(short = 'c', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,

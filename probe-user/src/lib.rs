@@ -7,6 +7,7 @@
 //! command starts with, and the [`cmd`]s themselves.
 
 pub mod cmd;
+pub mod export;
 pub mod host;
 pub mod kernel;
 pub mod metrics;

@@ -40,8 +40,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             filter,
             color,
             pcapng,
+            otlp,
         } => {
             let filter = filter.as_deref().map(Filter::parse).transpose()?;
+            let otlp = otlp
+                .as_deref()
+                .map(|url| {
+                    let mut o =
+                        probe::export::OtlpOptions::parse(url, probe::export::otlp::DEFAULT_QUEUE)?;
+                    o.wait_when_full = true;
+                    probe::export::Exporter::start(&o, otlp_origin())
+                })
+                .transpose()?;
             let stats = cmd::replay::run(cmd::replay::ReplayOptions {
                 path: &file,
                 format: format(json),
@@ -49,8 +59,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 filter,
                 color: color.enabled(),
                 pcapng: pcapng.as_deref(),
+                otlp: otlp.clone(),
             })?;
             log::info!("{}", cmd::replay_summary(&stats));
+            if let Some(report) = otlp.map(|e| e.finish()) {
+                log::info!("{}", report.describe());
+            }
             if let Some(out) = &pcapng {
                 log::info!(
                     "{} packet blocks written to {}",
@@ -177,6 +191,16 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
     if args.snaplen.is_some() && args.pcapng.is_none() && args.record.is_none() {
         anyhow::bail!("--snaplen copies packet bytes for --pcapng or --record; give one of them");
     }
+    // Started before entering --netns: the collector is reached from the host's network.
+    let otlp = args
+        .otlp
+        .as_deref()
+        .map(|url| {
+            let queue = usize::try_from(args.otlp_queue).unwrap_or(usize::MAX);
+            let o = probe::export::OtlpOptions::parse(url, queue)?;
+            probe::export::Exporter::start(&o, otlp_origin())
+        })
+        .transpose()?;
     let filter = cmd::prepare(a.filter_expr().as_deref(), a.netns.as_deref())?;
     let ringbuf_bytes = args
         .ringbuf_kib
@@ -203,6 +227,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
         ready_file: a.ready_file,
         backend: a.tc_backend.into(),
         ringbuf_bytes,
+        otlp,
     };
     let summary = cmd::trace::run(&opts)?;
     log::info!("{}", cmd::trace_summary(&summary, opts.events));
@@ -217,6 +242,18 @@ fn trace(args: TraceArgs) -> anyhow::Result<()> {
         print_all(cmd::trace_summary_json(&summary).as_bytes())?;
     }
     Ok(())
+}
+
+/// Who exported the spans: this host, its kernel, this probe.
+fn otlp_origin() -> probe_pipeline::otlp::Origin {
+    probe_pipeline::otlp::Origin {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        kernel: probe::kernel::release(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
 }
 
 /// Diagnostics go to stderr as `probe: ...` lines; RUST_LOG still overrides the level.

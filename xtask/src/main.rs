@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod deploy_check;
 mod image;
 mod interrupt;
 mod lab;

@@ -50,6 +50,8 @@ const TOOLS: &[(&str, &str)] = &[
     // The watch test's real Prometheus server (started by the test in a lab namespace; the
     // package's own service is kept from starting, see `Apt::install`).
     ("prometheus", "prometheus"),
+    // The deployment test checks deploy/docker-compose.yaml with `docker-compose config`.
+    ("docker-compose", "docker-compose"),
 ];
 
 /// Packages whose service must not run after installation: the tests start their own.
@@ -95,6 +97,7 @@ pub fn run() -> anyhow::Result<Toolchain> {
         run_cmd(Command::new("rustup").args(["toolchain", "link", DEBIAN_TOOLCHAIN, "/usr"]))?;
     }
     ensure_bpf_linker(debian)?;
+    crate::deploy_check::ensure();
     Ok(Toolchain {
         rustup_toolchain: toolchain,
     })

@@ -78,7 +78,7 @@ pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()>
             .env("PROBE_EBPF_TOOLCHAIN", &toolchain.rustup_toolchain),
     )?;
     // The image test runs what users run: the static binary in its image.
-    let image = if !wants_test(extra, "image") {
+    let image = if !wants_test(extra, "image") && !wants_test(extra, "deploy") {
         None
     } else if let Some(why) = crate::image::docker_unavailable() {
         status(&format!("no image for the image test: {why}"));
@@ -98,6 +98,7 @@ pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()>
         .env("PROBE_BIN", &bin)
         .env("PROBE_EBPF_TOOLCHAIN", &toolchain.rustup_toolchain)
         .envs(image.as_ref().map(|tag| ("PROBE_IMAGE", tag)))
+        .env("PROBE_K8S_VALIDATE", crate::deploy_check::validator())
         .stdout(Stdio::piped())
         .spawn()?;
     // Passed through as it comes, and kept for the matrix table.

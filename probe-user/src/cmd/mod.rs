@@ -126,6 +126,9 @@ pub fn trace_summary(s: &trace::Summary, events: bool) -> String {
     if s.malformed > 0 {
         line.push_str(&format!("; {} malformed events skipped", s.malformed));
     }
+    if let Some(otlp) = &s.otlp {
+        line.push_str(&format!("; {}", otlp.describe()));
+    }
     line
 }
 
@@ -164,6 +167,9 @@ struct TraceCounts<'a> {
     rule_messages_lost: u64,
     /// Events that could not be decoded.
     malformed: u64,
+    /// What the OpenTelemetry export did (`--otlp`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp: Option<&'a crate::export::Report>,
 }
 
 fn summary_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -199,6 +205,7 @@ pub fn trace_summary_json(s: &trace::Summary) -> String {
             filtered_in_kernel: s.filtered,
             rule_messages_lost: s.rules_lost,
             malformed: s.malformed,
+            otlp: s.otlp.as_ref(),
         }),
     }
     .line()
@@ -262,6 +269,7 @@ mod tests {
             rules_lost: 0,
             lost_per_cpu: vec![0, 3],
             filtered: 5,
+            otlp: None,
         };
         assert_eq!(
             trace_summary_json(&trace),

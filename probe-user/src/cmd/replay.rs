@@ -25,6 +25,8 @@ pub struct ReplayOptions<'a> {
     pub color: bool,
     /// Also write the timelines to this file as pcapng.
     pub pcapng: Option<&'a Path>,
+    /// Also export the timelines as OpenTelemetry traces (`--otlp`).
+    pub otlp: Option<crate::export::Exporter>,
 }
 
 pub fn run(o: ReplayOptions<'_>) -> anyhow::Result<Stats> {
@@ -35,6 +37,7 @@ pub fn run(o: ReplayOptions<'_>) -> anyhow::Result<Stats> {
         filter,
         color,
         pcapng,
+        otlp,
     } = o;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -70,6 +73,15 @@ pub fn run(o: ReplayOptions<'_>) -> anyhow::Result<Stats> {
         // Times as the recording machine told them, as the timelines print them.
         meta.clock = Some(opts_clock);
         sink.pcapng_to(super::pcapng_writer(out, file, &meta)?);
+    }
+    if let Some(exporter) = &otlp {
+        // The recording's own identity: replaying one file twice gives the same trace ids.
+        let seed = format!(
+            "{} {} {}",
+            reader.meta.host, reader.meta.kernel, opts_clock.realtime_minus_monotonic_ns
+        );
+        let run = probe_pipeline::otlp::Run::new(seed.as_bytes(), opts_clock);
+        sink.otlp_to(exporter.queue(), run);
     }
     loop {
         // Matched in place: an event is a few hundred bytes, and wrapping the result in

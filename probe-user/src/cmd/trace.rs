@@ -59,6 +59,9 @@ pub struct TraceOptions {
     pub ready_file: Option<PathBuf>,
     pub backend: tc::BackendChoice,
     pub ringbuf_bytes: u32,
+    /// Also export every timeline as an OpenTelemetry trace (`--otlp`), started before the
+    /// namespace was entered.
+    pub otlp: Option<crate::export::Exporter>,
 }
 
 /// What a trace saw, reported on exit.
@@ -74,6 +77,8 @@ pub struct Summary {
     pub lost_per_cpu: Vec<u64>,
     /// Sightings the filter turned away in the kernel (no event was written for them).
     pub filtered: u64,
+    /// What the OTLP export did (`--otlp`).
+    pub otlp: Option<crate::export::Report>,
 }
 
 /// `--rules`: probe's nftables table and the socket its trace messages arrive on.
@@ -171,6 +176,8 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         },
     ))?;
     summary.stats = sink.finish()?;
+    // The sink's queue is gone with it: what is left is sent now.
+    summary.otlp = opts.otlp.as_ref().map(|e| e.finish());
     let kernel = counters.read();
     summary.lost = kernel.ringbuf_full;
     summary.filtered = kernel.filtered;
@@ -239,6 +246,18 @@ fn sink(
     }
     if let Some((path, file)) = pcapng {
         sink.pcapng_to(super::pcapng_writer(path, file, &meta)?);
+    }
+    if let Some(exporter) = &opts.otlp {
+        // Trace ids of this run: the host, this process and when it started.
+        let seed = format!(
+            "{} {} {} {}",
+            meta.host,
+            std::process::id(),
+            clock.realtime_minus_monotonic_ns,
+            clock::monotonic_now_ns()
+        );
+        let run = probe_pipeline::otlp::Run::new(seed.as_bytes(), clock);
+        sink.otlp_to(exporter.queue(), run);
     }
     Ok(sink)
 }
