@@ -480,7 +480,15 @@ fn a_collector_that_never_answers_stalls_nothing_and_is_reported() {
         "2",
     ])
     .unwrap();
-    for _ in 0..DATAGRAMS {
+    // One timeline first, and the rest once the exporter is stuck posting it (the collector
+    // holds the connection): they can only queue, and a queue of 2 overflows.
+    sports.push(udp_send(&lab.web().ns, outside, 53).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the exporter never connected");
+        std::thread::yield_now();
+    }
+    for _ in 1..DATAGRAMS {
         sports.push(udp_send(&lab.web().ns, outside, 53).unwrap());
     }
     let stopped = Instant::now();
