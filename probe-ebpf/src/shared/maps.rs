@@ -1,14 +1,44 @@
 //! Maps shared by every program: the event ring buffer and per-CPU counters.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use probe_common::{DEFAULT_RINGBUF_BYTES, counter};
+
+use super::config;
 
 /// All events, from every program, in one ring buffer (userspace may resize it at load time).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+/// Submits an event. A wakeup of the reader is work the kernel defers to an interrupt (a
+/// self-IPI, microseconds on some machines): by default every submit that finds the reader
+/// caught up pays one, which under traffic is one per burst. Instead, submits wake the reader
+/// only while the unread data is at least `Config::wakeup_bytes` (a fraction of the ring set
+/// at load time); below it the reader's bounded poll interval collects them. Waking on every
+/// submit above the mark, not only on the one that crosses it, means that a wakeup the reader
+/// missed while draining is repeated by the next submit: nothing waits past the mark for the
+/// poll interval while the ring fills.
+#[inline(always)]
+pub fn submit<T>(entry: RingBufEntry<T>) {
+    entry.submit(wakeup_flags());
+}
+
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let mark = config::get(|c| &c.wakeup_bytes);
+    if mark == 0 {
+        return 0;
+    }
+    // Includes the entry being submitted (reserving moved the producer position).
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= u64::from(mark) {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 /// Indexed by `probe_common::counter::*`.
 #[map(name = "COUNTERS")]
