@@ -69,13 +69,11 @@ fn paced(dst: SocketAddrV4, rate: f64, secs: f64) -> anyhow::Result<(u64, f64)> 
         } else {
             u64::MAX
         };
-        if sent >= due {
-            let ahead = (sent - due) as f64 / rate;
-            if ahead > 200e-6 {
-                std::thread::sleep(Duration::from_secs_f64(ahead / 2.0));
-            } else {
-                std::hint::spin_loop();
-            }
+        // Paced: whole batches, sleeping until the next is due. Spinning instead would take a
+        // core from probe (three threads on two cores), and single sends cost more per packet.
+        if due < sent + BATCH as u64 {
+            let next = (sent + BATCH as u64) as f64 / rate;
+            std::thread::sleep(Duration::from_secs_f64((next - elapsed).clamp(1e-6, 0.01)));
             continue;
         }
         let n = (due - sent).min(BATCH as u64) as u32;
