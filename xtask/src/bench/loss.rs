@@ -146,7 +146,11 @@ fn trial(
         t.lost
     );
     if t.lost > 0
-        && let Some(line) = stopped.output.iter().rev().find(|l| l.contains(" LOST because"))
+        && let Some(line) = stopped
+            .output
+            .iter()
+            .rev()
+            .find(|l| l.contains(" LOST because"))
     {
         // Which CPUs lost, for telling a slow reader from a burst on one CPU.
         eprintln!("loss:   {line}");

@@ -2,7 +2,14 @@
 //! sender's threads go, counted where they arrive (c2's IP InReceives). TCP with GSO moves
 //! 64 KiB per sighting; here every frame is a sighting, so per-packet cost shows.
 
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use probe_lab::BridgeLab;
 
@@ -11,10 +18,12 @@ use super::sender;
 /// The discard port in c2.
 const PORT: u16 = 9;
 
-/// A socket in c2 that is never read: it takes the datagrams (dropping them once its buffer is
-/// full) so that no port-unreachable replies add packets.
+/// A socket in c2 read by a thread of its own, so that datagrams are consumed, not dropped
+/// (a full socket would drop every one, and each drop is a sighting of the drop tracepoint),
+/// and no port-unreachable replies add packets. The same reader runs in every configuration.
 pub struct Sink {
-    _socket: UdpSocket,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
     addr: Ipv4Addr,
 }
 
@@ -23,8 +32,18 @@ impl Sink {
         let c2 = lab.container("c2");
         let addr = c2.addr;
         let socket = c2.ns.run(move || UdpSocket::bind((addr, PORT)))??;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stopped.load(Ordering::Relaxed) {
+                let _ = socket.recv(&mut buf);
+            }
+        });
         Ok(Self {
-            _socket: socket,
+            stop,
+            reader: Some(reader),
             addr,
         })
     }
@@ -41,5 +60,14 @@ impl Sink {
         )?;
         let after = sender::ip_in_receives(c2)?;
         Ok(after.saturating_sub(before) as f64 / took.max(1e-3))
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 }
