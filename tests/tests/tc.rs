@@ -814,8 +814,9 @@ fn a_lone_packet_on_an_idle_host_is_delivered() {
 }
 
 /// A burst several times the wakeup mark (a sixteenth of the default 4 MiB ring, about 2,700
-/// events) but within the ring: every datagram sent is one sighting, none lost, however the
-/// wakeups and the bounded poll share the work.
+/// sightings; the programs wake the reader each time the unread data passes a multiple of it)
+/// but within the ring: every datagram sent is one sighting, none lost, however the wakeups
+/// and the bounded poll share the work.
 #[test]
 fn a_burst_past_the_wakeup_mark_is_delivered_complete() {
     require_root();
