@@ -70,9 +70,10 @@ pub struct Config {
     /// Inode of the traced network namespace, where the tc programs are attached: a packet
     /// they see arrived in it.
     pub netns_inum: u32,
-    /// Unread bytes in the event ring buffer at which a submit wakes the reader; below it,
-    /// events are submitted without a wakeup and the reader's bounded poll interval collects
-    /// them. 0: the kernel's own policy (a wakeup whenever the reader had caught up).
+    /// A submit wakes the reader only when its event takes the unread data in the event ring
+    /// buffer past a multiple of this many bytes; other events are submitted without a wakeup
+    /// and the reader's bounded poll interval collects them. 0: the kernel's own policy (a
+    /// wakeup whenever the reader had caught up).
     pub wakeup_bytes: u32,
     /// 1 when the routing-decision probes are attached: tc ingress then notes each packet's
     /// arrival for them (the namespace of the input lookup that follows).

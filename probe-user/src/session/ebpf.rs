@@ -64,12 +64,13 @@ fn memory_bytes() -> Option<u64> {
 /// Entries of a map the configuration leaves unused: the smallest size every map type takes.
 const UNUSED_MAP_ENTRIES: u32 = 256;
 
-/// The part of the ring buffer that may fill before a submit wakes the reader (see the eBPF
+/// The share of the ring buffer that fills between two wakeups of the reader (see the eBPF
 /// side's `maps::submit`). Small enough that the ring still has room for what arrives while
 /// the reader wakes and drains; large enough that a wakeup serves thousands of events.
 const WAKEUP_FRACTION: u32 = 16;
 
-/// Unread bytes at which the programs wake the reader, for a ring of `ringbuf_bytes`.
+/// The step of unread bytes at which the programs wake the reader, for a ring of
+/// `ringbuf_bytes`.
 /// `PROBE_WAKEUP_BYTES` overrides it, for the bench's measurements (0: the kernel's own
 /// policy, a wakeup whenever the reader had caught up).
 pub fn wakeup_bytes(ringbuf_bytes: u32) -> u32 {
