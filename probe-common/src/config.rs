@@ -73,6 +73,15 @@ pub struct Config {
     /// Inode of the traced network namespace, where the tc programs are attached: a packet
     /// they see arrived in it.
     pub netns_inum: u32,
+    /// A submit wakes the reader only when its event takes the unread data in the event ring
+    /// buffer past a multiple of this many bytes; other events are submitted without a wakeup
+    /// and the reader's bounded poll interval collects them. 0: the kernel's own policy (a
+    /// wakeup whenever the reader had caught up).
+    pub wakeup_bytes: u32,
+    /// 1 when the routing-decision probes are attached: tc ingress then notes each packet's
+    /// arrival for them (the namespace of the input lookup that follows).
+    pub routes: u8,
+    pub _pad2: [u8; 3],
     pub filter: [FilterInsn; MAX_FILTER_INSNS],
 }
 pod!(Config);
@@ -84,6 +93,9 @@ impl Config {
         snaplen: 0,
         filter_len: 0,
         netns_inum: 0,
+        wakeup_bytes: 0,
+        routes: 0,
+        _pad2: [0; 3],
         filter: [FilterInsn {
             addr: [0; 16],
             mask: [0; 16],

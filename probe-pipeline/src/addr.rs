@@ -10,9 +10,43 @@ impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             IpAddr::V6(v6) => write!(f, "[{v6}]:{}", self.1),
-            v4 => write!(f, "{v4}:{}", self.1),
+            IpAddr::V4(v4) => {
+                // Written by hand into one buffer: every text timeline line names endpoints,
+                // and the formatting machinery cost more than the rest of the line.
+                let mut buf = [0u8; 21]; // "255.255.255.255:65535"
+                let mut n = 0;
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    n += decimal(&mut buf[n..], u32::from(octet));
+                }
+                buf[n] = b':';
+                n += 1;
+                n += decimal(&mut buf[n..], u32::from(self.1));
+                f.write_str(std::str::from_utf8(&buf[..n]).map_err(|_| fmt::Error)?)
+            }
         }
     }
+}
+
+/// Writes `v` (at most 65535) in decimal at the start of `out`; returns the digits written.
+fn decimal(out: &mut [u8], v: u32) -> usize {
+    let mut digits = [0u8; 5];
+    let (mut v, mut len) = (v, 0);
+    loop {
+        digits[len] = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 || len == digits.len() {
+            break;
+        }
+    }
+    for (slot, d) in out.iter_mut().zip(digits[..len].iter().rev()) {
+        *slot = *d;
+    }
+    len
 }
 
 /// `addr` with every bit past the prefix cleared.

@@ -84,6 +84,13 @@ enum Task {
         /// One short round of everything, to check the bench itself (figures are not kept).
         #[arg(long)]
         quick: bool,
+        /// Measure only these parts, comma-separated: tcp (with progs, the per-program
+        /// costs), udp64, loss, startup, replay, fuzz. Default: all.
+        #[arg(long, value_name = "PARTS")]
+        only: Option<String>,
+        /// Seconds of mutation fuzz on the bench's recording (default 30; --quick 5).
+        #[arg(long, value_name = "SECS")]
+        fuzz_seconds: Option<f64>,
     },
     /// Write probe's man pages (probe.1, probe-trace.1, ...) into target/man, generated from
     /// its command-line definitions; read one with `man -l target/man/probe-trace.1`.
@@ -170,7 +177,19 @@ fn main() -> ExitCode {
             args,
         } => tasks::test(&args, (!no_vm).then_some(kernels)),
         Task::Lab { action } => lab::run(action),
-        Task::Bench { no_build, quick } => bench::run(no_build, quick),
+        Task::Bench {
+            no_build,
+            quick,
+            only,
+            fuzz_seconds,
+        } => bench::run(
+            no_build,
+            bench::Options {
+                quick,
+                only,
+                fuzz_seconds,
+            },
+        ),
         Task::BenchRusage { command } => bench::rusage(&command),
         Task::Soak { no_build, minutes } => bench::soak(no_build, minutes),
         Task::Man => tasks::man(),

@@ -153,7 +153,7 @@ fn leave(verdict: u32) {
             engine: entry.engine,
             source: probe_source::KRETPROBE,
         });
-        slot.submit(0);
+        maps::submit(slot);
     } else {
         maps::bump(counter::RINGBUF_FULL);
     }

@@ -82,6 +82,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         protocol,
         _pad: 0,
     });
-    entry.submit(0);
+    maps::submit(entry);
     Ok(())
 }

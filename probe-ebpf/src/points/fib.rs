@@ -139,7 +139,7 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
         entry.discard(0);
         return Ok(());
     }
-    entry.submit(0);
+    maps::submit(entry);
     Ok(())
 }
 
@@ -304,7 +304,7 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
         entry.discard(0);
         return Ok(());
     }
-    entry.submit(0);
+    maps::submit(entry);
     Ok(())
 }
 

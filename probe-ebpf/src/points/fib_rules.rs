@@ -94,7 +94,7 @@ pub fn fib_rules_lookup_kretprobe(ctx: RetProbeContext) -> u32 {
             source: probe_source::KRETPROBE,
             _pad: 0,
         });
-        slot.submit(0);
+        maps::submit(slot);
     } else {
         maps::bump(counter::RINGBUF_FULL);
     }

@@ -138,6 +138,6 @@ fn leave(id: u64, ret: i32, source: u8) {
         source,
         _pad: [0; 5],
     });
-    slot.submit(0);
+    maps::submit(slot);
     let _ = NF_ENTRIES.remove(&key);
 }

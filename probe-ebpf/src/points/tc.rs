@@ -51,9 +51,13 @@ fn observe(ctx: &TcContext, dir: u8, l2_len: usize) -> i32 {
 fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
     // SAFETY: `skb` is the program's context pointer, valid for the whole invocation.
     let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
-    if dir == direction::INGRESS {
+    // One clock read per packet, taken here only when the routing probes need the arrival
+    // (a load-time constant: without them the branch is gone); otherwise when an event is made.
+    let mut now = 0;
+    if dir == direction::INGRESS && config::get(|c| &c.routes) != 0 {
         // SAFETY: helper without preconditions.
-        netns::saw_ingress(ifindex, unsafe { bpf_ktime_get_ns() });
+        now = unsafe { bpf_ktime_get_ns() };
+        netns::saw_ingress(ifindex, now);
     }
     let mut pkt = PacketInfo::default();
     packet::parse(ctx, l2_len, &mut pkt);
@@ -70,8 +74,7 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
         // The context is the packet's skb: its address is the packet's identity all along
         // the path (see shared::latency).
         let skb = ctx.skb.skb as u64;
-        // SAFETY: helper without preconditions.
-        latency::record_skb(skb, &pkt, l2_len, at, unsafe { bpf_ktime_get_ns() });
+        latency::record_skb(skb, &pkt, l2_len, at, clock(now));
         return Ok(());
     }
 
@@ -81,7 +84,7 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
     if snaplen != 0 {
         return observe_with_bytes(
             ctx,
-            sighting(kind::TC_SNAP, pkt, ifindex, mark, dir),
+            sighting(kind::TC_SNAP, pkt, ifindex, mark, dir, now),
             l2_len,
             snaplen,
         );
@@ -90,8 +93,8 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
         ring_full(ctx);
         return Err(());
     };
-    entry.write(sighting(kind::TC, pkt, ifindex, mark, dir));
-    entry.submit(0);
+    entry.write(sighting(kind::TC, pkt, ifindex, mark, dir, now));
+    maps::submit(entry);
     Ok(())
 }
 
@@ -102,10 +105,29 @@ fn ring_full(ctx: &TcContext) {
     }
 }
 
+/// `now` if the clock was already read for this packet, else the clock.
 #[inline(always)]
-fn sighting(event_kind: u16, pkt: PacketInfo, ifindex: u32, mark: u32, dir: u8) -> TcEvent {
-    // SAFETY: helpers without side effects.
-    let (ts_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+fn clock(now: u64) -> u64 {
+    if now != 0 {
+        now
+    } else {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+#[inline(always)]
+fn sighting(
+    event_kind: u16,
+    pkt: PacketInfo,
+    ifindex: u32,
+    mark: u32,
+    dir: u8,
+    now: u64,
+) -> TcEvent {
+    let ts_ns = clock(now);
+    // SAFETY: helper without side effects.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
     // bpf_get_netns_cookie is refused in tc programs before Linux 6.15, and the programs must
     // load everywhere: the namespace is told by the interface instead.
     TcEvent {
@@ -172,6 +194,6 @@ fn observe_with_bytes(ctx: &TcContext, tc: TcEvent, l2_len: usize, snaplen: u16)
     }
     // SAFETY: as above.
     unsafe { core::ptr::addr_of_mut!((*event).cap_len).write(copied) };
-    entry.submit(0);
+    maps::submit(entry);
     Ok(())
 }

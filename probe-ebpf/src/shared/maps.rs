@@ -1,14 +1,53 @@
 //! Maps shared by every program: the event ring buffer and per-CPU counters.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf, ring_buf::RingBufEntry},
 };
 use probe_common::{DEFAULT_RINGBUF_BYTES, counter};
+
+use super::config;
 
 /// All events, from every program, in one ring buffer (userspace may resize it at load time).
 #[map(name = "EVENTS")]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RINGBUF_BYTES, 0);
+
+/// Submits an event. A wakeup of the reader is work the kernel defers to an interrupt (a
+/// self-IPI, microseconds on some machines): by default every submit that finds the reader
+/// caught up pays one, which under traffic is one per burst. Instead a submit wakes the reader
+/// only when its event takes the unread data past a multiple of `Config::wakeup_bytes` (a
+/// fraction of the ring, set at load time); the reader's bounded poll interval collects
+/// whatever stays below. Waking at each multiple, not at every submit past the first, keeps a
+/// reader that has fallen behind from being woken (one interrupt each) by every event, and
+/// a crossing missed in a race between CPUs is made good at the next multiple.
+#[inline(always)]
+pub fn submit<T>(entry: RingBufEntry<T>) {
+    entry.submit(wakeup_flags(record_len::<T>()));
+}
+
+/// Bytes an entry of `T` takes in the ring: the kernel's 8-byte record header, then `T`, to a
+/// multiple of 8.
+#[inline(always)]
+const fn record_len<T>() -> u64 {
+    ((core::mem::size_of::<T>() + 8 + 7) & !7) as u64
+}
+
+#[inline(always)]
+fn wakeup_flags(len: u64) -> u64 {
+    let mark = u64::from(config::get(|c| &c.wakeup_bytes));
+    if mark == 0 {
+        return 0;
+    }
+    // Includes this entry (reserving moved the producer position), and whatever other CPUs
+    // reserved since.
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if unread / mark > unread.saturating_sub(len) / mark {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
 
 /// Indexed by `probe_common::counter::*`.
 #[map(name = "COUNTERS")]

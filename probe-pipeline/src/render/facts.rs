@@ -2,7 +2,7 @@
 //! namespace's own terms, with Docker's names), which container it concerns, and what
 //! happened there. Text and JSON timelines, and event lines, all take their words from here.
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::IpAddr};
 
 use crate::{
     addr::Endpoint,
@@ -245,35 +245,104 @@ pub fn non_ip_kind(ethertype: u16) -> String {
 
 /// tcpdump-like one-line summary of a packet.
 pub fn packet_text(p: &Packet) -> String {
-    let mut s = match &p.ip {
-        Some(ip) => ip_text(ip),
-        None => non_ip_kind(p.ethertype),
-    };
-    let _ = write!(s, " len {}", p.len);
-    if p.truncated {
-        s.push_str(" (truncated)");
-    }
+    let mut s = String::with_capacity(64);
+    write_packet(&mut s, p);
     s
 }
 
-fn ip_text(ip: &IpHeader) -> String {
+/// [`packet_text`], appended to `out`: TCP and UDP without allocating (a text timeline writes
+/// one per hop).
+pub fn write_packet(out: &mut String, p: &Packet) {
+    match &p.ip {
+        Some(ip) => write_ip(out, ip),
+        None => out.push_str(&non_ip_kind(p.ethertype)),
+    }
+    out.push_str(" len ");
+    push_decimal(out, u64::from(p.len));
+    if p.truncated {
+        out.push_str(" (truncated)");
+    }
+}
+
+/// What happened at a hop ([`what`]), appended to `out`; a tc sighting without allocating.
+pub fn write_what(out: &mut String, e: &Event) {
+    match &e.body {
+        EventBody::Tc(t) => write_packet(out, &t.packet),
+        _ => out.push_str(&what(e)),
+    }
+}
+
+/// `v` in decimal (what `write!(out, "{v}")` gives, without the formatting machinery).
+pub fn push_decimal(out: &mut String, mut v: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        out.push(char::from(d));
+    }
+}
+
+/// `10.0.0.1:53` or `[fd00::1]:53`, as [`Endpoint`] shows it.
+fn push_endpoint(out: &mut String, addr: IpAddr, port: u16) {
+    match addr {
+        IpAddr::V4(v4) => {
+            push_ipv4(out, v4);
+            out.push(':');
+            push_decimal(out, u64::from(port));
+        }
+        v6 => {
+            let _ = write!(out, "{}", Endpoint(v6, port));
+        }
+    }
+}
+
+fn push_ipv4(out: &mut String, a: std::net::Ipv4Addr) {
+    for (i, octet) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        push_decimal(out, u64::from(octet));
+    }
+}
+
+fn write_ip(out: &mut String, ip: &IpHeader) {
     match &ip.l4 {
         Some(L4Header::Tcp {
             sport,
             dport,
             seq,
             tcp_flags,
-        }) => format!(
-            "tcp {} > {} [{tcp_flags}] seq {seq}",
-            Endpoint(ip.src, *sport),
-            Endpoint(ip.dst, *dport)
-        ),
+        }) => {
+            out.push_str("tcp ");
+            push_endpoint(out, ip.src, *sport);
+            out.push_str(" > ");
+            push_endpoint(out, ip.dst, *dport);
+            let _ = write!(out, " [{tcp_flags}] seq ");
+            push_decimal(out, u64::from(*seq));
+        }
         Some(L4Header::Udp { sport, dport }) => {
-            format!(
-                "udp {} > {}",
-                Endpoint(ip.src, *sport),
-                Endpoint(ip.dst, *dport)
-            )
+            out.push_str("udp ");
+            push_endpoint(out, ip.src, *sport);
+            out.push_str(" > ");
+            push_endpoint(out, ip.dst, *dport);
+        }
+        _ => out.push_str(&ip_text(ip)),
+    }
+}
+
+fn ip_text(ip: &IpHeader) -> String {
+    match &ip.l4 {
+        Some(L4Header::Tcp { .. }) | Some(L4Header::Udp { .. }) => {
+            let mut s = String::with_capacity(48);
+            write_ip(&mut s, ip);
+            s
         }
         Some(L4Header::Icmp {
             icmp_type,
@@ -318,5 +387,77 @@ fn icmp_name(proto: Transport, t: u8, code: u8) -> String {
         name.to_owned()
     } else {
         format!("{name} code {code}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::event::TcpFlags;
+
+    fn packet(src: &str, dst: &str, l4: L4Header, len: u32, truncated: bool) -> Packet {
+        let src: IpAddr = src.parse().unwrap();
+        let dst: IpAddr = dst.parse().unwrap();
+        Packet {
+            ethertype: if src.is_ipv4() { 0x0800 } else { 0x86dd },
+            len,
+            ip: Some(IpHeader {
+                src,
+                dst,
+                proto: match l4 {
+                    L4Header::Tcp { .. } => Transport::Tcp,
+                    _ => Transport::Udp,
+                },
+                ip_id: 7,
+                fragment: false,
+                l4: Some(l4),
+            }),
+            truncated,
+        }
+    }
+
+    /// The allocation-free writer says what the formatting machinery said.
+    #[test]
+    fn packet_text_matches_the_formatted_form() {
+        let tcp = L4Header::Tcp {
+            sport: 40_000,
+            dport: 80,
+            seq: u32::MAX,
+            tcp_flags: TcpFlags(TcpFlags::SYN),
+        };
+        let udp = L4Header::Udp { sport: 0, dport: 9 };
+        for (p, expected) in [
+            (
+                packet("172.17.0.2", "255.0.10.1", tcp.clone(), 60, false),
+                format!(
+                    "tcp {} > {} [{}] seq {} len 60",
+                    Endpoint("172.17.0.2".parse().unwrap(), 40_000),
+                    Endpoint("255.0.10.1".parse().unwrap(), 80),
+                    TcpFlags(TcpFlags::SYN),
+                    u32::MAX
+                ),
+            ),
+            (
+                packet("0.0.0.0", "10.99.0.2", udp.clone(), 0, true),
+                "udp 0.0.0.0:0 > 10.99.0.2:9 len 0 (truncated)".to_owned(),
+            ),
+            (
+                packet("fd00::1", "fd00::2", udp, 4_294_967_295, false),
+                "udp [fd00::1]:0 > [fd00::2]:9 len 4294967295".to_owned(),
+            ),
+        ] {
+            assert_eq!(packet_text(&p), expected);
+        }
+    }
+
+    #[test]
+    fn decimals() {
+        for v in [0, 9, 10, 255, 65_535, u64::MAX] {
+            let mut s = String::new();
+            push_decimal(&mut s, v);
+            assert_eq!(s, v.to_string());
+        }
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{
     Clock,
-    facts::{self, container, place, what, write_place},
+    facts::{self, container, place, what, write_place, write_what},
 };
 use crate::{
     event::{Event, EventBody},
@@ -134,7 +134,7 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
         if dropped {
             s.push_str(RED);
         }
-        s.push_str(&what(&h.event));
+        write_what(&mut s, &h.event);
         if dropped {
             s.push_str(RESET);
         }

@@ -486,7 +486,7 @@ impl Correlator {
     /// Decisions that are complete (`done`) go where lookups go: to their packet's journey,
     /// or to wait for it.
     fn close_decisions(&mut self, done: impl Fn(&Event) -> bool) {
-        if self.deciding.is_empty() {
+        if !self.deciding.iter().any(&done) {
             return;
         }
         let (closed, open): (Vec<Event>, Vec<Event>) = std::mem::take(&mut self.deciding)
@@ -644,6 +644,12 @@ impl Correlator {
 /// (its first tc egress or drop). Untimed hops take the time of the hop they follow as their
 /// ordering key; ties keep the order the kernel reported them in.
 fn order_untimed(hops: Vec<Hop>) -> Vec<Hop> {
+    if !hops.iter().any(|h| h.untimed) {
+        // The common case, in place: the same stable sort, without moving every hop twice.
+        let mut hops = hops;
+        hops.sort_by_key(|h| h.ts_ns);
+        return hops;
+    }
     let (mut timed, untimed): (Vec<Hop>, Vec<Hop>) = hops.into_iter().partition(|h| !h.untimed);
     timed.sort_by_key(|h| h.ts_ns);
     if untimed.is_empty() {

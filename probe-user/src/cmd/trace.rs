@@ -24,7 +24,7 @@ use crate::{
     points::{self, drops, netfilter, rules, tc},
     session::{
         self, Session, StartOptions, Stops, clock, ebpf,
-        poll::{pollable, readable},
+        poll::{poll_timer, pollable, readable},
     },
 };
 
@@ -336,6 +336,8 @@ async fn stream(
     // look every 100 ms.
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(100));
     let mut seen_lost = 0u64;
+    // Events below the programs' wakeup mark wake nobody: collect them within the bound.
+    let mut poll = poll_timer();
     let mut summary = Summary::default();
     // Interfaces changed since the last tick: bridges' subnets and uplinks may have too.
     let mut routes_stale = false;
@@ -346,6 +348,11 @@ async fn stream(
                 let done = drain(guard.get_inner_mut(), sink, &mut summary)?;
                 guard.clear_ready();
                 if done {
+                    break;
+                }
+            }
+            _ = poll.tick() => {
+                if drain(ring.get_mut(), sink, &mut summary)? {
                     break;
                 }
             }

@@ -64,11 +64,33 @@ fn memory_bytes() -> Option<u64> {
 /// Entries of a map the configuration leaves unused: the smallest size every map type takes.
 const UNUSED_MAP_ENTRIES: u32 = 256;
 
+/// The share of the ring buffer that fills between two wakeups of the reader (see the eBPF
+/// side's `maps::submit`). Small enough that the ring still has room for what arrives while
+/// the reader wakes and drains; large enough that a wakeup serves thousands of events.
+const WAKEUP_FRACTION: u32 = 16;
+
+/// The step of unread bytes at which the programs wake the reader, for a ring of
+/// `ringbuf_bytes`.
+/// `PROBE_WAKEUP_BYTES` overrides it, for the bench's measurements (0: the kernel's own
+/// policy, a wakeup whenever the reader had caught up).
+pub fn wakeup_bytes(ringbuf_bytes: u32) -> u32 {
+    std::env::var("PROBE_WAKEUP_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(ringbuf_bytes / WAKEUP_FRACTION, |b| {
+            b.min(ringbuf_bytes / 2)
+        })
+}
+
 /// Loads the object with this kernel's layout and the run's configuration (maps created,
 /// programs not yet loaded). Maps the configuration does not use are made small.
 pub fn load(ringbuf_bytes: u32, layout: &KernelLayout, config: &Config) -> Result<Ebpf, LoadError> {
     check_ringbuf_size(ringbuf_bytes)?;
     raise_memlock_limit();
+    let config = &Config {
+        wakeup_bytes: wakeup_bytes(ringbuf_bytes),
+        ..*config
+    };
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(names::EVENTS_MAP, ringbuf_bytes)

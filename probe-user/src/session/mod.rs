@@ -82,7 +82,12 @@ impl Session {
         for m in &missing {
             log::debug!("not available on this kernel: {m}");
         }
-        let config = ebpf::config(opts.mode, opts.filter, opts.snaplen);
+        let mut config = ebpf::config(opts.mode, opts.filter, opts.snaplen);
+        config.routes = opts
+            .points
+            .iter()
+            .any(|p| p.name() == points::routes::DECISIONS)
+            .into();
         let mut bpf = ebpf::load(opts.ringbuf_bytes, &layout, &config)?;
         let mut topology = host::topology(&host::links());
         let watch = match opts.tc {

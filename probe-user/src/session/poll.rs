@@ -1,6 +1,6 @@
 //! Descriptors on the event loop: ring buffers, netlink sockets, the eBPF log.
 
-use std::{io, os::fd::AsRawFd};
+use std::{io, os::fd::AsRawFd, time::Duration};
 
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -20,4 +20,22 @@ pub async fn readable<T: AsRawFd>(
         Some(l) => l.readable_mut().await,
         None => std::future::pending().await,
     }
+}
+
+/// Longest an event waits in the ring buffer before the reader looks: the programs wake the
+/// reader only once a share of the ring is unread (`ebpf::wakeup_bytes`), so a lone packet on
+/// an idle host is collected by this timer instead. `PROBE_POLL_MS` overrides it, for the
+/// bench's measurements.
+pub const POLL_BOUND: Duration = Duration::from_millis(10);
+
+/// A timer for the bounded poll: a late tick is not made up with a burst of ticks.
+pub fn poll_timer() -> tokio::time::Interval {
+    let period = std::env::var("PROBE_POLL_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(POLL_BOUND, Duration::from_millis);
+    let mut timer = tokio::time::interval(period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
 }

@@ -7,10 +7,9 @@
 //! so no port-unreachable replies add sightings. The count per packet is measured, not assumed.
 
 use std::{
-    net::{Ipv4Addr, UdpSocket},
-    os::fd::AsRawFd as _,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -85,67 +84,6 @@ pub struct LossResult {
     pub sightings_per_packet: f64,
 }
 
-/// Sends UDP from `ns` to the routed namespace at `rate` packets/s (`f64::INFINITY`: as fast as
-/// it can) for `secs`; returns (packets sent, seconds taken).
-fn send(ns: &str, rate: f64, secs: f64) -> anyhow::Result<(u64, f64)> {
-    probe_lab::in_netns(ns, move || paced_sender(rate, secs))?
-}
-
-fn paced_sender(rate: f64, secs: f64) -> anyhow::Result<(u64, f64)> {
-    const BATCH: usize = 32;
-    let sock = UdpSocket::bind("0.0.0.0:0")?;
-    // Connected, so the kernel numbers each datagram's IP id (unconnected ones with DF carry
-    // id 0) and every packet has an identity of its own, as TCP segments do.
-    sock.connect((OUT_ADDR, PORT))?;
-    let payload = [0u8; 18];
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut _,
-        iov_len: payload.len(),
-    };
-    // SAFETY: plain data; every pointer below outlives the sendmmsg calls.
-    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for m in &mut msgs {
-        m.msg_hdr.msg_iov = &mut iov;
-        m.msg_hdr.msg_iovlen = 1;
-    }
-    let start = Instant::now();
-    let mut sent = 0u64;
-    loop {
-        let elapsed = start.elapsed().as_secs_f64();
-        if elapsed >= secs {
-            return Ok((sent, elapsed));
-        }
-        let due = if rate.is_finite() {
-            (rate * elapsed) as u64
-        } else {
-            u64::MAX
-        };
-        if sent >= due {
-            let ahead = (sent - due) as f64 / rate;
-            if ahead > 200e-6 {
-                std::thread::sleep(Duration::from_secs_f64(ahead / 2.0));
-            } else {
-                std::hint::spin_loop();
-            }
-            continue;
-        }
-        let n = (due - sent).min(BATCH as u64) as u32;
-        // SAFETY: msgs points at live data (see above).
-        let rc = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), n, 0) };
-        if rc > 0 {
-            sent += rc as u64;
-        } else {
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                // ECONNREFUSED: the receiver's (rate-limited) port unreachable, reported on the
-                // next send.
-                Some(libc::ENOBUFS | libc::EAGAIN | libc::EINTR | libc::ECONNREFUSED) => {}
-                _ => return Err(e).context("sendmmsg"),
-            }
-        }
-    }
-}
-
 /// "probe: N timelines from M events, none lost" / "...; K LOST because ..." → (M, K).
 fn parse_summary(lines: &[String]) -> Option<(u64, u64)> {
     let line = lines.iter().rev().find(|l| {
@@ -178,7 +116,7 @@ fn trial(
         .args(extra);
     let run = Running::start(cmd, false, Ready::Line("probe: tracing "))?;
     let sender = lab.container("c1").ns.name().to_owned();
-    let sent = send(&sender, rate, secs);
+    let sent = super::sender::send(&sender, SocketAddrV4::new(OUT_ADDR, PORT), rate, secs);
     // Let probe drain what the ring still holds before it is stopped.
     std::thread::sleep(Duration::from_millis(300));
     let stopped = run.stop()?;
@@ -207,6 +145,16 @@ fn trial(
         t.events,
         t.lost
     );
+    if t.lost > 0
+        && let Some(line) = stopped
+            .output
+            .iter()
+            .rev()
+            .find(|l| l.contains(" LOST because"))
+    {
+        // Which CPUs lost, for telling a slow reader from a burst on one CPU.
+        eprintln!("loss:   {line}");
+    }
     Ok(t)
 }
 

@@ -8,11 +8,15 @@
 mod fuzz;
 mod loss;
 mod observers;
+mod parts;
 mod process;
 mod progs;
 mod replay;
 mod report;
+mod sender;
 mod soak;
+mod startup;
+mod udp;
 
 pub use replay::rusage;
 
@@ -23,6 +27,7 @@ use probe_lab::BridgeLab;
 
 use crate::privilege::{as_root, is_root};
 use observers::{CONFIGS, Observer};
+pub use parts::Part;
 use process::{Ready, Running};
 use progs::{ProgramCost, StatsEnabled};
 
@@ -46,7 +51,7 @@ const FULL: Plan = Plan {
     loss_seconds: 2.0,
     bisections: 3,
     replay_events: 4_000_000,
-    fuzz_seconds: 300.0,
+    fuzz_seconds: 30.0,
 };
 const QUICK: Plan = Plan {
     rounds: 1,
@@ -54,13 +59,14 @@ const QUICK: Plan = Plan {
     loss_seconds: 1.0,
     bisections: 1,
     replay_events: 400_000,
-    fuzz_seconds: 10.0,
+    fuzz_seconds: 5.0,
 };
 
 /// One configuration's results over the rounds.
 pub struct Measured {
     pub name: &'static str,
-    pub gbps: Vec<f64>,
+    /// Per round, in the set's unit (Gbit/s for TCP, packets/s for small UDP).
+    pub values: Vec<f64>,
     /// Observed / baseline of the same round.
     pub ratios: Vec<f64>,
     /// Why it did not run, if it could not.
@@ -93,36 +99,94 @@ fn as_root_with_probe(no_build: bool, args: &[&str]) -> anyhow::Result<std::path
     Ok(bin)
 }
 
-pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
-    let args: &[&str] = if quick {
-        &["bench", "--no-build", "--quick"]
-    } else {
-        &["bench", "--no-build"]
-    };
-    let bin = as_root_with_probe(no_build, args)?;
-    let plan = if quick { QUICK } else { FULL };
+/// What one `cargo xtask bench` measures: which parts, how long.
+pub struct Options {
+    pub quick: bool,
+    /// `--only`: a comma-separated list of parts; None: all.
+    pub only: Option<String>,
+    /// Overrides the plan's seconds of mutation fuzz.
+    pub fuzz_seconds: Option<f64>,
+}
+
+/// Everything one run measured (parts left out are empty or None).
+pub struct Results {
+    pub tcp: Vec<Measured>,
+    pub udp64: Vec<Measured>,
+    pub losses: Vec<loss::LossResult>,
+    pub startup: Option<startup::Startup>,
+    pub replays: Option<Replays>,
+}
+
+pub fn run(no_build: bool, opts: Options) -> anyhow::Result<()> {
+    let parts = parts::parse(opts.only.as_deref())?;
+    let only = parts::arg(&parts);
+    let fuzz = opts.fuzz_seconds.map(|s| s.to_string());
+    let mut args = vec!["bench", "--no-build"];
+    if opts.quick {
+        args.push("--quick");
+    }
+    if let Some(list) = &only {
+        args.extend(["--only", list]);
+    }
+    if let Some(secs) = &fuzz {
+        args.extend(["--fuzz-seconds", secs]);
+    }
+    let bin = as_root_with_probe(no_build, &args)?;
+    let mut plan = if opts.quick { QUICK } else { FULL };
+    if let Some(secs) = opts.fuzz_seconds {
+        plan.fuzz_seconds = secs;
+    }
+    let wants = |p: Part| parts.contains(&p);
     let _tracefs = TracefsMount::ensure();
     let busy_before = load_average();
 
     let lab = BridgeLab::new(PREFIX, &["c1", "c2"])?;
     let server = lab.container("c2").addr.to_string();
-    let measured = throughput_rounds(&bin, &lab, &server, plan)?;
-
-    let routed = loss::RoutedOut::new(&lab, PREFIX)?;
-    let mut losses = Vec::new();
-    for (mode, args) in [("timelines", &[][..]), ("--events", &["--events"][..])] {
-        losses.push(loss::search(
+    let mut results = Results {
+        tcp: Vec::new(),
+        udp64: Vec::new(),
+        losses: Vec::new(),
+        startup: None,
+        replays: None,
+    };
+    if wants(Part::Tcp) {
+        results.tcp = throughput_rounds(&bin, &lab, plan, "Gbit/s", || {
+            iperf(&lab, &server, plan.seconds)
+        })?;
+    }
+    if wants(Part::Udp64) {
+        let sink = udp::Sink::new(&lab)?;
+        results.udp64 = throughput_rounds(&bin, &lab, plan, "packets/s", || {
+            sink.measure(&lab, plan.seconds)
+        })?;
+    }
+    if wants(Part::Loss) {
+        let routed = loss::RoutedOut::new(&lab, PREFIX)?;
+        for (mode, args) in [("timelines", &[][..]), ("--events", &["--events"][..])] {
+            results.losses.push(loss::search(
+                &bin,
+                &lab,
+                mode,
+                args,
+                plan.loss_seconds,
+                plan.bisections,
+            )?);
+        }
+        drop(routed);
+    }
+    if wants(Part::Startup) {
+        results.startup = Some(startup::measure(&bin, &lab)?);
+    }
+    if wants(Part::Replay) || wants(Part::Fuzz) {
+        results.replays = Some(replay_throughput(
             &bin,
             &lab,
-            mode,
-            args,
-            plan.loss_seconds,
-            plan.bisections,
+            &server,
+            plan,
+            wants(Part::Replay),
+            wants(Part::Fuzz),
         )?);
     }
-    drop(routed);
-
-    let replays = replay_throughput(&bin, &lab, &server, plan)?;
     drop(lab);
     let busy_after = load_average();
 
@@ -138,11 +202,15 @@ pub fn run(no_build: bool, quick: bool) -> anyhow::Result<()> {
         load_before: busy_before,
         load_after: busy_after,
     };
-    report::write(&machine, plan, &measured, &losses, &replays)?;
+    report::write(&machine, plan, &results)?;
+    let panics = results
+        .replays
+        .as_ref()
+        .and_then(|r| r.fuzz.as_ref())
+        .map_or(0, |f| f.panics);
     ensure!(
-        replays.fuzz.panics == 0,
-        "the replay path panicked on {} damaged recordings",
-        replays.fuzz.panics
+        panics == 0,
+        "the replay path panicked on {panics} damaged recordings"
     );
     Ok(())
 }
@@ -155,17 +223,20 @@ pub fn soak(no_build: bool, minutes: f64) -> anyhow::Result<()> {
     soak::run(&bin, minutes)
 }
 
+/// Every configuration measured with `measure` (a figure in `unit`, higher is better), rounds
+/// interleaved, each round's ratios against that round's baseline.
 fn throughput_rounds(
     bin: &Path,
     lab: &BridgeLab,
-    server: &str,
     plan: Plan,
+    unit: &str,
+    measure: impl Fn() -> anyhow::Result<f64>,
 ) -> anyhow::Result<Vec<Measured>> {
     let mut measured: Vec<Measured> = CONFIGS
         .iter()
         .map(|c| Measured {
             name: c.name,
-            gbps: Vec::new(),
+            values: Vec::new(),
             ratios: Vec::new(),
             unavailable: observers::unavailable(c.observer),
             notes: Vec::new(),
@@ -197,7 +268,7 @@ fn throughput_rounds(
             };
             let account = config.account && round + 1 == plan.rounds;
             let stats = account.then(StatsEnabled::new).transpose()?;
-            let gbps = iperf(lab, server, plan.seconds)?;
+            let value = measure()?;
             if let (Some(_), Some(pid)) = (&stats, started.pid()) {
                 m.programs = progs::of_process(pid);
             }
@@ -206,15 +277,15 @@ fn throughput_rounds(
             if let Some(s) = &stopped {
                 note_outcome(config.observer, s, round, m);
             }
-            m.gbps.push(gbps);
+            m.values.push(value);
             if i == 0 {
-                baseline = Some(gbps);
+                baseline = Some(value);
             }
             if let Some(b) = baseline {
-                m.ratios.push(gbps / b);
+                m.ratios.push(value / b);
             }
             eprintln!(
-                "round {}/{}: {:<60} {gbps:.2} Gbit/s",
+                "round {}/{}: {:<60} {value:.2} {unit}",
                 round + 1,
                 plan.rounds,
                 config.name
@@ -312,7 +383,7 @@ pub struct Replays {
     /// A replay of a recording with no events: start-up, subtracted from the others.
     pub startup: replay::ReplayRun,
     pub runs: Vec<(&'static str, replay::ReplayRun)>,
-    pub fuzz: fuzz::Fuzzed,
+    pub fuzz: Option<fuzz::Fuzzed>,
 }
 
 fn replay_throughput(
@@ -320,6 +391,8 @@ fn replay_throughput(
     lab: &BridgeLab,
     server: &str,
     plan: Plan,
+    replay: bool,
+    fuzz: bool,
 ) -> anyhow::Result<Replays> {
     let dir = std::env::temp_dir();
     let small = dir.join(format!("probe-bench-{}.rec", std::process::id()));
@@ -339,11 +412,24 @@ fn replay_throughput(
     let run = Running::start(cmd, false, Ready::Line("probe: tracing "))?;
     iperf(lab, server, plan.seconds)?;
     run.stop()?;
-    let fuzz = fuzz::run(&small, plan.fuzz_seconds)?;
-    eprintln!(
-        "fuzz: {} mutations of the recording in {:.0} s, {} refused with an error, {} panics",
-        fuzz.mutations, fuzz.seconds, fuzz.errors, fuzz.panics
-    );
+    let fuzz = if fuzz {
+        let f = fuzz::run(&small, plan.fuzz_seconds)?;
+        eprintln!(
+            "fuzz: {} mutations of the recording in {:.0} s, {} refused with an error, {} panics",
+            f.mutations, f.seconds, f.errors, f.panics
+        );
+        Some(f)
+    } else {
+        None
+    };
+    if !replay {
+        return Ok(Replays {
+            recorded_events: 0,
+            startup: replay::ReplayRun::default(),
+            runs: Vec::new(),
+            fuzz,
+        });
+    }
     let (n_quarter, recorded_events) = replay::enlarge(&small, &quarter, plan.replay_events / 4)?;
     let (n_big, _) = replay::enlarge(&small, &big, plan.replay_events)?;
     replay::enlarge(&small, &empty, 0)?;

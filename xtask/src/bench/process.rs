@@ -112,6 +112,23 @@ impl Running {
         self.child.id()
     }
 
+    /// Waits (up to `timeout`) until `count` more lines contain `text`; false on timeout.
+    pub fn wait_for(&mut self, text: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut found = 0;
+        while found < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    found += usize::from(line.contains(text));
+                    self.seen.push(line);
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
     /// Sends SIGINT, waits (killing it after [`STOP_TIMEOUT`]) and collects its output.
     pub fn stop(mut self) -> anyhow::Result<Stopped> {
         let died_early = self.child.try_wait()?.is_some();

@@ -71,6 +71,7 @@ pub fn of_process(pid: u32) -> Vec<ProgramCost> {
         let kind = match ty.as_str() {
             "3" => "tc",
             "5" => "tracepoint",
+            "17" => "raw tracepoint",
             "2" => "kprobe",
             "26" => "tracing",
             other => other,

@@ -17,6 +17,7 @@ const KIND_RAW: u8 = 1;
 const COPY_GAP_NS: u64 = 10_000_000_000;
 
 /// How a recording was replayed.
+#[derive(Default)]
 pub struct ReplayRun {
     pub events: u64,
     /// CPU time (user + system) of the replaying process: its one-core cost, insensitive to

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::{Measured, Plan, Replays, loss::LossResult};
+use super::{Measured, Plan, Results};
 
 pub struct Machine {
     pub cores: usize,
@@ -31,17 +31,17 @@ fn spread(v: &[f64]) -> (f64, f64) {
     (lo, hi)
 }
 
-fn markdown(
-    machine: &Machine,
-    plan: Plan,
+/// A throughput set's table: each configuration's median (in `unit`, scaled by `scale`),
+/// spread and ratio to the baseline of the same rounds, then its notes.
+fn throughput_table(
+    md: &mut String,
+    unit: &str,
+    scale: f64,
     measured: &[Measured],
-    losses: &[LossResult],
-    replays: &Replays,
-) -> Result<String, std::fmt::Error> {
-    let mut md = String::new();
+) -> std::fmt::Result {
     writeln!(
         md,
-        "| configuration | median Gbit/s | spread | ratio to baseline (median, spread) |"
+        "| configuration | median {unit} | spread | ratio to baseline (median, spread) |"
     )?;
     writeln!(md, "|---|---|---|---|")?;
     for m in measured {
@@ -49,13 +49,14 @@ fn markdown(
             writeln!(md, "| {} | not available here: {why} | | |", m.name)?;
             continue;
         }
-        let (lo, hi) = spread(&m.gbps);
+        let values: Vec<f64> = m.values.iter().map(|v| v / scale).collect();
+        let (lo, hi) = spread(&values);
         let (rlo, rhi) = spread(&m.ratios);
         writeln!(
             md,
             "| {} | {:.2} | {lo:.2}–{hi:.2} | {:.3} ({rlo:.3}–{rhi:.3}) |",
             m.name,
-            median(&m.gbps),
+            median(&values),
             median(&m.ratios)
         )?;
     }
@@ -66,26 +67,52 @@ fn markdown(
     if !notes.is_empty() {
         writeln!(md, "\n{}", notes.join("\n"))?;
     }
+    Ok(())
+}
 
-    writeln!(md)?;
-    writeln!(
-        md,
-        "| eBPF program (kernel accounting, last round) | configuration | runs | ns per run |"
-    )?;
-    writeln!(md, "|---|---|---|---|")?;
-    for m in measured.iter().filter(|m| !m.programs.is_empty()) {
-        for p in &m.programs {
-            writeln!(
-                md,
-                "| {} | {} | {} | {:.0} |",
-                p.name,
-                m.name,
-                p.runs,
-                p.ns_per_run()
-            )?;
+fn markdown(machine: &Machine, plan: Plan, r: &Results) -> Result<String, std::fmt::Error> {
+    let mut md = String::new();
+    if !r.tcp.is_empty() {
+        writeln!(md, "TCP (iperf3, c1 to c2 across the lab bridge):\n")?;
+        throughput_table(&mut md, "Gbit/s", 1.0, &r.tcp)?;
+        writeln!(md)?;
+    }
+    if !r.udp64.is_empty() {
+        writeln!(
+            md,
+            "64-byte UDP frames, c1 to c2 across the lab bridge, {} sender threads flat out, \
+             counted on arrival:\n",
+            super::sender::THREADS
+        )?;
+        throughput_table(&mut md, "k packets/s", 1e3, &r.udp64)?;
+        writeln!(md)?;
+    }
+    let sets = [("TCP", &r.tcp), ("UDP 64 B", &r.udp64)];
+    if sets
+        .iter()
+        .any(|(_, s)| s.iter().any(|m| !m.programs.is_empty()))
+    {
+        writeln!(
+            md,
+            "| eBPF program (kernel accounting, last round) | configuration | runs | ns per run |"
+        )?;
+        writeln!(md, "|---|---|---|---|")?;
+    }
+    for (set, measured) in sets {
+        for m in measured.iter().filter(|m| !m.programs.is_empty()) {
+            for p in &m.programs {
+                writeln!(
+                    md,
+                    "| {} | {set}: {} | {} | {:.0} |",
+                    p.name,
+                    m.name,
+                    p.runs,
+                    p.ns_per_run()
+                )?;
+            }
         }
     }
-
+    let losses = &r.losses;
     for loss in losses {
         writeln!(md)?;
         let lossless = loss.lossless_pps;
@@ -127,40 +154,60 @@ fn markdown(
             }
         )?;
     }
-    writeln!(md)?;
-    writeln!(
-        md,
-        "| replay of a recording ({} events recorded, repeated) | events | M events per CPU-second | M events/s wall | peak RSS MiB |",
-        replays.recorded_events
-    )?;
-    writeln!(md, "|---|---|---|---|---|")?;
-    for (what, r) in &replays.runs {
+    if let Some(st) = &r.startup {
         writeln!(
             md,
-            "| {what} | {} | {:.2} | {:.2} | {:.1} |",
-            r.events,
-            r.per_cpu_second(&replays.startup) / 1e6,
-            r.per_wall_second(&replays.startup) / 1e6,
-            r.peak_rss_kib as f64 / 1024.0
+            "\nStart-up: launch to ready with {} veths to attach: {:.3} s (target 1 s: {}); \
+             {} veths created while tracing attached at {:.0} per second{}.",
+            super::startup::VETHS,
+            st.ready_s,
+            if st.ready_s <= 1.0 { "met" } else { "missed" },
+            super::startup::VETHS,
+            st.attach_per_s,
+            if st.all_attached {
+                ""
+            } else {
+                " (not all within 60 s)"
+            }
+        )?;
+    }
+    if let Some(replays) = r.replays.as_ref().filter(|r| !r.runs.is_empty()) {
+        writeln!(md)?;
+        writeln!(
+            md,
+            "| replay of a recording ({} events recorded, repeated) | events | M events per CPU-second | M events/s wall | peak RSS MiB |",
+            replays.recorded_events
+        )?;
+        writeln!(md, "|---|---|---|---|---|")?;
+        for (what, run) in &replays.runs {
+            writeln!(
+                md,
+                "| {what} | {} | {:.2} | {:.2} | {:.1} |",
+                run.events,
+                run.per_cpu_second(&replays.startup) / 1e6,
+                run.per_wall_second(&replays.startup) / 1e6,
+                run.peak_rss_kib as f64 / 1024.0
+            )?;
+        }
+        writeln!(
+            md,
+            "\nReplay rates leave out start-up (a replay of no events: {:.3} s CPU, {:.3} s wall).",
+            replays.startup.cpu_s, replays.startup.wall_s
+        )?;
+    }
+    if let Some(f) = r.replays.as_ref().and_then(|r| r.fuzz.as_ref()) {
+        writeln!(
+            md,
+            "\nMutation fuzz of the start of the recording ({} bytes: flipped bits, cuts, repeated chunks, \
+             rewritten lengths), each replayed through decode, correlation and rendering: {} \
+             mutations in {:.0} s, {} refused with a clear error, **{} panics**.",
+            f.file_bytes, f.mutations, f.seconds, f.errors, f.panics
         )?;
     }
     writeln!(
         md,
-        "\nReplay rates leave out start-up (a replay of no events: {:.3} s CPU, {:.3} s wall).",
-        replays.startup.cpu_s, replays.startup.wall_s
-    )?;
-    let f = &replays.fuzz;
-    writeln!(
-        md,
-        "\nMutation fuzz of the start of the recording ({} bytes: flipped bits, cuts, repeated chunks, \
-         rewritten lengths), each replayed through decode, correlation and rendering: {} \
-         mutations in {:.0} s, {} refused with a clear error, **{} panics**.",
-        f.file_bytes, f.mutations, f.seconds, f.errors, f.panics
-    )?;
-    writeln!(
-        md,
         "\nMachine: {} cores ({}), kernel {}; load average {} before, {} after. {} rounds of {} s \
-         iperf3 TCP per configuration, interleaved; loss trials of {} s.",
+         iperf3 TCP (and of 64-byte UDP) per configuration, interleaved; loss trials of {} s.",
         machine.cores,
         machine.cpu,
         machine.kernel,
@@ -173,13 +220,30 @@ fn markdown(
     Ok(md)
 }
 
-fn to_json(
-    machine: &Machine,
-    plan: Plan,
-    measured: &[Measured],
-    losses: &[LossResult],
-    replays: &Replays,
-) -> serde_json::Value {
+fn set_json(measured: &[Measured]) -> serde_json::Value {
+    json!(
+        measured
+            .iter()
+            .map(|m| json!({
+                "config": m.name,
+                "unavailable": m.unavailable,
+                "values": m.values,
+                "median": median(&m.values),
+                "ratios": m.ratios,
+                "median_ratio": median(&m.ratios),
+                "notes": m.notes,
+                "programs": m.programs.iter().map(|p| json!({
+                    "program": p.name,
+                    "runs": p.runs,
+                    "run_time_ns": p.run_time_ns,
+                    "ns_per_run": p.ns_per_run(),
+                })).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+fn to_json(machine: &Machine, plan: Plan, r: &Results) -> serde_json::Value {
     json!({
         "machine": {
             "cores": machine.cores,
@@ -192,23 +256,11 @@ fn to_json(
             "rounds": plan.rounds,
             "seconds": plan.seconds,
             "loss_seconds": plan.loss_seconds,
+            "fuzz_seconds": plan.fuzz_seconds,
         },
-        "throughput": measured.iter().map(|m| json!({
-            "config": m.name,
-            "unavailable": m.unavailable,
-            "gbps": m.gbps,
-            "median_gbps": median(&m.gbps),
-            "ratios": m.ratios,
-            "median_ratio": median(&m.ratios),
-            "notes": m.notes,
-            "programs": m.programs.iter().map(|p| json!({
-                "program": p.name,
-                "runs": p.runs,
-                "run_time_ns": p.run_time_ns,
-                "ns_per_run": p.ns_per_run(),
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "loss": losses.iter().map(|loss| json!({
+        "throughput_gbps": set_json(&r.tcp),
+        "udp64_pps": set_json(&r.udp64),
+        "loss": r.losses.iter().map(|loss| json!({
             "mode": loss.mode,
             "sightings_per_packet": loss.sightings_per_packet,
             "lossless_pps": loss.lossless_pps,
@@ -222,39 +274,39 @@ fn to_json(
                 "lost": t.lost,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "replay": {
+        "startup": r.startup.as_ref().map(|s| json!({
+            "veths": super::startup::VETHS,
+            "ready_s": s.ready_s,
+            "attach_per_s": s.attach_per_s,
+            "all_attached": s.all_attached,
+        })),
+        "replay": r.replays.as_ref().map(|replays| json!({
             "recorded_events": replays.recorded_events,
             "startup_cpu_s": replays.startup.cpu_s,
             "startup_wall_s": replays.startup.wall_s,
-            "runs": replays.runs.iter().map(|(what, r)| json!({
+            "runs": replays.runs.iter().map(|(what, run)| json!({
                 "what": what,
-                "events": r.events,
-                "cpu_s": r.cpu_s,
-                "wall_s": r.wall_s,
-                "events_per_cpu_second": r.per_cpu_second(&replays.startup),
-                "events_per_wall_second": r.per_wall_second(&replays.startup),
-                "peak_rss_kib": r.peak_rss_kib,
+                "events": run.events,
+                "cpu_s": run.cpu_s,
+                "wall_s": run.wall_s,
+                "events_per_cpu_second": run.per_cpu_second(&replays.startup),
+                "events_per_wall_second": run.per_wall_second(&replays.startup),
+                "peak_rss_kib": run.peak_rss_kib,
             })).collect::<Vec<_>>(),
-            "fuzz": {
-                "mutations": replays.fuzz.mutations,
-                "errors": replays.fuzz.errors,
-                "panics": replays.fuzz.panics,
-                "seconds": replays.fuzz.seconds,
-            },
-        },
+            "fuzz": replays.fuzz.as_ref().map(|f| json!({
+                "mutations": f.mutations,
+                "errors": f.errors,
+                "panics": f.panics,
+                "seconds": f.seconds,
+            })),
+        })),
     })
 }
 
 /// Writes target/bench/results.{md,json} (quick runs: quick-results.*) and prints the markdown.
-pub fn write(
-    machine: &Machine,
-    plan: Plan,
-    measured: &[Measured],
-    losses: &[LossResult],
-    replays: &Replays,
-) -> anyhow::Result<()> {
-    let md = markdown(machine, plan, measured, losses, replays)?;
-    let json = to_json(machine, plan, measured, losses, replays);
+pub fn write(machine: &Machine, plan: Plan, results: &Results) -> anyhow::Result<()> {
+    let md = markdown(machine, plan, results)?;
+    let json = to_json(machine, plan, results);
     let dir = crate::tasks::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let stem = if plan.rounds < 3 {
