@@ -313,7 +313,11 @@ fn hairpin(c: &Case<'_>, out_ifindex: u32) -> String {
         return String::new();
     };
     let to_host = topo.local_addrs.is_empty() || topo.local_addrs.contains(&dnat.before.dst);
-    if topo.kind(in_ifindex) != "veth" || !to_host {
+    // From the very bridge subnet the rewrite sends it back to: a container's packet, not an
+    // outside client's that came in through a veth of its own.
+    let bridge = topo.bridge_for(dnat.before.src);
+    let same_bridge = bridge.is_some() && bridge == topo.bridge_for(dnat.after.dst);
+    if topo.kind(in_ifindex) != "veth" || !to_host || !same_bridge {
         return String::new();
     }
     let from = topo.iface_label(in_ifindex);
