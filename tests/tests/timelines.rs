@@ -429,6 +429,9 @@ fn back_to_back_ipv6_datagrams_are_one_timeline_each() {
     let _serial = probe_lab::one_lab_at_a_time();
     let lab = probe_lab::Routed::new().unwrap().with_ipv6().unwrap();
     let dst = std::net::IpAddr::from(probe_lab::Routed::SERVER6);
+    // One datagram first, untraced: the router resolves the server's address (a packet
+    // waiting a second for neighbour discovery outlives a timeline's linger).
+    udp_delivered(&lab.client, &lab.server, dst, 7311);
     let run = ProbeRun::start(&[
         "trace",
         "--netns",
