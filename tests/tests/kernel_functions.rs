@@ -309,7 +309,7 @@ fn doctor_reports_backends_matching_the_kernel() {
     assert_eq!(point("policy routing rules").is_null(), !feature("kprobes"));
 }
 
-/// br_netfilter runs the IPv4 hooks from inside the bridge's own hook (nested
+/// br_netfilter runs the IPv4 hooks from inside the bridge's own hooks (nested
 /// `nf_hook_slow` calls on one task, CPU and skb): each call reports its own verdict, the inner
 /// one within the outer's time.
 #[test]
@@ -323,11 +323,11 @@ fn hooks_nested_by_br_netfilter_each_report_their_verdict() {
     .unwrap();
     probe_lab::topology::sysctl(&lab.host, "net.bridge.bridge-nf-call-iptables", "1")
         .expect("br_netfilter is needed (modprobe br_netfilter)");
-    // An IPv4 prerouting chain, so that the nested IPv4 hook has something to run.
+    // An IPv4 postrouting chain, so that the nested IPv4 hook has something to run.
     lab.host
         .exec(
             "nft",
-            &["add table ip nest; add chain ip nest pre { type filter hook prerouting priority 0; }"],
+            &["add table ip nest; add chain ip nest post { type filter hook postrouting priority 0; }"],
         )
         .unwrap();
     let run = ProbeRun::start(&[
@@ -356,22 +356,31 @@ fn hooks_nested_by_br_netfilter_each_report_their_verdict() {
         let start = e["ts_ns"].as_u64().unwrap();
         (start, start + e["duration_ns"].as_u64().unwrap())
     };
+    // The bridge's POSTROUTING hook (br_nf_post_routing) runs the IPv4 POSTROUTING hooks
+    // from inside its own nf_hook_slow. (Its PREROUTING runs its hooks inline, without
+    // nf_hook_slow, since 5.x.) When nested entries overwrote each other, the enclosing
+    // call was the one lost.
+    let outer: Vec<&&Value> = ours
+        .iter()
+        .filter(|e| e["family"] == "bridge" && e["hook"] == "POSTROUTING")
+        .collect();
     let inner = ours
         .iter()
-        .find(|e| e["family"] == "ipv4" && e["hook"] == "PREROUTING")
-        .unwrap_or_else(|| panic!("no ipv4 PREROUTING verdict in {ours:#?}\n{stderr}"));
+        .find(|e| {
+            e["family"] == "ipv4"
+                && e["hook"] == "POSTROUTING"
+                && outer.iter().any(|o| o["netns"] == e["netns"])
+        })
+        .unwrap_or_else(|| {
+            panic!("no ipv4 POSTROUTING verdict beside a bridge one in {ours:#?}\n{stderr}")
+        });
     assert_eq!(inner["verdict"], "accept", "{inner}");
     let (i0, i1) = span(inner);
-    // The bridge's PREROUTING call that handed the packet to br_netfilter encloses the IPv4
-    // hook's (br_netfilter also re-enters the bridge's later hooks after it, separately).
-    // When nested entries overwrote each other, that enclosing call was the one lost.
     assert!(
-        ours.iter()
-            .filter(|e| e["family"] == "bridge" && e["hook"] == "PREROUTING")
-            .any(|o| {
-                let (o0, o1) = span(o);
-                o0 <= i0 && i1 <= o1
-            }),
-        "no bridge PREROUTING verdict encloses {inner} in {ours:#?}"
+        outer.iter().any(|o| {
+            let (o0, o1) = span(o);
+            o0 <= i0 && i1 <= o1
+        }),
+        "no bridge POSTROUTING verdict encloses {inner} in {ours:#?}"
     );
 }
