@@ -174,17 +174,7 @@ pub struct Ran {
 /// Finds the kernel of `line` and runs `tests` in it. A kernel that cannot be found is an
 /// `Err` with the reason (reported as unavailable); a guest that panics or hangs is an error.
 fn run_line(line: &str, tests: &[(&str, &[&str])], bins: &[PathBuf]) -> anyhow::Result<KernelRun> {
-    boot_line(line, apt::kernel(line), tests, bins)
-}
-
-/// Boots a kernel that [`apt::kernel`] fetched (or reports why it could not).
-fn boot_line(
-    line: &str,
-    kernel: anyhow::Result<apt::Kernel>,
-    tests: &[(&str, &[&str])],
-    bins: &[PathBuf],
-) -> anyhow::Result<KernelRun> {
-    let kernel = match kernel {
+    let kernel = match apt::kernel(line) {
         Ok(k) => k,
         Err(e) => {
             status(&format!("kernel line {line} is unavailable: {e:#}"));
@@ -247,47 +237,17 @@ pub fn matrix(lines: &[String], host: &[TestResult]) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut runs = Vec::new();
     let mut failures = Vec::new();
-    // Each guest has one CPU: as many at once as the host has cores. Kernels are fetched
-    // one after another first (apt and the image cache are not shared safely), then booted.
-    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut kernels: Vec<Option<anyhow::Result<apt::Kernel>>> =
-        lines.iter().map(|l| Some(apt::kernel(l))).collect();
-    for (chunk, chunk_kernels) in lines
-        .chunks(at_once.max(1))
-        .zip(kernels.chunks_mut(at_once.max(1)))
-    {
-        let results: Vec<anyhow::Result<KernelRun>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .zip(chunk_kernels.iter_mut())
-                .map(|(line, kernel)| {
-                    let kernel = kernel
-                        .take()
-                        .unwrap_or_else(|| Err(anyhow::anyhow!("kernel taken twice")));
-                    let bins = &bins;
-                    scope.spawn(move || boot_line(line, kernel, GUEST_TESTS, bins))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the VM's thread panicked")))
-                })
-                .collect()
-        });
-        for (line, result) in chunk.iter().zip(results) {
-            match result {
-                Ok(run) => runs.push(run),
-                // A panic, an oops or a hang: the console is in the error.
-                Err(e) => {
-                    eprintln!("xtask: {line}: {e:#}");
-                    failures.push(format!("{line}: the VM failed"));
-                    runs.push(KernelRun {
-                        line: line.clone(),
-                        outcome: Err("the VM failed (console above)".into()),
-                    });
-                }
+    for line in lines {
+        match run_line(line, GUEST_TESTS, &bins) {
+            Ok(run) => runs.push(run),
+            // A panic, an oops or a hang: the console is in the error.
+            Err(e) => {
+                eprintln!("xtask: {line}: {e:#}");
+                failures.push(format!("{line}: the VM failed"));
+                runs.push(KernelRun {
+                    line: line.clone(),
+                    outcome: Err("the VM failed (console above)".into()),
+                });
             }
         }
     }

@@ -51,12 +51,7 @@ pub fn boot(
         which("qemu-system-x86_64").is_some(),
         "qemu is needed: run `cargo xtask setup` as root (package qemu-system-x86)"
     );
-    // Per process and kernel: the matrix boots several kernels at once.
-    let work = Work(std::env::temp_dir().join(format!(
-        "probe-vm-{}-{}",
-        std::process::id(),
-        kernel.release
-    )));
+    let work = Work(std::env::temp_dir().join(format!("probe-vm-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&work.0);
     std::fs::create_dir_all(&work.0)?;
     let initrd = image::initramfs(kernel, &work.0, command, env, extra)?;
