@@ -16,8 +16,8 @@ use super::{
 };
 use crate::setup::which;
 
-/// Longest a guest may run, boot included. The guest tests take 8–15 minutes under software
-/// emulation with two guests at once; this only stops a guest that hangs.
+/// Longest a guest may run, boot included. The guest tests take 6–12 minutes under software
+/// emulation (more on a busy machine); this only stops a guest that hangs.
 const TIMEOUT: Duration = Duration::from_secs(1500);
 
 /// What a guest did.
