@@ -35,8 +35,10 @@ pub struct ProbeRun {
     stderr_seen: Vec<String>,
 }
 
-/// How long probe may take to load and attach before a test gives up.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long probe may take to load and attach before a test gives up. Generous: a guest of
+/// the kernel matrix under software emulation takes over a minute at times, and a probe
+/// given up on is killed, leaving what a killed probe leaves for the next to clean.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 impl ProbeRun {
     /// Starts `probe <args>` and waits until it reports that it is tracing.
