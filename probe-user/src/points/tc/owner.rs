@@ -72,6 +72,8 @@ impl Entry {
 pub struct Ledger {
     path: PathBuf,
     netns: u64,
+    /// The namespace's cookie (0: the kernel has none), written beside its inode.
+    cookie: u64,
     entries: BTreeSet<Entry>,
     /// Said once: without a ledger, a killed probe's filters stay until `tc filter del`.
     warned: bool,
@@ -88,6 +90,7 @@ impl Ledger {
         Ledger {
             path: Path::new(DIR).join(format!("tc.{}", std::process::id())),
             netns: netns::own().unwrap_or(0),
+            cookie: own_cookie(),
             entries: BTreeSet::new(),
             warned: false,
         }
@@ -125,7 +128,10 @@ impl Ledger {
             let _ = std::fs::remove_file(&self.path);
             return;
         }
-        let text: String = self.entries.iter().map(|e| e.line() + "\n").collect();
+        let mut text: String = self.entries.iter().map(|e| e.line() + "\n").collect();
+        if self.cookie != 0 {
+            text.push_str(&format!("cookie {} {}\n", self.netns, self.cookie));
+        }
         let written = std::fs::create_dir_all(DIR).and_then(|()| std::fs::write(&self.path, text));
         if let Err(e) = written
             && !std::mem::replace(&mut self.warned, true)
@@ -158,6 +164,44 @@ impl Drop for Ledger {
     }
 }
 
+/// The calling thread's network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+). Unlike the
+/// namespace's inode, the kernel never gives a cookie to another namespace while it runs: a
+/// ledger whose namespace is gone cannot be taken for a new namespace with the same inode
+/// (and the same interface numbers, as labs and containers made alike have). 0 where the
+/// kernel has no cookies.
+fn own_cookie() -> u64 {
+    // SAFETY: a socket this function owns and closes; getsockopt writes at most `len` bytes
+    // into `cookie`.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return 0;
+        }
+        let mut cookie: u64 = 0;
+        let mut len = size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        libc::close(fd);
+        if rc == 0 { cookie } else { 0 }
+    }
+}
+
+/// `cookie INODE COOKIE` lines of a ledger: the cookie of each namespace it names.
+fn cookies(text: &str) -> Vec<(u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next()? == "cookie").then_some(())?;
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Whether process `pid` is a running probe (a reused pid of another program is not).
 fn is_live_probe(pid: u32) -> bool {
     let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).ok();
@@ -174,6 +218,7 @@ pub fn sweep() -> Vec<String> {
         return Vec::new();
     };
     let own = netns::own().unwrap_or(0);
+    let own_cookie = own_cookie();
     let mut said = Vec::new();
     for file in dir.flatten() {
         let name = file.file_name().to_string_lossy().into_owned();
@@ -190,7 +235,14 @@ pub fn sweep() -> Vec<String> {
         let (here, elsewhere): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| {
             matches!(e, Entry::Filters { netns, .. } | Entry::Qdisc { netns, .. } if *netns == own)
         });
-        said.extend(remove(pid, &here));
+        // Written in a namespace with this inode but another cookie: that namespace is gone,
+        // and this one only reuses its number. Nothing here is the dead probe's.
+        let reused = cookies(&text)
+            .iter()
+            .any(|&(inode, cookie)| inode == own && own_cookie != 0 && cookie != own_cookie);
+        if !reused {
+            said.extend(remove(pid, &here));
+        }
         // What lies in other namespaces waits for a probe there.
         let _ = if elsewhere.is_empty() {
             std::fs::remove_file(file.path())
@@ -200,6 +252,12 @@ pub fn sweep() -> Vec<String> {
                 elsewhere
                     .iter()
                     .map(|e| e.line() + "\n")
+                    .chain(
+                        cookies(&text)
+                            .iter()
+                            .filter(|&&(inode, _)| inode != own)
+                            .map(|(inode, cookie)| format!("cookie {inode} {cookie}\n")),
+                    )
                     .collect::<String>(),
             )
         };
