@@ -16,6 +16,7 @@ mod diagnose;
 mod evidence;
 mod hash;
 mod tally;
+mod untimed;
 
 use schemars::JsonSchema;
 use serde::Serialize;
