@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod facts;
+pub mod link_state;
 pub mod netlink;
 pub mod netns;
 pub mod rtnl;
