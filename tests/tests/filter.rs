@@ -123,3 +123,60 @@ fn admitted_connection_is_followed_through_dnat_and_back() {
     assert_eq!(syn_ack["flow"], syn["flow"], "{syn_ack:#}");
     assert!(at(syn_ack, "eth0 egress", "S."), "{syn_ack:#}");
 }
+
+/// With a filter, every program must still pass this kernel's verifier: the filter runs inside
+/// each of them. A datagram to a port nobody listens on is dropped by the receiver's UDP; the
+/// drop of the admitted packet is reported, and the one turned away is not.
+#[test]
+fn a_dropped_packet_the_filter_admits_is_reported() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--events",
+        "--json",
+        "--filter",
+        "udp dst port 9002",
+    ])
+    .unwrap();
+    let warnings: Vec<&String> = run
+        .stderr_so_far()
+        .iter()
+        .filter(|l| l.contains("unavailable"))
+        .collect();
+    assert!(
+        warnings.is_empty(),
+        "a program did not load with a filter: {warnings:#?}"
+    );
+    let b_addr = lab.b_addr;
+    // The admitted datagram goes last: its ICMP port-unreachable reply arriving means both
+    // were dropped already.
+    lab.a
+        .run(move || {
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.connect((b_addr, 9003)).unwrap();
+            sock.send(b"turned away").unwrap();
+            let sock = UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            sock.connect((b_addr, 9002)).unwrap();
+            sock.send(b"admitted").unwrap();
+            // A connected UDP socket reports the ICMP error as ECONNREFUSED on its next recv.
+            let err = sock.recv(&mut [0u8; 16]).unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        })
+        .unwrap();
+    let (stdout, stderr) = run.stop().unwrap();
+    let events = json_lines(&stdout).unwrap();
+    let drops: Vec<&Value> = events.iter().filter(|e| e["kind"] == "drop").collect();
+    assert!(
+        drops.iter().any(|e| e["packet"]["ip"]["dport"] == 9002),
+        "no drop of the admitted datagram: {events:#?}\n{stderr}"
+    );
+    assert!(
+        !drops.iter().any(|e| e["packet"]["ip"]["dport"] == 9003),
+        "the turned-away datagram's drop was reported: {events:#?}"
+    );
+}

@@ -4,7 +4,8 @@
 
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
     programs::TracePointContext,
 };
 use probe_common::{ABSENT, DropCountKey, DropEvent, EventHeader, PacketInfo, counter, kind};
@@ -14,6 +15,14 @@ use crate::shared::{
     layout::{self, read_kernel},
     maps, skb, watch,
 };
+
+/// The dropped packet while it is parsed and judged: in a map value, not on the stack, because
+/// the verifier does not follow what a map value holds. Every path through the parse (IPv4,
+/// IPv6, truncated, unknown protocol) then reaches the filter in the same state; with the
+/// packet on the stack, 6.1's verifier walked the filter once per path and gave up at its
+/// million-instruction budget, so `--filter` lost every drop there.
+#[map(name = "DROP_PACKET")]
+static DROP_PACKET: PerCpuArray<PacketInfo> = PerCpuArray::with_max_entries(1, 0);
 
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
@@ -39,7 +48,6 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
     // Kernels before 5.17 have no reason field: 0 means "not reported".
     let reason: u32 = field(ctx, layout::get(|l| &l.kfree_reason)).unwrap_or(0);
 
-    let mut packet = PacketInfo::default();
     let dev = read_kernel::<u64>(skb, layout::get(|l| &l.skb_dev)).unwrap_or(0);
     let ifindex = skb::dev_ifindex(dev);
     let rx_sk: u64 = field(ctx, layout::get(|l| &l.kfree_rx_sk)).unwrap_or(0);
@@ -55,8 +63,14 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
         });
         return Ok(());
     }
-    skb::read_packet(skb, protocol, &mut packet);
-    if !filter::admit(&packet) {
+    let Some(packet) = DROP_PACKET.get_ptr_mut(0) else {
+        return Err(-1);
+    };
+    // SAFETY: this CPU's slot, used only while this program runs on it.
+    let packet = unsafe { &mut *packet };
+    *packet = PacketInfo::default();
+    skb::read_packet(skb, protocol, packet);
+    if !filter::admit(packet) {
         return Ok(());
     }
 
@@ -73,7 +87,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i32> {
             flags: 0,
             cpu,
         },
-        packet,
+        packet: *packet,
         skb_addr: skb,
         location,
         netns_inum,
