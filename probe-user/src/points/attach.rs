@@ -20,13 +20,31 @@ pub fn offset(btf: &Btf, ty: &str, path: &str, missing: &mut Vec<String>) -> u16
     }
 }
 
-/// aya's errors carry the verifier log; one line is enough to say why.
+/// aya's errors carry the whole verifier log (thousands of lines for a large program); the
+/// syscall's error and the verifier's own verdict are enough to say why.
 pub fn short(e: &ProgramError) -> String {
-    let s = e.to_string();
-    match s.find("Verifier output") {
-        Some(i) => s[..i].trim_end_matches([' ', '.', '\n']).to_owned(),
-        None => s,
+    shorten(&e.to_string())
+}
+
+fn shorten(s: &str) -> String {
+    let Some(i) = s.find("Verifier output") else {
+        return s.to_owned();
+    };
+    let head = s[..i].trim_end_matches([' ', '.', '\n']);
+    match verdict(&s[i..]) {
+        Some(v) => format!("{head}; the verifier said: {v}"),
+        None => head.to_owned(),
     }
+}
+
+/// The verifier's verdict: its last line before the statistics it ends with (instructions
+/// processed, verification time, stack depth).
+fn verdict(log: &str) -> Option<&str> {
+    const STATISTICS: [&str; 3] = ["processed ", "verification time", "stack depth"];
+    log.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && !STATISTICS.iter().any(|s| l.starts_with(s)))
+        .filter(|l| !l.starts_with("Verifier output"))
 }
 
 pub fn tracepoint(
@@ -73,8 +91,10 @@ pub fn tracepoints(
             Ok(()) => attached.push(format!("{category}:{name}")),
             Err(e) => {
                 log::warn!(
-                    "tracepoint {category}:{name} unavailable, its events will be missing: {e}"
+                    "tracepoint {category}:{name} unavailable, its events will be missing: {}",
+                    short(&e)
                 );
+                log::debug!("tracepoint {category}:{name}: {e}");
                 failed.push(format!("{category}:{name}: {}", short(&e)));
             }
         }
@@ -164,4 +184,36 @@ pub fn try_kprobe(
         log::debug!("kprobe on {function}: {e}");
         format!("kprobes: {}", short(&e))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn a_verifier_log_is_cut_to_the_syscalls_error_and_the_verdict() {
+        let error = "the BPF_PROG_LOAD syscall returned Argument list too long (os error 7). \
+                     Verifier output: reg type unsupported for arg#0 function kfree_skb#21\n\
+                     0: R1=ctx(off=0,imm=0) R10=fp0\n\
+                     1081: (71) r2 = *(u8 *)(r2 +57)\n\
+                     BPF program is too large. Processed 1000001 insn\n\
+                     verification time 29055308 usec\n\
+                     stack depth 216+0+176\n\
+                     processed 1000001 insns (limit 1000000) max_states_per_insn 17\n";
+        assert_eq!(
+            shorten(error),
+            "the BPF_PROG_LOAD syscall returned Argument list too long (os error 7); the \
+             verifier said: BPF program is too large. Processed 1000001 insn"
+        );
+    }
+
+    #[test]
+    fn errors_without_a_verifier_log_are_kept_whole() {
+        assert_eq!(shorten("program not found"), "program not found");
+        assert_eq!(
+            shorten("load failed. Verifier output: "),
+            "load failed",
+            "an empty log adds nothing"
+        );
+    }
 }
