@@ -640,6 +640,70 @@ fn a_killed_clsact_probe_is_cleaned_up_after() {
     }
 }
 
+/// A ledger names its namespace by inode and cookie. When a namespace dies, a new one may get
+/// its inode (and, made alike, its interface numbers): what the dead probe wrote down is then
+/// not in the new namespace, and whatever the sweep would find there belongs to someone else.
+/// The inode cannot be made to repeat on demand, so the test gives the killed probe's ledger
+/// the cookie of another namespace: the sweep must leave the qdisc and filters alone, and say
+/// nothing; with the ledger's own cookie back, it removes them.
+#[test]
+fn a_ledger_from_another_namespace_with_the_same_inode_removes_nothing() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let args = trace_args(lab.a.name(), &["--tc-backend", "clsact"]);
+    let killed = ProbeRun::start(&args).unwrap();
+    let pid = killed.pid();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    drop(killed);
+    let ledger = std::path::PathBuf::from(format!("/run/probe/tc.{pid}"));
+    let written = std::fs::read_to_string(&ledger).unwrap();
+    let cookie_line = written
+        .lines()
+        .find(|l| l.starts_with("cookie "))
+        .unwrap_or_else(|| panic!("no namespace cookie in the ledger (5.14+): {written}"));
+    let (inode, cookie) = cookie_line
+        .strip_prefix("cookie ")
+        .and_then(|l| l.split_once(' '))
+        .unwrap();
+    let cookie: u64 = cookie.parse().unwrap();
+    let other = written.replace(cookie_line, &format!("cookie {inode} {}", cookie + 1));
+    std::fs::write(&ledger, other).unwrap();
+
+    let cleanup = || {
+        let out = std::process::Command::new(probe_lab::probe_binary())
+            .args(["cleanup", "--netns", lab.a.name()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = cleanup();
+    assert!(!said.contains("removed"), "{said}");
+    assert!(
+        filters(&lab.a, "ingress").contains("tc_ingress"),
+        "{}",
+        filters(&lab.a, "ingress")
+    );
+    assert!(qdiscs(&lab.a).contains("clsact"), "{}", qdiscs(&lab.a));
+
+    // The same ledger naming this namespace's own cookie is this namespace's.
+    std::fs::write(&ledger, &written).unwrap();
+    let said = cleanup();
+    assert!(
+        said.contains(&format!(
+            "removed 2 tc filter(s) on {} left by probe {pid}",
+            TwoHosts::IFACE
+        )),
+        "{said}"
+    );
+    assert!(!qdiscs(&lab.a).contains("clsact"), "{}", qdiscs(&lab.a));
+}
+
 /// Open descriptors of a process that are bpf links.
 fn bpf_links(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
