@@ -8,7 +8,6 @@
 //! and scanning every process's descriptors once per packet would cost the host.
 
 use std::{
-    collections::HashMap,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Mutex,
@@ -16,6 +15,7 @@ use std::{
 };
 
 use probe_pipeline::{
+    bounded::BoundedMap,
     event::Transport,
     host::{HostFacts, SocketOwner},
 };
@@ -25,12 +25,24 @@ use super::rtnl;
 /// How long a reading stands for the host's state.
 const FRESH: Duration = Duration::from_secs(2);
 
-type Cached<T> = Mutex<HashMap<String, (Instant, T)>>;
+/// Readings kept: the keys are the few places drops happen; past this, the oldest reading
+/// makes room (a host with drops in many places asks again, it does not start over).
+const READINGS: usize = 1024;
 
-#[derive(Default)]
+type Cached<T> = Mutex<BoundedMap<String, (Instant, T)>>;
+
 pub struct LiveHost {
     sockets: Cached<Option<SocketOwner>>,
     links: Cached<Option<String>>,
+}
+
+impl Default for LiveHost {
+    fn default() -> Self {
+        LiveHost {
+            sockets: Mutex::new(BoundedMap::new(READINGS)),
+            links: Mutex::new(BoundedMap::new(READINGS)),
+        }
+    }
 }
 
 impl LiveHost {
@@ -49,10 +61,6 @@ fn cached<T: Clone>(cache: &Cached<T>, key: String, read: impl FnOnce() -> T) ->
     }
     let v = read();
     if let Ok(mut map) = cache.lock() {
-        // Bounded: the keys are the few places drops happen; start over if that is wrong.
-        if map.len() > 1024 {
-            map.clear();
-        }
         map.insert(key, (now, v.clone()));
     }
     v
