@@ -77,6 +77,8 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
 const GUEST_ENV: (&str, &str) = ("PROBE_EXPECT_KERNEL_FUNCTIONS", "1");
 /// Printed in the guest before each test binary runs, to attribute its results.
 const BINARY_MARKER: &str = "PROBE-VM-TESTS";
+/// Printed in the guest after each test binary: its name and the seconds it took.
+const TIME_MARKER: &str = "PROBE-VM-TIME";
 
 /// One test's result: binary, test name, "ok" / "FAILED" / "ignored".
 #[derive(Debug, Clone, PartialEq)]
@@ -104,6 +106,18 @@ pub fn parse_results(output: &str, default_binary: &str) -> Vec<TestResult> {
         }
     }
     results
+}
+
+/// Reads the guest's `PROBE-VM-TIME NAME SECONDS` lines: how long each binary ran.
+pub fn parse_times(output: &str) -> Vec<(String, f64)> {
+    output
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.trim().strip_prefix(TIME_MARKER)?.split_whitespace();
+            let name = words.next()?.to_owned();
+            Some((name, words.next()?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Builds integration test binaries and returns their paths, in the order of `names`.
@@ -143,11 +157,13 @@ fn test_binaries(names: &[&str]) -> anyhow::Result<Vec<PathBuf>> {
 /// The guest's job: each binary with its filters, one test at a time (the guest has one CPU),
 /// every binary even after a failure, failing at the end if any failed.
 fn test_script(tests: &[(&str, &[&str])], bins: &[PathBuf]) -> Vec<String> {
-    let mut script = String::from("failed=0\n");
+    // Seconds since boot, to tell which binaries the guest's time goes to.
+    let mut script = String::from("failed=0\nnow() { cut -d' ' -f1 /proc/uptime; }\n");
     for ((name, filters), bin) in tests.iter().zip(bins) {
         let file = bin.file_name().map(|f| f.to_string_lossy().into_owned());
         script.push_str(&format!(
-            "echo '{BINARY_MARKER} {name}'\n{} --test-threads=1 {} || failed=1\n",
+            "echo '{BINARY_MARKER} {name}'\nstart=$(now)\n{} --test-threads=1 {} || failed=1\n\
+             echo \"{TIME_MARKER} {name} $(awk -v a=$start -v b=$(now) 'BEGIN {{ print b - a }}')\"\n",
             file.unwrap_or_default(),
             filters.join(" ")
         ));
@@ -166,6 +182,8 @@ pub struct Ran {
     pub release: String,
     pub code: i32,
     pub results: Vec<TestResult>,
+    /// Seconds each test binary took in the guest.
+    pub times: Vec<(String, f64)>,
     pub output: String,
     /// Download/preparation excluded: boot, tests and power-off.
     pub vm_time: Duration,
@@ -201,6 +219,7 @@ fn run_line(line: &str, tests: &[(&str, &[&str])], bins: &[PathBuf]) -> anyhow::
             release: kernel.release,
             code: out.code,
             results: parse_results(&out.output, tests[0].0),
+            times: parse_times(&out.output),
             output: out.output,
             vm_time: out.elapsed,
         }),
@@ -341,8 +360,17 @@ fn print_table(host: &[TestResult], runs: &[KernelRun]) {
     }
     out.push('\n');
     for run in runs {
-        if let Err(why) = &run.outcome {
-            out.push_str(&format!("kernel line {} unavailable: {why}\n", run.line));
+        match &run.outcome {
+            Err(why) => out.push_str(&format!("kernel line {} unavailable: {why}\n", run.line)),
+            Ok(ran) if !ran.times.is_empty() => {
+                let each: Vec<String> = ran
+                    .times
+                    .iter()
+                    .map(|(n, t)| format!("{n} {t:.0}s"))
+                    .collect();
+                out.push_str(&format!("{}: {}\n", ran.release, each.join(", ")));
+            }
+            Ok(_) => {}
         }
     }
     println!("{out}");
@@ -373,6 +401,16 @@ pub fn run(line: Option<&str>, command: &[String]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_times_are_read_from_the_guests_markers() {
+        let output = "PROBE-VM-TESTS doctor\nPROBE-VM-TIME doctor 41.5\n\
+                      PROBE-VM-TIME tc not-a-number\nPROBE-VM-TIME latency 300\n";
+        assert_eq!(
+            parse_times(output),
+            vec![("doctor".to_owned(), 41.5), ("latency".to_owned(), 300.0)]
+        );
+    }
 
     #[test]
     fn results_are_attributed_to_the_binary_announced_before_them() {
