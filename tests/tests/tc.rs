@@ -604,16 +604,7 @@ fn a_killed_clsact_probe_is_cleaned_up_after() {
             let (_, stderr) = run.stop().unwrap();
             stderr
         } else {
-            let out = std::process::Command::new(probe_lab::probe_binary())
-                .args(["cleanup", "--netns", lab.a.name()])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            cleanup(&lab.a)
         };
         assert!(
             said.contains(&format!(
@@ -638,6 +629,20 @@ fn a_killed_clsact_probe_is_cleaned_up_after() {
             qdiscs(&lab.a)
         );
     }
+}
+
+/// `probe cleanup` in `ns`: what it said it removed.
+fn cleanup(ns: &probe_lab::Netns) -> String {
+    let out = std::process::Command::new(probe_lab::probe_binary())
+        .args(["cleanup", "--netns", ns.name()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A ledger names its namespace by inode and cookie. When a namespace dies, a new one may get
@@ -670,19 +675,7 @@ fn a_ledger_from_another_namespace_with_the_same_inode_removes_nothing() {
     let other = written.replace(cookie_line, &format!("cookie {inode} {}", cookie + 1));
     std::fs::write(&ledger, other).unwrap();
 
-    let cleanup = || {
-        let out = std::process::Command::new(probe_lab::probe_binary())
-            .args(["cleanup", "--netns", lab.a.name()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let said = cleanup();
+    let said = cleanup(&lab.a);
     assert!(!said.contains("removed"), "{said}");
     assert!(
         filters(&lab.a, "ingress").contains("tc_ingress"),
@@ -693,7 +686,7 @@ fn a_ledger_from_another_namespace_with_the_same_inode_removes_nothing() {
 
     // The same ledger naming this namespace's own cookie is this namespace's.
     std::fs::write(&ledger, &written).unwrap();
-    let said = cleanup();
+    let said = cleanup(&lab.a);
     assert!(
         said.contains(&format!(
             "removed 2 tc filter(s) on {} left by probe {pid}",
