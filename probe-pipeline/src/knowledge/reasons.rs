@@ -329,12 +329,13 @@ pub(super) static ROWS: &[Row] = &[
     ),
     row(
         "skb-processing",
-        "the kernel failed to segment or copy it (GSO segmentation, a fault copying from the \
-         sender's memory)",
+        "the kernel failed to segment, copy or make room in it (GSO segmentation, a fault \
+         copying from the sender's memory, too little headroom on a received buffer)",
         &[],
         "rare; report with the kernel version and the offload settings (`ethtool -k`) of the \
          devices on the path",
-        &["SKB_GSO_SEG", "SKB_UCOPY_FAULT"],
+        // SKB_RX_HEADROOM: in some 6.18 builds (value 128, after RECURSION_LIMIT).
+        &["SKB_GSO_SEG", "SKB_UCOPY_FAULT", "SKB_RX_HEADROOM"],
         &[],
     ),
     row(
