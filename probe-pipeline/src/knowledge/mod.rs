@@ -114,20 +114,27 @@ pub fn by_reason(name: &str) -> Option<&'static Cause> {
 /// The cause of a drop by the function that freed the packet, for kernels without reasons.
 /// `location` may carry an offset (`ip_error+0x94`).
 pub fn by_function(location: &str) -> Option<&'static Cause> {
-    let function = location.split('+').next().unwrap_or(location);
+    let function = function_of(location);
     reasons::ROWS
         .iter()
         .find(|r| r.functions.contains(&function))
         .map(|r| &r.cause)
 }
 
+/// The function of a drop location: `ip_rcv_finish_core.constprop.0+0x1ab` is
+/// `ip_rcv_finish_core` (the compiler's clones carry a suffix after a dot).
+fn function_of(location: &str) -> &str {
+    let function = location.split('+').next().unwrap_or(location);
+    function.split('.').next().unwrap_or(function)
+}
+
 /// The cause of a drop: its reason where the kernel gave a specific one, else where it was
-/// freed.
+/// freed. A place may narrow a generic reason, NOT_SPECIFIED included.
 pub fn cause(reason: Option<&str>, location: Option<&str>) -> Option<&'static Cause> {
     let specific =
         reason.filter(|r| !matches!(*r, "NOT_SPECIFIED" | "SKB_DROP_REASON_NOT_SPECIFIED"));
-    let function = location.map(|l| l.split('+').next().unwrap_or(l));
-    let refined = specific.zip(function).and_then(|(r, f)| {
+    let function = location.map(function_of);
+    let refined = reason.zip(function).and_then(|(r, f)| {
         let r = r.strip_prefix("SKB_DROP_REASON_").unwrap_or(r);
         reasons::REFINED
             .iter()
@@ -243,6 +250,20 @@ mod tests {
                 .id,
             "forwarding-disabled"
         );
+        // 6.1 frees what the input route lookup refused, other than by rp_filter, without
+        // a reason; a kernel without reasons (5.10) gives none, and the place alone is not
+        // enough there (rp_filter drops in the same place).
+        assert_eq!(
+            cause(
+                Some("NOT_SPECIFIED"),
+                Some("ip_rcv_finish_core.constprop.0+0x1ab")
+            )
+            .unwrap()
+            .id,
+            "martian-address"
+        );
+        assert!(cause(None, Some("ip_rcv_finish_core.constprop.0+0x1ab")).is_none());
+        assert_eq!(by_function("ip_error.isra.0+0x94").unwrap().id, "no-route");
         for r in reasons::REFINED {
             assert!(by_id(r.cause).is_some(), "{}", r.cause);
         }

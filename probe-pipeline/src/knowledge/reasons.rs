@@ -492,4 +492,12 @@ pub(super) static REFINED: &[Refined] = &[
         function: "ip_error",
         cause: "forwarding-disabled",
     },
+    // ip_rcv_finish_core frees what the input route lookup refused. Kernels with reasons
+    // before the lookup returned its own (6.1) name only rp_filter's -EXDEV (IP_RPFILTER);
+    // the rest, a martian source or destination, is NOT_SPECIFIED there.
+    Refined {
+        reason: "NOT_SPECIFIED",
+        function: "ip_rcv_finish_core",
+        cause: "martian-address",
+    },
 ];
