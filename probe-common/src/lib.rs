@@ -54,6 +54,9 @@ pub mod counter {
 
 /// Names of the maps and globals userspace looks up; defined here so both sides agree.
 pub mod names {
+    /// The nftables tables `--rules` adds (`inet probe_trace_PID`): probe's own, never a step
+    /// of a packet's way through the host.
+    pub const TRACE_TABLE_PREFIX: &str = "probe_trace_";
     pub const EVENTS_MAP: &str = "EVENTS";
     pub const ADMITTED_PACKETS_MAP: &str = "ADMITTED_PACKETS";
     pub const ADMITTED_FLOWS_MAP: &str = "ADMITTED_FLOWS";

@@ -224,6 +224,47 @@ fn a_chain_policy_drop_is_diagnosed_as_the_policy() {
     );
 }
 
+/// probe's own marking table is walked like any other table where nft_do_chain is probed
+/// (6.1 and 6.12 in the matrix): the observer's footprint, never one of the packet's hops.
+/// Where nothing probes nft_do_chain (this host, 5.10) no such row can arise.
+#[test]
+fn probes_own_trace_table_is_no_hop_of_a_timeline() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--rules",
+        "--no-routes",
+        "--json",
+        "-f",
+        "udp port 7008",
+    ])
+    .unwrap();
+    send(&lab, 7008);
+    let (stdout, stderr) = run.stop().unwrap();
+    let timelines = json_lines(&stdout).unwrap();
+    let hops: Vec<&Value> = timelines
+        .iter()
+        .filter(|t| t["first"]["dport"] == 7008)
+        .flat_map(|t| t["hops"].as_array().unwrap())
+        .collect();
+    assert!(
+        !hops.is_empty(),
+        "no timeline of the datagram: {timelines:#?}\n{stderr}"
+    );
+    let own: Vec<&&Value> = hops
+        .iter()
+        .filter(|h| {
+            h["where"]
+                .as_str()
+                .is_some_and(|w| w.contains("probe_trace_"))
+        })
+        .collect();
+    assert!(own.is_empty(), "probe's own table as a hop: {own:#?}");
+}
+
 /// A ruleset reload (`nft flush ruleset`, what an nftables service restart does) leaves probe's
 /// owned trace table alone (5.12+); where it takes the table with it, probe puts it back and says
 /// so. Either way verdicts keep coming.

@@ -41,7 +41,7 @@ pub enum NftraceError {
     Socket(io::Error),
 }
 
-const TABLE_PREFIX: &str = "probe_trace_";
+const TABLE_PREFIX: &str = probe_common::names::TRACE_TABLE_PREFIX;
 /// What `nft` says about chains and rules, looked up lazily and cached.
 #[derive(Default)]
 pub struct Ruleset {
