@@ -234,6 +234,13 @@ impl<W: Write> Sink<W> {
 
     fn wants(&self, body: &EventBody) -> bool {
         match (body, self.netns) {
+            // probe's own `--rules` table marking the packet (walked like any table where
+            // nft_do_chain is probed): the observer's footprint, not the host's datapath.
+            (EventBody::Chain(c), _)
+                if c.table.starts_with(probe_common::names::TRACE_TABLE_PREFIX) =>
+            {
+                false
+            }
             // A freed buffer with no link-layer protocol and no IP header is no packet: a
             // netlink message (each multicast one is freed as if dropped), vsock and the like.
             (EventBody::Drop(d), _) if d.packet.ip.is_none() && d.packet.ethertype == 0 => false,

@@ -182,11 +182,6 @@ impl Correlator {
             EventBody::Fib(f) if f.is_address_check() => {}
             EventBody::Fib(_) => self.push_fib(event),
             EventBody::FibRule(_) => self.push_fib_rule(event),
-            // probe's own `--rules` table marking the packet: the observer's footprint, not a
-            // step of the packet's way (on kernels with nft_do_chain probes it is walked
-            // like any table). Left to --events.
-            EventBody::Chain(c) if c.table.starts_with(probe_common::names::TRACE_TABLE_PREFIX) => {
-            }
             EventBody::Chain(c) => {
                 let skb = c.skb;
                 match self.find_by_skb(skb) {
