@@ -116,6 +116,11 @@ pub struct Correlator {
     by_sig: FastMap<Signature, SigIds>,
     /// Routing lookups not yet matched to a packet.
     lookups: VecDeque<Event>,
+    /// Chain verdicts (skb, no headers) whose skb no journey has yet: the hook's verdict or
+    /// the drop it made, which carry the headers, come after them.
+    unnamed: VecDeque<Event>,
+    /// The latest kernel time of an event read (0: none yet).
+    latest_ns: u64,
     /// Routing decisions still being assembled, at most one per CPU: the kernel probes table
     /// after table for one decision, back to back on one CPU. Each is the latest lookup, with
     /// the earlier ones in its `tried`.
@@ -130,6 +135,9 @@ pub struct Correlator {
 /// Most time between two lookups of one routing decision (they follow each other within
 /// microseconds on one CPU).
 const DECISION_GAP_NS: u64 = 1_000_000;
+
+/// Most chain verdicts waiting for the hook verdict that names their packet.
+const MAX_UNNAMED: usize = 1024;
 
 /// Event time between two looks for journeys that ended.
 const EXPIRE_EVERY_NS: u64 = 5_000_000;
@@ -146,6 +154,8 @@ impl Correlator {
             by_skb: FastMap::default(),
             by_sig: FastMap::default(),
             lookups: VecDeque::new(),
+            unnamed: VecDeque::new(),
+            latest_ns: 0,
             deciding: Vec::new(),
             finished: Vec::new(),
             next_expire_ns: 0,
@@ -175,7 +185,17 @@ impl Correlator {
     }
 
     /// Adds one event.
-    pub fn push(&mut self, event: Event) {
+    pub fn push(&mut self, mut event: Event) {
+        if matches!(event.body, EventBody::Rule(_)) {
+            // A verdict carries the time it was read, not the kernel's: it happened no later
+            // than the newest sighting read before it, and is judged by that clock, so that
+            // reading late neither ends journeys early nor misses its own packet.
+            if self.latest_ns > 0 {
+                event.ts_ns = event.ts_ns.min(self.latest_ns);
+            }
+        } else {
+            self.latest_ns = self.latest_ns.max(event.ts_ns);
+        }
         let now = event.ts_ns;
         match &event.body {
             // An address-type check is no step of this packet's way: left to --events.
@@ -184,9 +204,17 @@ impl Correlator {
             EventBody::FibRule(_) => self.push_fib_rule(event),
             EventBody::Chain(c) => {
                 let skb = c.skb;
-                match self.find_by_skb(skb) {
+                match self.find_by_skb(skb, false) {
                     Some(i) => self.attach(i, event, None, false),
-                    None => self.start(event, None, None),
+                    // nft_do_chain returns inside nf_hook_slow: the hook's verdict (or the
+                    // drop it made), which names the packet, follows.
+                    None => {
+                        self.unnamed.push_back(event);
+                        while self.unnamed.len() > MAX_UNNAMED {
+                            let e = self.unnamed.pop_front().expect("non-empty");
+                            self.start(e, None, None);
+                        }
+                    }
                 }
             }
             _ => {
@@ -206,8 +234,11 @@ impl Correlator {
                     EventBody::Tc(t) => Some((t.ifindex, t.direction)),
                     _ => None,
                 };
+                // A hook that drops frees the packet before it returns: its verdict follows the
+                // drop that ended the journey.
+                let after_drop = matches!(&event.body, EventBody::Netfilter(n) if n.verdict == crate::event::Verdict::Drop);
                 let found = skb
-                    .and_then(|s| self.find_by_skb(s))
+                    .and_then(|s| self.find_by_skb(s, after_drop))
                     .or_else(|| sig.and_then(|s| self.find_by_signature(s, tuple, at, now, late)));
                 // A socket purging its queue frees packets it already received: part of a
                 // journey if we saw it, not a journey of its own.
@@ -223,6 +254,9 @@ impl Correlator {
                         self.by_skb.insert(s, j.id);
                         j.skbs.push(s);
                     }
+                    if let Some(i) = i {
+                        self.name_chains(i, s);
+                    }
                 }
             }
         }
@@ -235,9 +269,37 @@ impl Correlator {
         self.live_ids.binary_search(&id).ok()
     }
 
-    fn find_by_skb(&self, skb: u64) -> Option<usize> {
+    fn find_by_skb(&self, skb: u64, include_ended: bool) -> Option<usize> {
         let id = *self.by_skb.get(&skb)?;
-        self.index_of(id).filter(|&i| !self.live[i].ended)
+        self.index_of(id)
+            .filter(|&i| include_ended || !self.live[i].ended)
+    }
+
+    /// The chain verdicts on `skb` that waited for their packet join journey `i`.
+    fn name_chains(&mut self, i: usize, skb: u64) {
+        if self.unnamed.is_empty() {
+            return;
+        }
+        let mut k = 0;
+        while k < self.unnamed.len() {
+            if matches!(&self.unnamed[k].body, EventBody::Chain(c) if c.skb == skb) {
+                let e = self.unnamed.remove(k).expect("index in range");
+                self.attach(i, e, None, false);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// Chain verdicts whose packet was never named by `now - window` are journeys of their own.
+    fn expire_unnamed(&mut self, now: u64) {
+        while let Some(e) = self.unnamed.front() {
+            if now.saturating_sub(e.ts_ns) <= self.limits.lookup_window_ns {
+                break;
+            }
+            let e = self.unnamed.pop_front().expect("non-empty");
+            self.start(e, None, None);
+        }
     }
 
     fn find_by_signature(
@@ -561,6 +623,7 @@ impl Correlator {
         }
         self.next_expire_ns = now + EXPIRE_EVERY_NS;
         self.close_decisions(|d| now.saturating_sub(d.ts_ns) > DECISION_GAP_NS);
+        self.expire_unnamed(now);
         let linger = self.limits.linger_ns;
         while let Some(l) = self.lookups.front() {
             if now.saturating_sub(l.ts_ns) > self.limits.lookup_window_ns {
@@ -627,6 +690,7 @@ impl Correlator {
     /// Ends everything (the trace stops).
     pub fn flush(&mut self) -> Vec<Journey> {
         self.close_decisions(|_| true);
+        self.expire_unnamed(u64::MAX);
         while let Some(l) = self.lookups.pop_front() {
             self.standalone(l);
         }

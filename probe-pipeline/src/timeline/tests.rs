@@ -486,6 +486,107 @@ fn a_policy_drop_names_the_chain_and_its_policy() {
     );
 }
 
+/// Where nft_do_chain and nf_hook_slow are probed (6.1, 6.12), a hook that drops reports in
+/// this order: the chain's verdict (skb only), the drop (nf_hook_slow frees the packet before
+/// it returns), the hook's verdict, and the trace message read later. All are one journey.
+#[test]
+fn a_hook_drop_on_a_probed_kernel_is_one_journey_with_its_rule() {
+    let p = tcp("10.0.0.1", 5000, "10.0.0.2", 7004, 1, TcpFlags::SYN);
+    let chain = Event {
+        ts_ns: 3_000,
+        cpu: 0,
+        body: EventBody::Chain(crate::event::ChainVerdict {
+            engine: crate::event::Engine::Nftables,
+            table: "fw".into(),
+            chain: "input".into(),
+            hook: Hook::Input,
+            family: Family::Inet,
+            verdict: Verdict::Drop,
+            skb: 77,
+        }),
+    };
+    let hook = Event {
+        ts_ns: 6_000,
+        cpu: 0,
+        body: EventBody::Netfilter(crate::event::HookVerdict {
+            hook: Hook::Input,
+            family: Family::Ipv4,
+            verdict: Verdict::Drop,
+            errno: Some(1),
+            in_ifindex: 3,
+            out_ifindex: 0,
+            netns: 0,
+            skb: 77,
+            duration_ns: 3_000,
+            packet: p.clone(),
+            source: Mechanism::FexitNfHookSlow,
+        }),
+    };
+    let mut policy = rule_verdict(
+        Family::Inet,
+        ("fw", "input"),
+        (DecidedBy::Policy, None, None),
+        Verdict::Drop,
+        p.clone(),
+    );
+    if let EventBody::Rule(r) = &mut policy.body {
+        r.hook = Some(Hook::Input);
+    }
+    // Read from the trace socket well after the packet's sightings.
+    policy.ts_ns = 900_000_000;
+    let mut c = Correlator::new(Limits::default());
+    for e in [
+        tc(1_000, 3, Direction::Ingress, p.clone()),
+        chain,
+        netfilter_drop(5_000, 0, p),
+        hook,
+        policy,
+    ] {
+        c.push(e);
+    }
+    let done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    let kinds: Vec<&str> = done[0]
+        .hops
+        .iter()
+        .map(|h| match h.event.body {
+            EventBody::Tc(_) => "tc",
+            EventBody::Chain(_) => "chain",
+            EventBody::Drop(_) => "drop",
+            EventBody::Netfilter(_) => "hook",
+            EventBody::Rule(_) => "rule",
+            _ => "other",
+        })
+        .collect();
+    // The verdict sits by its hook, before the drop it caused.
+    assert_eq!(kinds, ["tc", "chain", "rule", "drop", "hook"]);
+    let Diagnosis { text, .. } = diagnose(&done[0], &topo());
+    assert!(
+        text.starts_with("dropped by inet fw/input (input) policy drop"),
+        "{text}"
+    );
+}
+
+/// A chain verdict whose packet is never named stays visible, as its own journey.
+#[test]
+fn a_chain_verdict_no_hook_names_is_kept() {
+    let chain = Event {
+        ts_ns: 3_000,
+        cpu: 0,
+        body: EventBody::Chain(crate::event::ChainVerdict {
+            engine: crate::event::Engine::Nftables,
+            table: "fw".into(),
+            chain: "input".into(),
+            hook: Hook::Input,
+            family: Family::Inet,
+            verdict: Verdict::Accept,
+            skb: 78,
+        }),
+    };
+    let j = one(vec![chain]);
+    assert!(matches!(j.hops[0].event.body, EventBody::Chain(_)));
+}
+
 /// Every place, rewrite and outcome the JSON of a journey names is what its text says.
 fn assert_text_and_json_agree(j: &Journey, t: &Topology) {
     let text = render_text(j, t, false);

@@ -345,14 +345,14 @@ async fn stream(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let done = drain(guard.get_inner_mut(), sink, &mut summary)?;
+                let done = drain(guard.get_inner_mut(), l.rules.as_deref_mut(), sink, &mut summary)?;
                 guard.clear_ready();
                 if done {
                     break;
                 }
             }
             _ = poll.tick() => {
-                if drain(ring.get_mut(), sink, &mut summary)? {
+                if drain(ring.get_mut(), l.rules.as_deref_mut(), sink, &mut summary)? {
                     break;
                 }
             }
@@ -373,7 +373,7 @@ async fn stream(
                 let mut guard = guard?;
                 // Sightings already in the ring buffer happened before these verdicts were
                 // reported: take them first, so verdicts join the packets they are about.
-                let mut done = drain(ring.get_mut(), sink, &mut summary)?;
+                let mut done = drain(ring.get_mut(), l.rules.as_deref_mut(), sink, &mut summary)?;
                 if !done && let Some(r) = l.rules.as_deref_mut() {
                     done = drain_rules(r, sink)?;
                 }
@@ -398,7 +398,7 @@ async fn stream(
     }
     // Whatever the kernel submitted before we stopped is still shown.
     if !sink.done() {
-        drain(ring.get_mut(), sink, &mut summary)?;
+        drain(ring.get_mut(), l.rules.as_deref_mut(), sink, &mut summary)?;
     }
     if !sink.done()
         && let Some(r) = l.rules.as_deref_mut()
@@ -441,7 +441,7 @@ fn tick(
     // falls behind, a packet's later sightings still wait in the ring, and its rule verdicts in
     // the trace socket (the kernel queues them there as the rules run).
     let now = clock::monotonic_now_ns();
-    if drain(ring, sink, summary)? {
+    if drain(ring, l.rules.as_deref_mut(), sink, summary)? {
         return Ok(true);
     }
     if let Some(r) = l.rules.as_deref_mut() {
@@ -461,13 +461,28 @@ fn tick(
     Ok(sink.expire(now)? || sink.flush()?)
 }
 
-/// Sends everything in the ring buffer through the sink; true once the sink is done.
+/// Sightings read between two looks at the nftables trace socket while the ring buffer is
+/// being emptied.
+const RULES_EVERY: usize = 256;
+
+/// Sends everything in the ring buffer through the sink; true once the sink is done. Under a
+/// flood the ring refills as it is read: the trace messages of the packets read so far are
+/// taken in between, so that they find their packets before those end.
 fn drain(
     ring: &mut RingBuf<MapData>,
+    mut rules: Option<&mut RuleTracing>,
     sink: &mut Out,
     summary: &mut Summary,
 ) -> anyhow::Result<bool> {
+    let mut read = 0usize;
     while !sink.done() {
+        read += 1;
+        if read % RULES_EVERY == 0
+            && let Some(r) = rules.as_deref_mut()
+            && drain_rules(r, sink)?
+        {
+            break;
+        }
         let Some(item) = ring.next() else { break };
         match decode::decode(&item) {
             Ok(event) => {
