@@ -71,7 +71,8 @@ enum Mode {
         follower: Option<Follower>,
     },
     Timelines {
-        correlator: Correlator,
+        /// Boxed: far larger than the events mode's state.
+        correlator: Box<Correlator>,
         style: Style,
         /// Timelines are filtered whole: any sighting of the packet may match.
         filter: Option<Filter>,
@@ -108,8 +109,10 @@ impl<W: Write> Sink<W> {
             }
         } else {
             Mode::Timelines {
-                correlator: Correlator::new(Limits::default())
-                    .traced_in(u32::try_from(topology.own_netns).unwrap_or(0)),
+                correlator: Box::new(
+                    Correlator::new(Limits::default())
+                        .traced_in(u32::try_from(topology.own_netns).unwrap_or(0)),
+                ),
                 style: Style {
                     json: opts.format == Format::Json,
                     color: opts.color && opts.format == Format::Text,

@@ -477,7 +477,7 @@ fn drain(
     let mut read = 0usize;
     while !sink.done() {
         read += 1;
-        if read % RULES_EVERY == 0
+        if read.is_multiple_of(RULES_EVERY)
             && let Some(r) = rules.as_deref_mut()
             && drain_rules(r, sink)?
         {
