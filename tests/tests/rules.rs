@@ -606,3 +606,42 @@ fn untimed_verdicts_show_no_time_and_leave_the_deltas_to_kernel_times() {
         assert!(!row.contains('Δ') && !row.contains("ms "), "{row}");
     }
 }
+
+/// Rules are read by a thread of their own, never by the event loop: a chain and rule added
+/// while probe traces (as Docker adds them when a container starts) are named with their text
+/// and hook once the kernel says they were added.
+#[test]
+fn a_rule_added_while_tracing_is_named_with_its_text() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.b.name(),
+        "--rules",
+        "--no-tc",
+        "--no-routes",
+        "--json",
+        "--events",
+    ])
+    .unwrap();
+    lab.b
+        .exec(
+            "nft",
+            &["add table inet late; \
+                 add chain inet late input { type filter hook input priority 20; policy accept; }; \
+                 add rule inet late input udp dport 7012 counter drop"],
+        )
+        .unwrap();
+    send(&lab, 7012);
+    let (stdout, stderr) = run.stop().unwrap();
+    let events = json_lines(&stdout).unwrap();
+    let verdicts = rule_events(&events, 7012);
+    let drop = verdicts
+        .iter()
+        .find(|e| e["table"] == "late" && e["verdict"] == "drop")
+        .unwrap_or_else(|| panic!("no drop verdict for 7012 in {verdicts:#?}\n{stderr}"));
+    assert_eq!(drop["chain"], "input");
+    assert_eq!(drop["hook"], "input");
+    assert_eq!(drop["rule"], "udp dport 7012 counter drop", "{drop:#}");
+}

@@ -141,7 +141,7 @@ pub fn run(opts: &TraceOptions) -> anyhow::Result<Summary> {
         let table = rules::TraceTable::install(opts.filter.as_ref())?;
         used.push(format!("nftables rules (table inet {})", table.name()));
         Some(RuleTracing {
-            tracer: rules::Tracer::new(table.name()),
+            tracer: rules::Tracer::new(table.name(), rules::Ruleset::read()),
             socket,
             table,
             lost_said: 0,
@@ -375,7 +375,7 @@ async fn stream(
                 // reported: take them first, so verdicts join the packets they are about.
                 let mut done = drain(ring.get_mut(), l.rules.as_deref_mut(), sink, &mut summary)?;
                 if !done && let Some(r) = l.rules.as_deref_mut() {
-                    done = drain_rules(r, sink)?;
+                    done = drain_rules(r, sink, false)?;
                 }
                 guard.clear_ready();
                 if done {
@@ -403,7 +403,7 @@ async fn stream(
     if !sink.done()
         && let Some(r) = l.rules.as_deref_mut()
     {
-        drain_rules(r, sink)?;
+        drain_rules(r, sink, true)?;
     }
     // Losses since the last look concern the packets still in flight.
     if l.counters.read().ringbuf_full > seen_lost {
@@ -445,7 +445,7 @@ fn tick(
         return Ok(true);
     }
     if let Some(r) = l.rules.as_deref_mut() {
-        if drain_rules(r, sink)? {
+        if drain_rules(r, sink, false)? {
             return Ok(true);
         }
         // Like the ring buffer's: said as it happens.
@@ -479,7 +479,7 @@ fn drain(
         read += 1;
         if read.is_multiple_of(RULES_EVERY)
             && let Some(r) = rules.as_deref_mut()
-            && drain_rules(r, sink)?
+            && drain_rules(r, sink, false)?
         {
             break;
         }
@@ -501,10 +501,13 @@ fn drain(
     Ok(sink.flush()?)
 }
 
-/// Turns pending nftables trace messages into events.
-fn drain_rules(rules: &mut RuleTracing, sink: &mut Out) -> anyhow::Result<bool> {
+/// Turns pending nftables trace messages into events (`ending`: the last time, nothing waits).
+fn drain_rules(rules: &mut RuleTracing, sink: &mut Out, ending: bool) -> anyhow::Result<bool> {
     let now = clock::monotonic_now_ns();
     let received = rules.socket.receive();
+    for change in rules.socket.take_changed_chains() {
+        rules.tracer.ruleset_changed(change);
+    }
     if rules.socket.table_deleted(rules.table.name()) {
         // A ruleset reload (`nft flush ruleset`, a firewall service restart) took probe's
         // table with it: without it no packet is traced, so put it back.
@@ -527,6 +530,11 @@ fn drain_rules(rules: &mut RuleTracing, sink: &mut Out) -> anyhow::Result<bool> 
         if let Some(event) = rules.tracer.event(raw, now)
             && sink.push(event, None)?
         {
+            break;
+        }
+    }
+    for event in rules.tracer.released(ending) {
+        if sink.done() || sink.push(event, None)? {
             break;
         }
     }

@@ -13,14 +13,19 @@ pub const BACKEND: &str = "nftables trace (NFNLGRP_NFTRACE)";
 
 mod batch;
 mod marking;
+mod ruleset;
 mod socket;
 mod table;
 
-use std::{collections::HashMap, io};
+use std::{
+    collections::VecDeque,
+    io,
+    time::{Duration, Instant},
+};
 
+pub use ruleset::Ruleset;
 pub use socket::{RawTrace, TraceSocket};
 use socket::{TRACETYPE_POLICY, TRACETYPE_RETURN, TRACETYPE_RULE};
-use table::nft;
 pub use table::{TraceTable, sweep_stale};
 
 use thiserror::Error;
@@ -42,107 +47,14 @@ pub enum NftraceError {
 }
 
 const TABLE_PREFIX: &str = probe_common::names::TRACE_TABLE_PREFIX;
-/// What `nft` says about chains and rules, looked up lazily and cached.
-#[derive(Default)]
-pub struct Ruleset {
-    /// (family, table, chain) → hook of a base chain.
-    hooks: HashMap<(String, String, String), Hook>,
-    /// (family, table, chain) → handle → rule text.
-    rules: HashMap<(String, String, String), HashMap<u64, String>>,
-    /// When each chain was last listed.
-    listed_at: HashMap<(String, String, String), std::time::Instant>,
-    hooks_loaded: bool,
-}
-
-impl Ruleset {
-    fn hook(&mut self, key: &(String, String, String)) -> Option<Hook> {
-        if !self.hooks.contains_key(key) && !self.hooks_loaded {
-            self.load_hooks();
-        }
-        self.hooks.get(key).copied()
-    }
-
-    fn load_hooks(&mut self) {
-        self.hooks_loaded = true;
-        let Ok(json) = nft(&["-j", "list", "chains"]) else {
-            return;
-        };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&json) else {
-            return;
-        };
-        for item in v["nftables"].as_array().into_iter().flatten() {
-            let c = &item["chain"];
-            if let (Some(f), Some(t), Some(n), Some(h)) = (
-                c["family"].as_str(),
-                c["table"].as_str(),
-                c["name"].as_str(),
-                c["hook"].as_str(),
-            ) {
-                self.hooks
-                    .insert((f.into(), t.into(), n.into()), Hook::from_nft(h));
-            }
-        }
-    }
-
-    fn rule(&mut self, key: &(String, String, String), handle: u64) -> Option<String> {
-        let known = self.rules.get(key).is_some_and(|r| r.contains_key(&handle));
-        // A handle the last listing lacked is a rule added since, or one gone already: list
-        // the chain again, but at most once a second (each listing runs `nft`).
-        let fresh = self
-            .listed_at
-            .get(key)
-            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
-        if !known && !fresh {
-            let listed = nft(&["-a", "list", "chain", &key.0, &key.1, &key.2]).unwrap_or_default();
-            self.rules.insert(key.clone(), parse_rule_handles(&listed));
-            self.listed_at
-                .insert(key.clone(), std::time::Instant::now());
-        }
-        self.rules.get(key)?.get(&handle).cloned()
-    }
-}
-
-/// `nft -a list chain` output → handle → rule text.
-fn parse_rule_handles(listing: &str) -> HashMap<u64, String> {
-    let mut out = HashMap::new();
-    for line in listing.lines() {
-        let line = line.trim();
-        let Some((rule, handle)) = line.rsplit_once(" # handle ") else {
-            continue;
-        };
-        if line.starts_with("chain ") || line.starts_with("table ") {
-            continue;
-        }
-        if let Ok(h) = handle.trim().parse::<u64>() {
-            out.insert(h, without_counter_values(rule.trim()));
-        }
-    }
-    out
-}
-
-/// `counter packets 6 bytes 186 drop` → `counter drop`: the numbers change with every packet
-/// and say nothing about the rule.
-fn without_counter_values(rule: &str) -> String {
-    let words: Vec<&str> = rule.split(' ').collect();
-    let mut out = Vec::with_capacity(words.len());
-    let mut i = 0;
-    while i < words.len() {
-        out.push(words[i]);
-        let counted = words[i] == "counter"
-            && words.get(i + 1) == Some(&"packets")
-            && words.get(i + 3) == Some(&"bytes")
-            && words.get(i + 2).is_some_and(|w| w.parse::<u64>().is_ok())
-            && words.get(i + 4).is_some_and(|w| w.parse::<u64>().is_ok());
-        i += if counted { 5 } else { 1 };
-    }
-    out.join(" ")
-}
 
 /// Turns raw trace messages into events. Walks through probe's own table are dropped. The
 /// kernel sends a packet's headers only with the first message of each chain it walks, so each
 /// trace id remembers its packet and the hook of the base chain it is in.
 pub struct Tracer {
     ruleset: Ruleset,
+    /// Verdicts waiting for a reading of their chain, in arrival order: (since, chain, event).
+    parked: VecDeque<(Instant, ruleset::ChainKey, Event)>,
     walks: BoundedMap<u32, Walk>,
     own_table: String,
 }
@@ -154,15 +66,33 @@ struct Walk {
     headers: Option<RawHeaders>,
 }
 
+/// Longest a verdict waits for the rule text being read: well within the time a journey
+/// lingers after its last sighting, so the verdict still finds it.
+const PARK_MAX: Duration = Duration::from_millis(150);
+
+/// Longest the end of a trace waits for the readings its last verdicts need.
+const SETTLE_MAX: Duration = Duration::from_secs(2);
+
 /// Walks remembered at most; the oldest are forgotten first (their packets are long gone).
 const MAX_WALKS: usize = 65536;
 
 impl Tracer {
-    pub fn new(own_table: &str) -> Self {
+    /// A tracer that names rules from `ruleset` ([`Ruleset::read`]; empty: by handle only).
+    pub fn new(own_table: &str, ruleset: Ruleset) -> Self {
         Self {
-            ruleset: Ruleset::default(),
+            ruleset,
+            parked: VecDeque::new(),
             walks: BoundedMap::new(MAX_WALKS),
             own_table: own_table.to_owned(),
+        }
+    }
+
+    /// The kernel said a chain changed ([`TraceSocket::take_changed_chains`]): its rules are
+    /// read again (not those of probe's own tables).
+    pub fn ruleset_changed(&mut self, (nfproto, table, chain, added): (u8, String, String, bool)) {
+        if !table.starts_with(TABLE_PREFIX) {
+            let family = Family::from_nfproto(nfproto).nft_name().into_owned();
+            self.ruleset.changed((family, table, chain), added);
         }
     }
 
@@ -204,7 +134,8 @@ impl Tracer {
             .filter(|_| raw.trace_type == TRACETYPE_RULE)
             .and_then(|h| self.ruleset.rule(&key, h));
         let verdict = raw.verdict.map_or(Verdict::None, Verdict::from_nft);
-        Some(Event {
+        let unnamed = (rule.is_none() && raw.rule_handle.is_some()) || hook.is_none();
+        let event = Event {
             ts_ns,
             cpu: 0,
             body: EventBody::Rule(Box::new(RuleVerdict {
@@ -229,7 +160,37 @@ impl Tracer {
                 packet,
                 headers,
             })),
-        })
+        };
+        // A rule added while tracing (or a chain) is being read: its verdict waits for the
+        // text, and those after it wait too, so that verdicts keep the kernel's order.
+        if !self.parked.is_empty() || (unnamed && self.ruleset.reading(&key)) {
+            self.parked.push_back((Instant::now(), key, event));
+            return None;
+        }
+        Some(event)
+    }
+
+    /// The verdicts that waited and may go now (`all`: every one, the trace is ending), named
+    /// with what the reading found.
+    pub fn released(&mut self, all: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        if all && !self.parked.is_empty() {
+            self.ruleset.settle(SETTLE_MAX);
+        }
+        while let Some((since, key, _)) = self.parked.front() {
+            if !all && since.elapsed() < PARK_MAX && self.ruleset.reading(key) {
+                break;
+            }
+            let (_, key, mut event) = self.parked.pop_front().expect("non-empty");
+            if let EventBody::Rule(r) = &mut event.body {
+                if let (None, Some(h)) = (&r.rule, r.rule_handle) {
+                    r.rule = self.ruleset.known_rule(&key, h);
+                }
+                r.hook = r.hook.or_else(|| self.ruleset.hook(&key));
+            }
+            out.push(event);
+        }
+        out
     }
 }
 
@@ -273,7 +234,7 @@ mod tests {
 
     #[test]
     fn no_probe_trace_table_is_a_verdict() {
-        let mut tracer = Tracer::new("probe_trace_100");
+        let mut tracer = Tracer::new("probe_trace_100", Ruleset::default());
         for table in ["probe_trace_100", "probe_trace_200"] {
             let raw = RawTrace {
                 nfproto: 1,
@@ -287,17 +248,5 @@ mod tests {
             };
             assert_eq!(tracer.event(raw, 0), None, "{table}");
         }
-    }
-
-    #[test]
-    fn rule_handles_from_listing() {
-        let listing = "table ip filter {\n\tchain FORWARD { # handle 2\n\t\ttype filter hook forward priority filter; policy drop;\n\t\tcounter packets 0 bytes 0 jump DOCKER-USER # handle 7\n\t\tiifname \"docker0\" oifname \"docker0\" counter packets 0 bytes 0 drop # handle 12\n\t}\n}\n";
-        let rules = parse_rule_handles(listing);
-        assert_eq!(rules.len(), 2);
-        assert_eq!(
-            rules[&12],
-            "iifname \"docker0\" oifname \"docker0\" counter drop"
-        );
-        assert_eq!(rules[&7], "counter jump DOCKER-USER");
     }
 }

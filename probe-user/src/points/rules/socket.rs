@@ -12,7 +12,14 @@ pub(super) const NFNLGRP_NFTRACE: u32 = 9;
 /// Ruleset changes (tables, chains, rules added or deleted).
 pub(super) const NFNLGRP_NFTABLES: u32 = 7;
 pub(super) const NFT_MSG_DELTABLE: u16 = 2;
+pub(super) const NFT_MSG_NEWCHAIN: u16 = 3;
+pub(super) const NFT_MSG_NEWRULE: u16 = 6;
+pub(super) const NFT_MSG_DELRULE: u16 = 8;
 pub(super) const NFTA_TABLE_NAME: u16 = 1;
+/// NFTA_RULE_TABLE and NFTA_CHAIN_TABLE.
+pub(super) const NFTA_OF_TABLE: u16 = 1;
+pub(super) const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_CHAIN_NAME: u16 = 3;
 pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
 pub(super) const NFT_MSG_TRACE: u16 = 17;
 pub(super) const NFTA_TRACE_TABLE: u16 = 1;
@@ -41,6 +48,8 @@ pub struct TraceSocket {
     pub lost: u64,
     /// Tables deleted since the last look (a ruleset reload takes probe's with it).
     deleted_tables: Vec<String>,
+    /// Chains whose rules changed since the last look: (nfproto, table, chain, chain added).
+    changed_chains: Vec<(u8, String, String, bool)>,
 }
 
 impl std::os::fd::AsRawFd for TraceSocket {
@@ -61,6 +70,7 @@ impl TraceSocket {
             socket,
             lost: 0,
             deleted_tables: Vec::new(),
+            changed_chains: Vec::new(),
         })
     }
 
@@ -89,9 +99,16 @@ impl TraceSocket {
                         attributes(attrs).find_map(|(t, p)| (t == NFTA_TABLE_NAME).then(|| text(p)))
                     });
                     self.deleted_tables.extend(name);
+                } else if let Some(change) = chain_change(ty, body) {
+                    self.changed_chains.push(change);
                 }
             }
         }
+    }
+
+    /// The chains whose rules changed since the last call.
+    pub fn take_changed_chains(&mut self) -> Vec<(u8, String, String, bool)> {
+        std::mem::take(&mut self.changed_chains)
     }
 
     /// Whether the table `name` was deleted since the last call.
@@ -100,6 +117,27 @@ impl TraceSocket {
         self.deleted_tables.clear();
         deleted
     }
+}
+
+/// A rule added or deleted, or a chain added: (nfproto, table, chain, chain added). The body
+/// is an nfgenmsg (family first) and the message's attributes.
+fn chain_change(ty: u16, body: &[u8]) -> Option<(u8, String, String, bool)> {
+    let (name_attr, added) = match ty {
+        t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE => (NFTA_RULE_CHAIN, false),
+        t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELRULE => (NFTA_RULE_CHAIN, false),
+        t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWCHAIN => (NFTA_CHAIN_NAME, true),
+        _ => return None,
+    };
+    let family = *body.first()?;
+    let (mut table, mut chain) = (None, None);
+    for (t, p) in attributes(body.get(4..)?) {
+        if t == NFTA_OF_TABLE {
+            table = Some(text(p));
+        } else if t == name_attr {
+            chain = Some(text(p));
+        }
+    }
+    Some((family, table?, chain?, added))
 }
 
 /// The attributes (type, value) of a message body, each length-checked; stops at the first
