@@ -204,7 +204,16 @@ impl Correlator {
             EventBody::FibRule(_) => self.push_fib_rule(event),
             EventBody::Chain(c) => {
                 let skb = c.skb;
-                match self.find_by_skb(skb, false) {
+                // A packet passes each hook once: a journey whose hook already gave its
+                // verdict is an earlier packet that had this skb address.
+                let (hook, bridge) = (c.hook, c.family == crate::event::Family::Bridge);
+                let found = self.find_by_skb(skb, false).filter(|&i| {
+                    !self.live[i].hops.iter().any(|h| {
+                        matches!(&h.event.body, EventBody::Netfilter(n)
+                            if n.hook == hook && (n.family == crate::event::Family::Bridge) == bridge)
+                    })
+                });
+                match found {
                     Some(i) => self.attach(i, event, None, false),
                     // nft_do_chain returns inside nf_hook_slow: the hook's verdict (or the
                     // drop it made), which names the packet, follows.
@@ -237,8 +246,15 @@ impl Correlator {
                 // A hook that drops frees the packet before it returns: its verdict follows the
                 // drop that ended the journey.
                 let after_drop = matches!(&event.body, EventBody::Netfilter(n) if n.verdict == crate::event::Verdict::Drop);
+                // The kernel reuses a freed skb's address for the next packet (a reply, often):
+                // an skb match whose packet is another one (NAT leaves the signature alone)
+                // names a new packet.
                 let found = skb
                     .and_then(|s| self.find_by_skb(s, after_drop))
+                    .filter(|&i| match (self.live[i].sig, sig) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => true,
+                    })
                     .or_else(|| sig.and_then(|s| self.find_by_signature(s, tuple, at, now, late)));
                 // A socket purging its queue frees packets it already received: part of a
                 // journey if we saw it, not a journey of its own.

@@ -486,6 +486,66 @@ fn a_policy_drop_names_the_chain_and_its_policy() {
     );
 }
 
+/// nf_hook_slow's verdict on `packet` (skb `skb`), as fexit reports it.
+fn hook_verdict(ts: u64, hook: Hook, verdict: Verdict, skb: u64, packet: Packet) -> Event {
+    Event {
+        ts_ns: ts,
+        cpu: 0,
+        body: EventBody::Netfilter(crate::event::HookVerdict {
+            hook,
+            family: Family::Ipv4,
+            verdict,
+            errno: (verdict == Verdict::Drop).then_some(1),
+            in_ifindex: 3,
+            out_ifindex: 0,
+            netns: 0,
+            skb,
+            duration_ns: 1_000,
+            packet,
+            source: Mechanism::FexitNfHookSlow,
+        }),
+    }
+}
+
+/// The kernel hands a freed skb's address to the next packet, often the reply: the reply's
+/// hook verdicts are its own journey, not a rewrite of the request.
+#[test]
+fn a_reused_skb_address_names_a_new_packet() {
+    let request = tcp("10.0.0.1", 40000, "10.0.0.2", 80, 7, TcpFlags::SYN);
+    let mut reply = tcp(
+        "10.0.0.2",
+        80,
+        "10.0.0.1",
+        40000,
+        99,
+        TcpFlags::SYN | TcpFlags::ACK,
+    );
+    if let Some(ip) = reply.ip.as_mut() {
+        ip.ip_id = 0;
+    }
+    let mut c = Correlator::new(Limits::default());
+    for e in [
+        tc(1_000, 3, Direction::Ingress, request.clone()),
+        hook_verdict(
+            2_000,
+            Hook::Prerouting,
+            Verdict::Accept,
+            77,
+            request.clone(),
+        ),
+        hook_verdict(3_000, Hook::Input, Verdict::Accept, 77, request),
+        // The reply, in the skb the request was freed from.
+        hook_verdict(50_000, Hook::Output, Verdict::Accept, 77, reply.clone()),
+        tc(60_000, 3, Direction::Egress, reply),
+    ] {
+        c.push(e);
+    }
+    let done = c.flush();
+    assert_eq!(done.len(), 2, "{done:#?}");
+    assert!(done.iter().all(|j| j.rewrites.is_empty()), "{done:#?}");
+    assert_eq!((done[0].hops.len(), done[1].hops.len()), (3, 2));
+}
+
 /// Where nft_do_chain and nf_hook_slow are probed (6.1, 6.12), a hook that drops reports in
 /// this order: the chain's verdict (skb only), the drop (nf_hook_slow frees the packet before
 /// it returns), the hook's verdict, and the trace message read later. All are one journey.
@@ -505,23 +565,7 @@ fn a_hook_drop_on_a_probed_kernel_is_one_journey_with_its_rule() {
             skb: 77,
         }),
     };
-    let hook = Event {
-        ts_ns: 6_000,
-        cpu: 0,
-        body: EventBody::Netfilter(crate::event::HookVerdict {
-            hook: Hook::Input,
-            family: Family::Ipv4,
-            verdict: Verdict::Drop,
-            errno: Some(1),
-            in_ifindex: 3,
-            out_ifindex: 0,
-            netns: 0,
-            skb: 77,
-            duration_ns: 3_000,
-            packet: p.clone(),
-            source: Mechanism::FexitNfHookSlow,
-        }),
-    };
+    let hook = hook_verdict(6_000, Hook::Input, Verdict::Drop, 77, p.clone());
     let mut policy = rule_verdict(
         Family::Inet,
         ("fw", "input"),
