@@ -49,6 +49,19 @@ pub struct Hop {
     pub event: Event,
 }
 
+impl Hop {
+    /// A routing lookup joined to its packet by destination and time.
+    pub(crate) fn lookup(event: Event) -> Self {
+        Hop {
+            ts_ns: event.ts_ns,
+            tuple: None,
+            inferred: true,
+            untimed: false,
+            event,
+        }
+    }
+}
+
 /// A tuple rewrite between two hops.
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]

@@ -546,14 +546,10 @@ fn a_reused_skb_address_names_a_new_packet() {
     assert_eq!((done[0].hops.len(), done[1].hops.len()), (3, 2));
 }
 
-/// Where nft_do_chain and nf_hook_slow are probed (6.1, 6.12), a hook that drops reports in
-/// this order: the chain's verdict (skb only), the drop (nf_hook_slow frees the packet before
-/// it returns), the hook's verdict, and the trace message read later. All are one journey.
-#[test]
-fn a_hook_drop_on_a_probed_kernel_is_one_journey_with_its_rule() {
-    let p = tcp("10.0.0.1", 5000, "10.0.0.2", 7004, 1, TcpFlags::SYN);
-    let chain = Event {
-        ts_ns: 3_000,
+/// nft_do_chain's verdict for inet fw/input on skb `skb` (no headers).
+fn chain_verdict(ts: u64, verdict: Verdict, skb: u64) -> Event {
+    Event {
+        ts_ns: ts,
         cpu: 0,
         body: EventBody::Chain(crate::event::ChainVerdict {
             engine: crate::event::Engine::Nftables,
@@ -561,10 +557,19 @@ fn a_hook_drop_on_a_probed_kernel_is_one_journey_with_its_rule() {
             chain: "input".into(),
             hook: Hook::Input,
             family: Family::Inet,
-            verdict: Verdict::Drop,
-            skb: 77,
+            verdict,
+            skb,
         }),
-    };
+    }
+}
+
+/// Where nft_do_chain and nf_hook_slow are probed (6.1, 6.12), a hook that drops reports in
+/// this order: the chain's verdict (skb only), the drop (nf_hook_slow frees the packet before
+/// it returns), the hook's verdict, and the trace message read later. All are one journey.
+#[test]
+fn a_hook_drop_on_a_probed_kernel_is_one_journey_with_its_rule() {
+    let p = tcp("10.0.0.1", 5000, "10.0.0.2", 7004, 1, TcpFlags::SYN);
+    let chain = chain_verdict(3_000, Verdict::Drop, 77);
     let hook = hook_verdict(6_000, Hook::Input, Verdict::Drop, 77, p.clone());
     let mut policy = rule_verdict(
         Family::Inet,
@@ -614,19 +619,7 @@ fn a_hook_drop_on_a_probed_kernel_is_one_journey_with_its_rule() {
 /// A chain verdict whose packet is never named stays visible, as its own journey.
 #[test]
 fn a_chain_verdict_no_hook_names_is_kept() {
-    let chain = Event {
-        ts_ns: 3_000,
-        cpu: 0,
-        body: EventBody::Chain(crate::event::ChainVerdict {
-            engine: crate::event::Engine::Nftables,
-            table: "fw".into(),
-            chain: "input".into(),
-            hook: Hook::Input,
-            family: Family::Inet,
-            verdict: Verdict::Accept,
-            skb: 78,
-        }),
-    };
+    let chain = chain_verdict(3_000, Verdict::Accept, 78);
     let j = one(vec![chain]);
     assert!(matches!(j.hops[0].event.body, EventBody::Chain(_)));
 }

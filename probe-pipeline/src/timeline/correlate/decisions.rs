@@ -32,13 +32,7 @@ impl Correlator {
             // The decision after a rewrite here is this namespace's.
             if lookup_matches(l, &t) && l.ts_ns >= since && l.ts_ns <= now && !self.foreign(l) {
                 let l = self.lookups.remove(k).expect("index in range");
-                self.live[i].hops.push(Hop {
-                    ts_ns: l.ts_ns,
-                    tuple: None,
-                    inferred: true,
-                    untimed: false,
-                    event: l,
-                });
+                self.live[i].hops.push(Hop::lookup(l));
             } else {
                 k += 1;
             }

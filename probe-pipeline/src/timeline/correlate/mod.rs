@@ -386,13 +386,7 @@ impl Correlator {
                 let l = &self.lookups[i];
                 if lookup_matches(l, &t) && event.ts_ns.saturating_sub(l.ts_ns) <= window {
                     let l = self.lookups.remove(i).expect("index in range");
-                    j.hops.push(Hop {
-                        ts_ns: l.ts_ns,
-                        tuple: None,
-                        inferred: true,
-                        untimed: false,
-                        event: l,
-                    });
+                    j.hops.push(Hop::lookup(l));
                 } else {
                     i += 1;
                 }
