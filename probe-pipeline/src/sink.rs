@@ -40,7 +40,8 @@ pub struct SinkOptions {
     pub filter: Option<Filter>,
     /// Stop after this many timelines (or events, with `events`).
     pub limit: Option<u64>,
-    /// Show drops only from this network namespace (inode); None: from all.
+    /// Show drops, routing lookups and hook verdicts only from this network namespace
+    /// (inode); None: from all.
     pub netns: Option<u32>,
     /// Packets are also seen by other means than nftables rule verdicts (tc, drops): a journey
     /// of nothing but verdicts is then a verdict that came too late to join its packet, or a
@@ -252,6 +253,9 @@ impl<W: Write> Sink<W> {
             // A routing lookup made in another namespace (a container's own connect()) is not
             // this namespace's decision, even when its device names match ours.
             (EventBody::Fib(f), Some(ns)) => f.netns == 0 || f.netns == ns,
+            // So is a hook's verdict there: a container's own OUTPUT and POSTROUTING, before
+            // its packet reaches this namespace.
+            (EventBody::Netfilter(n), Some(ns)) => n.netns == 0 || n.netns == ns,
             _ => true,
         }
     }

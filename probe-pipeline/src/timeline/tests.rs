@@ -616,9 +616,20 @@ fn a_hook_drop_on_a_probed_kernel_is_one_journey_with_its_rule() {
     );
 }
 
-/// A chain verdict whose packet is never named stays visible, as its own journey.
+/// A chain verdict whose packet no hook verdict names: where hook verdicts are seen it is a
+/// packet not shown (another namespace's) and goes; where none are, it is a journey.
 #[test]
-fn a_chain_verdict_no_hook_names_is_kept() {
+fn a_chain_verdict_no_hook_names_is_kept_only_where_hooks_are_not_seen() {
+    let p = tcp("10.0.0.1", 5000, "10.0.0.2", 80, 1, TcpFlags::SYN);
+    let mut c = Correlator::new(Limits::default());
+    c.push(hook_verdict(1_000, Hook::Input, Verdict::Accept, 77, p));
+    c.push(chain_verdict(3_000, Verdict::Accept, 78));
+    let done = c.flush();
+    assert_eq!(done.len(), 1, "{done:#?}");
+    assert!(matches!(
+        done[0].hops[0].event.body,
+        EventBody::Netfilter(_)
+    ));
     let chain = chain_verdict(3_000, Verdict::Accept, 78);
     let j = one(vec![chain]);
     assert!(matches!(j.hops[0].event.body, EventBody::Chain(_)));

@@ -122,6 +122,8 @@ pub struct Correlator {
     unnamed: VecDeque<Event>,
     /// The latest kernel time of an event read (0: none yet).
     latest_ns: u64,
+    /// A hook verdict (nf_hook_slow) was seen: chain verdicts are named by them.
+    hooks_seen: bool,
     /// Routing decisions still being assembled, at most one per CPU: the kernel probes table
     /// after table for one decision, back to back on one CPU. Each is the latest lookup, with
     /// the earlier ones in its `tried`.
@@ -157,6 +159,7 @@ impl Correlator {
             lookups: VecDeque::new(),
             unnamed: VecDeque::new(),
             latest_ns: 0,
+            hooks_seen: false,
             deciding: Vec::new(),
             finished: Vec::new(),
             next_expire_ns: 0,
@@ -186,6 +189,7 @@ impl Correlator {
             }
         } else {
             self.latest_ns = self.latest_ns.max(event.ts_ns);
+            self.hooks_seen |= matches!(event.body, EventBody::Netfilter(_));
         }
         let now = event.ts_ns;
         match &event.body {
@@ -298,14 +302,18 @@ impl Correlator {
         }
     }
 
-    /// Chain verdicts whose packet was never named by `now - window` are journeys of their own.
+    /// Chain verdicts whose packet was never named by `now - window`. Where hook verdicts are
+    /// seen, each packet's verdicts name it: these are packets not shown (another namespace's,
+    /// or filtered out) and go. Where none are (nf_hook_slow not probed), each is a journey.
     fn expire_unnamed(&mut self, now: u64) {
         while let Some(e) = self.unnamed.front() {
             if now.saturating_sub(e.ts_ns) <= self.limits.lookup_window_ns {
                 break;
             }
             let e = self.unnamed.pop_front().expect("non-empty");
-            self.start(e, None, None);
+            if !self.hooks_seen {
+                self.start(e, None, None);
+            }
         }
     }
 
