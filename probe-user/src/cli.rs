@@ -219,8 +219,8 @@ pub struct TraceArgs {
     /// ipt_do_table; needs fentry or kprobes).
     #[arg(long)]
     pub no_netfilter: bool,
-    /// Report drops and routing lookups from every network namespace, not only the one being
-    /// traced (another namespace's route row is labelled with it).
+    /// Report drops, hook verdicts and routing lookups from every network namespace, not only
+    /// the one being traced (another namespace's route row is labelled with it).
     #[arg(long)]
     pub all_netns: bool,
     /// Show which nftables/iptables-nft table, chain and rule decided each packet. Adds a small
