@@ -40,6 +40,10 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
             "no_socket_for_udp_and_tcp",
             "an_unreachable_route_is_named",
             "ttl_running_out_at_the_router",
+            // Hook verdicts (fentry/kprobe) beside --rules verdicts, and skbs the kernel
+            // reuses for the reply: one journey per packet.
+            "a_packet_conntrack_calls_invalid_is_named_with_the_rule",
+            "hairpin_nat_is_named_with_its_rewrite",
         ],
     ),
     ("latency", &[]),
@@ -72,6 +76,13 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
             "probes_own_trace_table_is_no_hop_of_a_timeline",
             "the_trace_table_comes_back_after_a_ruleset_flush",
             "with_a_filter_only_admitted_packets_are_marked_for_tracing",
+            // Verdicts join their packets where hooks and chains are probed too: a policy drop
+            // (its hook reports after the drop), a flood read late, untimed rows, and rule
+            // texts read off the event loop.
+            "a_chain_policy_drop_is_diagnosed_as_the_policy",
+            "a_flood_under_rules_shows_no_verdict_only_timelines",
+            "untimed_verdicts_show_no_time_and_leave_the_deltas_to_kernel_times",
+            "a_rule_added_while_tracing_is_named_with_its_text",
         ],
     ),
 ];
