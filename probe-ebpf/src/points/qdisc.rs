@@ -20,12 +20,25 @@ pub fn latency_qdisc_enqueue(ctx: RawTracePointContext) -> i32 {
 }
 
 /// `qdisc_dequeue(struct Qdisc *qdisc, const struct netdev_queue *txq, int packets,
-/// struct sk_buff *skb)`; `skb` is NULL when the queue gave nothing.
+/// struct sk_buff *skb)`; `skb` is NULL when the queue gave nothing. A bulk dequeue (several
+/// packets became due at once: `dequeue_skb` takes up to 8 more) reports them all in one call,
+/// as the list `skb`, `skb->next`, ... of `packets` buffers: each one's sojourn ends here.
 #[raw_tracepoint(tracepoint = "qdisc_dequeue")]
 pub fn latency_qdisc_dequeue(ctx: RawTracePointContext) -> i32 {
-    let _ = try_queue(ctx.arg::<u64>(3), stage::QDISC_DEQUEUE);
+    let packets = ctx.arg::<u64>(2) as u32;
+    let mut skb = ctx.arg::<u64>(3);
+    for i in 0..MAX_BULK {
+        if i >= packets || try_queue(skb, stage::QDISC_DEQUEUE).is_err() {
+            break;
+        }
+        // `next` is the first member of `struct sk_buff` on every kernel.
+        skb = read_kernel::<u64>(skb, 0).unwrap_or(0);
+    }
     0
 }
+
+/// Most buffers of one bulk dequeue followed (the kernel's slow path takes 1 + 8).
+const MAX_BULK: u32 = 9;
 
 #[inline(always)]
 fn try_queue(skb_addr: u64, st: u8) -> Result<(), i32> {
