@@ -23,6 +23,9 @@ pub mod kind {
     /// A packet seen by a tc classifier, with its first bytes (`--snaplen`):
     /// [`super::TcSnapEvent`].
     pub const TC_SNAP: u16 = 7;
+    /// An ICMP or ICMPv6 error seen by a tc classifier, with the header of the packet it
+    /// quotes: [`super::TcQuoteEvent`].
+    pub const TC_QUOTE: u16 = 8;
 }
 
 /// Most bytes of a packet a tc classifier copies into a [`TcSnapEvent`] (`--snaplen N`).
@@ -148,6 +151,20 @@ pub struct TcSnapEvent {
     pub data: [u8; MAX_SNAPLEN],
 }
 pod!(TcSnapEvent);
+
+/// An ICMP error (destination unreachable, time exceeded, parameter problem; for ICMPv6 also
+/// packet too big) seen by a tc classifier, written instead of a [`TcEvent`] so that the packet
+/// it answers can be named: the error's payload starts with that packet's headers. Rare by
+/// nature; every other packet keeps the smaller event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcQuoteEvent {
+    /// The sighting of the error; its header's kind is [`kind::TC_QUOTE`].
+    pub tc: TcEvent,
+    /// The quoted packet as far as the error carries it (`TRUNCATED` where it was cut).
+    pub quoted: PacketInfo,
+}
+pod!(TcQuoteEvent);
 
 /// A packet the kernel freed as dropped (tracepoint `skb:kfree_skb`).
 #[repr(C)]

@@ -103,6 +103,7 @@ const _: () = assert!(size_of::<EventHeader>() == 16);
 const _: () = assert!(size_of::<PacketInfo>() == 56);
 const _: () = assert!(size_of::<TcEvent>() == 96);
 const _: () = assert!(size_of::<TcSnapEvent>() == 360);
+const _: () = assert!(size_of::<TcQuoteEvent>() == 152);
 const _: () = assert!(size_of::<DropEvent>() == 104);
 const _: () = assert!(size_of::<FibEvent>() == 112);
 const _: () = assert!(size_of::<NfEvent>() == 112);

@@ -77,6 +77,34 @@ pub fn from_network_header(l3: &[u8], transport: Option<&[u8]>) -> Packet {
     packet
 }
 
+/// Whether `p` is an ICMP error, whose payload quotes the packet it answers: destination
+/// unreachable (fragmentation needed among them), time exceeded, parameter problem, and for
+/// ICMPv6 also packet too big. The same test as the tc programs'.
+pub fn is_icmp_error(p: &Packet) -> bool {
+    let Some(ip) = &p.ip else { return false };
+    match (ip.proto, &ip.l4) {
+        (Transport::Icmp, Some(L4Header::Icmp { icmp_type, .. })) => {
+            ip.src.is_ipv4() && matches!(icmp_type, 3 | 11 | 12)
+        }
+        (Transport::Icmpv6, Some(L4Header::Icmp { icmp_type, .. })) => {
+            ip.src.is_ipv6() && matches!(icmp_type, 1..=4)
+        }
+        _ => false,
+    }
+}
+
+/// The packet an ICMP error quotes, from the error's bytes starting at its network header:
+/// the quote follows the error's 8-byte ICMP header. None when the bytes end before it.
+pub fn quoted_by_error(l3: &[u8]) -> Option<Packet> {
+    let l4 = match l3.first()? >> 4 {
+        4 => usize::from(l3[0] & 0x0f) * 4,
+        6 => 40,
+        _ => return None,
+    };
+    let quote = l3.get(l4 + 8..).filter(|q| !q.is_empty())?;
+    Some(from_network_header(quote, None))
+}
+
 fn l4_header(proto: Transport, t: &[u8]) -> Option<L4Header> {
     let u16_at = |o: usize| t.get(o..o + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     match proto {

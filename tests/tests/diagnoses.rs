@@ -172,21 +172,7 @@ fn too_big_for_the_next_link_shows_its_mtu_and_the_packets_size() {
     lab.router
         .ip(&["link", "set", Routed::TO_SERVER, "mtu", "1280"])
         .unwrap();
-    let (all, stderr) = trace(lab.router.name(), "udp port 7103", || {
-        lab.client
-            .run(|| {
-                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-                // DF on: the router may not fragment.
-                setsockopt(
-                    s.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_MTU_DISCOVER,
-                    libc::IP_PMTUDISC_DO,
-                );
-                s.send_to(&[b'x'; 1400], (Routed::SERVER, 7103)).unwrap();
-            })
-            .unwrap()
-    });
+    let (all, stderr) = trace(lab.router.name(), "udp port 7103", || send_too_big(&lab));
     let d = dropped(&all, "mtu", &stderr);
     assert!(
         diagnosis(d).contains("larger than the output device's MTU"),
@@ -197,6 +183,93 @@ fn too_big_for_the_next_link_shows_its_mtu_and_the_packets_size() {
         fact(d, "mtu"),
         "dev to-server mtu 1280; the packet was 1428 bytes"
     );
+    // The router's "fragmentation needed" back to the client is part of the datagram's
+    // timeline: a row, a fact and a link both ways; in text, a row of its block.
+    let e = answered(&all, d, "fragmentation needed (mtu 1280)", Routed::CLIENT);
+    assert_eq!(e["where"], format!("{} egress", Routed::TO_CLIENT), "{d:#}");
+    assert_eq!(e["mtu"], 1280, "{d:#}");
+    assert!(
+        fact(d, "icmp_error").starts_with(&format!(
+            "ICMP fragmentation needed (mtu 1280) to {} (packet ",
+            Routed::CLIENT
+        )),
+        "{d:#}"
+    );
+    let run = ProbeRun::start(&["trace", "--netns", lab.router.name(), "udp port 7103"]).unwrap();
+    send_too_big(&lab);
+    let (text, stderr) = run.stop().unwrap();
+    let block = text
+        .split("\npacket ")
+        .find(|b| b.contains("PKT_TOO_BIG") || b.contains("MTU"))
+        .unwrap_or_else(|| panic!("no drop block in\n{text}\n{stderr}"));
+    let rows: Vec<&str> = block.lines().collect();
+    let row = rows
+        .iter()
+        .position(|r| {
+            r.contains("to-client egress")
+                && r.contains("answered with ICMP fragmentation needed (mtu 1280)")
+        })
+        .unwrap_or_else(|| panic!("no ICMP row in\n{block}"));
+    // A timed row among the hops, before the outcome, which names it too.
+    assert!(rows[row].trim_start().starts_with('+'), "{block}");
+    let outcome = rows.iter().position(|r| r.contains("=> ")).unwrap();
+    assert!(
+        row < outcome && rows[outcome].contains("the host answered with ICMP"),
+        "{block}"
+    );
+}
+
+fn send_too_big(lab: &Routed) {
+    lab.client
+        .run(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            // DF on: the router may not fragment; and the path MTU the router reports is
+            // not applied, so that every call sends the datagram again.
+            setsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                libc::IP_PMTUDISC_PROBE,
+            );
+            s.send_to(&[b'x'; 1400], (Routed::SERVER, 7103)).unwrap();
+        })
+        .unwrap()
+}
+
+/// The ICMP error the host sent about timeline `t`: `what` it was, sent to `to`, in `t`'s
+/// `icmp_errors` and named by its diagnosis, and an error timeline of its own that `answers`
+/// `t`. Returns the `icmp_errors` entry.
+fn answered<'a>(
+    all: &'a [Value],
+    t: &'a Value,
+    what: &str,
+    to: impl std::fmt::Display,
+) -> &'a Value {
+    let e = t["icmp_errors"]
+        .as_array()
+        .and_then(|e| e.first())
+        .unwrap_or_else(|| panic!("no ICMP error joined to {t:#}\nall: {all:#?}"));
+    assert_eq!(e["what"], what, "{t:#}");
+    assert_eq!(e["to"], to.to_string(), "{t:#}");
+    assert!(
+        diagnosis(t).contains("; the host answered with ICMP") && diagnosis(t).contains(what),
+        "{t:#}"
+    );
+    let error = all
+        .iter()
+        .find(|x| x["id"] == e["timeline"])
+        .unwrap_or_else(|| {
+            panic!(
+                "the error's own timeline {} is missing: {all:#?}",
+                e["timeline"]
+            )
+        });
+    assert_eq!(error["answers"], t["id"], "{error:#}");
+    assert!(
+        t["hops"][0]["ts_ns"].as_u64() <= e["ts_ns"].as_u64(),
+        "the error comes after the packet: {t:#}"
+    );
+    e
 }
 
 #[test]
@@ -344,6 +417,13 @@ fn no_socket_for_udp_and_tcp_over_ipv4_and_ipv6() {
             "no udp socket bound to port 7108 here",
             "{dst}"
         );
+        // The server's port unreachable is joined to the datagram.
+        let client = if dst.is_ipv4() {
+            IpAddr::from(Routed::CLIENT)
+        } else {
+            IpAddr::from(Routed::CLIENT6)
+        };
+        answered(&all, d, "port unreachable", client);
         let (all, stderr) = trace(lab.server.name(), "tcp port 7109", || {
             lab.client
                 .run(move || {

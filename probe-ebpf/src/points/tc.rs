@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use probe_common::{
-    EventHeader, HopPoint, MAX_SNAPLEN, PacketInfo, TcEvent, TcSnapEvent, counter, direction, kind,
-    mode,
+    EventHeader, HopPoint, MAX_SNAPLEN, PacketInfo, TcEvent, TcQuoteEvent, TcSnapEvent, counter,
+    direction, kind, mode,
 };
 
 use crate::shared::{config, filter, latency, maps, netns, packet};
@@ -60,7 +60,17 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
         netns::saw_ingress(ifindex, now);
     }
     let mut pkt = PacketInfo::default();
-    packet::parse(ctx, l2_len, &mut pkt);
+    let l4_off = packet::parse(ctx, l2_len, &mut pkt);
+    // An ICMP error names the packet it answers by quoting its headers. Errors are rare: they
+    // alone pay for reading the quote (in trace mode's default event; with --snaplen the
+    // quote is in the copied bytes).
+    if let Some(off) = l4_off
+        && packet::is_icmp_error(&pkt)
+        && config::get(|c| &c.mode) == mode::EVENTS
+        && config::get(|c| &c.snaplen) == 0
+    {
+        return observe_icmp_error(ctx, &pkt, off, (ifindex, mark, dir, now));
+    }
     if !filter::admit(&pkt) {
         return Ok(());
     }
@@ -94,6 +104,52 @@ fn try_observe(ctx: &TcContext, dir: u8, l2_len: usize) -> Result<(), ()> {
         return Err(());
     };
     entry.write(sighting(kind::TC, pkt, ifindex, mark, dir, now));
+    maps::submit(entry);
+    Ok(())
+}
+
+/// An ICMP error, with the packet it quotes read straight into the event (a second packet on
+/// the stack would crowd it). The error is shown when the filter admits it or the packet it
+/// quotes: it belongs to that packet's timeline.
+#[inline(always)]
+fn observe_icmp_error(
+    ctx: &TcContext,
+    pkt: &PacketInfo,
+    l4_off: usize,
+    (ifindex, mark, dir, now): (u32, u32, u8, u64),
+) -> Result<(), ()> {
+    let Some(mut entry) = maps::EVENTS.reserve::<TcQuoteEvent>(0) else {
+        // Counted as lost where it would have been shown (the quote is not read here).
+        if filter::admit(pkt) {
+            ring_full(ctx);
+        }
+        return Err(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at the reserved entry, sized and aligned for a TcQuoteEvent; the
+    // quote is zeroed (ring memory holds older events) before it is parsed into, and both
+    // fields are written before the entry is submitted.
+    let quoted = unsafe {
+        let quoted = core::ptr::addr_of_mut!((*event).quoted);
+        quoted.write(PacketInfo::default());
+        packet::parse_quoted(ctx, pkt, l4_off, &mut *quoted);
+        &*quoted
+    };
+    if !filter::admit(pkt) && !filter::admit(quoted) {
+        entry.discard(0);
+        return Ok(());
+    }
+    // SAFETY: as above.
+    unsafe {
+        core::ptr::addr_of_mut!((*event).tc).write(sighting(
+            kind::TC_QUOTE,
+            *pkt,
+            ifindex,
+            mark,
+            dir,
+            now,
+        ));
+    }
     maps::submit(entry);
     Ok(())
 }

@@ -48,9 +48,10 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ICMPV6: u8 = 58;
 
 /// Fills `out` from the packet. `l2_len` is 14 for Ethernet devices and 0 for devices whose
-/// packets start at the network header (tun, WireGuard).
+/// packets start at the network header (tun, WireGuard). Returns where the transport header
+/// starts, when there is one.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, l2_len: usize, out: &mut PacketInfo) {
+pub fn parse(ctx: &TcContext, l2_len: usize, out: &mut PacketInfo) -> Option<usize> {
     out.len = ctx.len();
     let (l3_proto, l3_off) = if l2_len == 0 {
         // skb->protocol is big-endian in the low 16 bits.
@@ -64,7 +65,7 @@ pub fn parse(ctx: &TcContext, l2_len: usize, out: &mut PacketInfo) {
                         Ok(inner) => (u16::from_be_bytes(inner), l2_len + 4),
                         Err(_) => {
                             out.flags |= packet_flags::TRUNCATED;
-                            return;
+                            return None;
                         }
                     }
                 } else {
@@ -73,7 +74,7 @@ pub fn parse(ctx: &TcContext, l2_len: usize, out: &mut PacketInfo) {
             }
             Err(_) => {
                 out.flags |= packet_flags::TRUNCATED;
-                return;
+                return None;
             }
         }
     };
@@ -85,6 +86,37 @@ pub fn parse(ctx: &TcContext, l2_len: usize, out: &mut PacketInfo) {
     };
     if let Some(l4_off) = l4_off {
         parse_l4(ctx, l4_off, out);
+    }
+    l4_off
+}
+
+/// Whether `p` is an ICMP error, whose payload quotes the packet it answers: destination
+/// unreachable (fragmentation needed among them), time exceeded, parameter problem, and for
+/// ICMPv6 also packet too big.
+#[inline(always)]
+pub fn is_icmp_error(p: &PacketInfo) -> bool {
+    match p.l4_proto {
+        IPPROTO_ICMP => p.family == family::IPV4 && matches!(p.icmp_type, 3 | 11 | 12),
+        IPPROTO_ICMPV6 => p.family == family::IPV6 && matches!(p.icmp_type, 1..=4),
+        _ => false,
+    }
+}
+
+/// Fills `out` from the packet an ICMP error quotes: its network header starts right after the
+/// 8 bytes of the error's own header at `l4_off`, in the error's family (an ICMPv4 error quotes
+/// IPv4, an ICMPv6 error IPv6). The quote may be cut short: fields past the cut stay zero.
+#[inline(always)]
+pub fn parse_quoted<B: Bytes>(bytes: &B, error: &PacketInfo, l4_off: usize, out: &mut PacketInfo) {
+    let off = l4_off + 8;
+    let l4 = if error.family == family::IPV4 {
+        out.l3_proto = ETH_P_IP;
+        parse_ipv4(bytes, off, out)
+    } else {
+        out.l3_proto = ETH_P_IPV6;
+        parse_ipv6(bytes, off, out)
+    };
+    if let Some(l4) = l4 {
+        parse_l4(bytes, l4, out);
     }
 }
 

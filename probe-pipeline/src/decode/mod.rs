@@ -9,8 +9,8 @@ use std::{
 
 use probe_common::{
     ChainEvent, DropEvent, EventHeader, FibEvent, FibRuleEvent, MAX_SNAPLEN, NfEvent, PacketInfo,
-    TcEvent, TcSnapEvent, chain_engine, direction, family, fib_source, kind, packet_flags,
-    probe_source,
+    TcEvent, TcQuoteEvent, TcSnapEvent, chain_engine, direction, family, fib_source, kind,
+    packet_flags, probe_source,
 };
 use thiserror::Error;
 
@@ -59,6 +59,7 @@ pub fn decode(buf: &[u8]) -> Result<Event, DecodeError> {
     let body = match event_kind {
         kind::TC => EventBody::Tc(decode_tc(exact::<TcEvent>(buf, event_kind)?)?),
         kind::TC_SNAP => EventBody::Tc(decode_tc_snap(exact::<TcSnapEvent>(buf, event_kind)?)?),
+        kind::TC_QUOTE => EventBody::Tc(decode_tc_quote(exact::<TcQuoteEvent>(buf, event_kind)?)?),
         kind::DROP => EventBody::Drop(decode_drop(exact::<DropEvent>(buf, event_kind)?)),
         kind::FIB => EventBody::Fib(decode_fib(exact::<FibEvent>(buf, event_kind)?)?),
         kind::NF => EventBody::Netfilter(decode_nf(exact::<NfEvent>(buf, event_kind)?)),
@@ -96,8 +97,16 @@ fn decode_tc(f: Fields<'_>) -> Result<TcSighting, DecodeError> {
         netns_cookie: f.u64(offset_of!(TcEvent, netns_cookie)),
         mark: f.u32(offset_of!(TcEvent, mark)),
         packet: decode_packet(f.at(offset_of!(TcEvent, packet))),
+        quoted: None,
         frame: None,
     })
+}
+
+/// An ICMP error with the packet it quotes.
+fn decode_tc_quote(f: Fields<'_>) -> Result<TcSighting, DecodeError> {
+    let mut tc = decode_tc(f.at(offset_of!(TcQuoteEvent, tc)))?;
+    tc.quoted = Some(decode_packet(f.at(offset_of!(TcQuoteEvent, quoted))));
+    Ok(tc)
 }
 
 /// A tc sighting with the packet's first bytes; the copied length is checked, never trusted.
@@ -113,9 +122,18 @@ fn decode_tc_snap(f: Fields<'_>) -> Result<TcSighting, DecodeError> {
         other => return Err(DecodeError::BadLinkLayer(other)),
     };
     let data = f.array::<MAX_SNAPLEN>(offset_of!(TcSnapEvent, data));
+    let bytes = &data[..usize::from(cap_len)];
+    // An ICMP error's quote is in the copied bytes, when enough were copied.
+    if crate::packet::is_icmp_error(&tc.packet) {
+        let l3 = match link {
+            LinkLayer::Ethernet => bytes.get(14..),
+            LinkLayer::Ip => Some(bytes),
+        };
+        tc.quoted = l3.and_then(crate::packet::quoted_by_error);
+    }
     tc.frame = Some(Frame {
         link,
-        bytes: data[..usize::from(cap_len)].to_vec(),
+        bytes: bytes.to_vec(),
     });
     Ok(tc)
 }

@@ -362,6 +362,7 @@ fn any_field_values_under_a_valid_header_never_panic() {
         (kind::CHAIN, size_of::<ChainEvent>()),
         (kind::FIB_RULE, size_of::<FibRuleEvent>()),
         (kind::TC_SNAP, size_of::<probe_common::TcSnapEvent>()),
+        (kind::TC_QUOTE, size_of::<probe_common::TcQuoteEvent>()),
     ];
     for (k, size) in kinds {
         for extra in [0, 8] {
@@ -422,4 +423,90 @@ fn a_capture_length_or_link_layer_out_of_range_is_an_error() {
     let mut short = bytes_of(&snap_event(10, 14));
     short.truncate(size_of::<TcEvent>());
     assert!(matches!(decode(&short), Err(DecodeError::WrongSize { .. })));
+}
+
+/// A port unreachable from 10.0.0.2 to 10.0.0.1, quoting the UDP datagram of `udp_event`.
+fn port_unreachable() -> (PacketInfo, PacketInfo) {
+    let quoted = udp_event().packet;
+    let mut error = quoted;
+    error.saddr = quoted.daddr;
+    error.daddr = quoted.saddr;
+    error.l4_proto = 1;
+    error.icmp_type = 3;
+    error.icmp_code = 3;
+    (error, quoted)
+}
+
+#[test]
+fn an_icmp_error_keeps_the_packet_it_quotes() {
+    let (error, quoted) = port_unreachable();
+    let mut tc = udp_event();
+    tc.header.kind = kind::TC_QUOTE;
+    tc.packet = error;
+    let ev = probe_common::TcQuoteEvent { tc, quoted };
+    let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body else {
+        panic!("not tc")
+    };
+    assert!(crate::packet::is_icmp_error(&tc.packet));
+    let q = tc.quoted.expect("a quote").ip.unwrap();
+    assert_eq!(
+        (q.src.to_string(), q.dst.to_string()),
+        ("10.0.0.1".into(), "10.0.0.2".into())
+    );
+    assert_eq!(
+        q.l4,
+        Some(L4Header::Udp {
+            sport: 40000,
+            dport: 9000
+        })
+    );
+    // Sized as the plain sighting: refused, not read past.
+    let mut short = bytes_of(&ev);
+    short.truncate(size_of::<TcEvent>());
+    assert!(matches!(decode(&short), Err(DecodeError::WrongSize { .. })));
+}
+
+#[test]
+fn copied_bytes_of_an_icmp_error_give_its_quote_as_far_as_they_reach() {
+    let (error, _) = port_unreachable();
+    // Ethernet, the error's IPv4 and ICMP headers, then the quoted IPv4 and UDP headers.
+    let mut frame = vec![0u8; 14];
+    frame[12..14].copy_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&[
+        0x45, 0, 0, 56, 0, 1, 0, 0, 64, 1, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+    ]);
+    frame.extend_from_slice(&[3, 3, 0, 0, 0, 0, 0, 0]);
+    frame.extend_from_slice(&[
+        0x45, 0, 0, 28, 0x12, 0x34, 0x40, 0, 63, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ]);
+    frame.extend_from_slice(&[0x9c, 0x40, 0x23, 0x28, 0, 8, 0, 0]);
+    for cap in [frame.len(), 14 + 20 + 8 + 20 + 2, 14 + 20 + 8, 14 + 20 + 4] {
+        let mut ev = snap_event(cap as u16, 14);
+        ev.tc.packet = error;
+        ev.data = [0; probe_common::MAX_SNAPLEN];
+        ev.data[..cap].copy_from_slice(&frame[..cap]);
+        let EventBody::Tc(tc) = decode(&bytes_of(&ev)).unwrap().body else {
+            panic!("not tc")
+        };
+        let quote = tc.quoted.as_ref().and_then(|q| q.ip.as_ref());
+        match cap {
+            n if n == frame.len() => {
+                let q = quote.expect("a whole quote");
+                assert_eq!(q.ip_id, 0x1234);
+                assert_eq!(
+                    q.l4,
+                    Some(L4Header::Udp {
+                        sport: 40000,
+                        dport: 9000
+                    })
+                );
+            }
+            // The quote's IP header without its ports: what was read, marked truncated.
+            n if n == 14 + 20 + 8 + 20 + 2 => {
+                assert_eq!(quote.expect("the quote's addresses").l4, None);
+                assert!(tc.quoted.as_ref().unwrap().truncated);
+            }
+            _ => assert!(quote.is_none(), "cap {cap}: {:?}", tc.quoted),
+        }
+    }
 }

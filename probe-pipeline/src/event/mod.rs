@@ -53,6 +53,9 @@ pub struct TcSighting {
     pub netns_cookie: u64,
     pub mark: u32,
     pub packet: Packet,
+    /// For an ICMP error: the packet it answers, as its payload quotes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quoted: Option<Packet>,
     /// The packet's first bytes, when the trace copied them (`--snaplen`). Not in JSON: a
     /// recording keeps them in the raw event, and `--pcapng` writes them.
     #[serde(skip)]

@@ -3,7 +3,12 @@
 use probe_common::PacketKey;
 
 use super::Filter;
-use crate::{bounded::BoundedMap, event::Event, identity, tuple::Tuple};
+use crate::{
+    bounded::BoundedMap,
+    event::{Event, EventBody, Packet},
+    identity,
+    tuple::Tuple,
+};
 
 /// A filter applied to a stream of events the way the kernel programs apply it: a packet
 /// admitted once is followed through NAT (by what NAT leaves alone: protocol, IPv4 id, TCP
@@ -40,7 +45,12 @@ impl Follower {
         let known = key.is_some_and(|k| self.packets.contains_key(&k))
             || tuple.is_some_and(|t| self.flows.contains_key(&t));
         if !known && !tuple.is_some_and(|t| self.filter.matches(&t)) {
-            return false;
+            // An ICMP error about an admitted packet comes with it, as in the kernel (each of
+            // its sightings carries the quote).
+            return match &event.body {
+                EventBody::Tc(t) => t.quoted.as_ref().is_some_and(|q| self.knows_or_matches(q)),
+                _ => false,
+            };
         }
         // Only sightings of a packet carry what it takes to follow it.
         if let Some(k) = key {
@@ -51,6 +61,11 @@ impl Follower {
             }
         }
         true
+    }
+
+    fn knows_or_matches(&self, p: &Packet) -> bool {
+        identity::key(p).is_some_and(|k| self.packets.contains_key(&k))
+            || Tuple::of(p).is_some_and(|t| self.flows.contains_key(&t) || self.filter.matches(&t))
     }
 }
 
@@ -81,6 +96,7 @@ mod tests {
                     }),
                     truncated: false,
                 },
+                quoted: None,
                 frame: None,
             }),
         }

@@ -59,6 +59,7 @@ fn tc(ts: u64, ifindex: u32, direction: Direction, packet: Packet) -> Event {
             netns_cookie: 1,
             mark: 0,
             packet,
+            quoted: None,
             frame: None,
         }),
     }

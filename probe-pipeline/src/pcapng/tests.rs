@@ -127,6 +127,7 @@ fn tc(ts: u64, ifindex: u32, direction: Direction, ip_id: u16, frame: Option<Fra
             netns_cookie: 0,
             mark: 0,
             packet: udp(ip_id),
+            quoted: None,
             frame,
         }),
     }

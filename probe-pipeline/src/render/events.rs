@@ -193,6 +193,7 @@ mod tests {
                     }),
                     truncated: false,
                 },
+                quoted: None,
                 frame: None,
             }),
         }

@@ -350,7 +350,10 @@ fn ip_text(ip: &IpHeader) -> String {
             icmp_id,
             icmp_seq,
         }) => {
-            let what = icmp_name(ip.proto, *icmp_type, *icmp_code);
+            let what = crate::timeline::icmp_error_name(
+                ip.proto, *icmp_type, *icmp_code, *icmp_id, *icmp_seq,
+            )
+            .unwrap_or_else(|| icmp_name(ip.proto, *icmp_type, *icmp_code));
             let echo = matches!(
                 (ip.proto, icmp_type),
                 (Transport::Icmp, 0 | 8) | (Transport::Icmpv6, 128 | 129)
@@ -375,7 +378,6 @@ fn icmp_name(proto: Transport, t: u8, code: u8) -> String {
     let name = match (proto, t) {
         (Transport::Icmp, 0) | (Transport::Icmpv6, 129) => "echo-reply",
         (Transport::Icmp, 8) | (Transport::Icmpv6, 128) => "echo-request",
-        (Transport::Icmp, 3) | (Transport::Icmpv6, 1) => "unreachable",
         (Transport::Icmp, 11) | (Transport::Icmpv6, 3) => "time-exceeded",
         (Transport::Icmpv6, 135) => "neighbor-solicit",
         (Transport::Icmpv6, 136) => "neighbor-advert",

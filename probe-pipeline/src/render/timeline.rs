@@ -17,7 +17,8 @@ use super::{
 use crate::{
     event::{Event, EventBody},
     timeline::{
-        Diagnosis, FactValue, Hop, Journey, Outcome, Rewrite, Source, Tally, Tuple, diagnose,
+        Diagnosis, FactValue, Hop, IcmpError, Journey, Outcome, Rewrite, Source, Tally, Tuple,
+        diagnose,
     },
     topology::Topology,
 };
@@ -105,11 +106,20 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
         }
     });
     let mut s = String::with_capacity(128 * (j.hops.len() + 2));
-    let _ = writeln!(s, "packet {} (flow {}) {head}", j.id, j.flow);
+    let _ = write!(s, "packet {} (flow {}) {head}", j.id, j.flow);
+    if let Some(a) = j.answers {
+        let _ = write!(s, " (ICMP error about packet {a})");
+    }
+    s.push('\n');
     let mut prev = start;
     // One scratch string for the padded columns, reused across hops.
     let mut cell = String::with_capacity(64);
+    // ICMP errors sent about the packet are rows among its hops, at their own times.
+    let mut errors = j.icmp_errors.iter().peekable();
     for (i, h) in j.hops.iter().enumerate() {
+        while let Some(e) = errors.next_if(|e| !h.untimed && e.sighting.ts_ns < h.ts_ns) {
+            error_row(&mut s, &mut cell, e, start, prev, topo);
+        }
         if h.untimed {
             // The kernel gave no time: none is shown, and Δ skips the row.
             push_padded(&mut s, "   (untimed)", TIME_COLUMNS);
@@ -144,6 +154,9 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
         }
         s.push('\n');
     }
+    for e in errors {
+        error_row(&mut s, &mut cell, e, start, prev, topo);
+    }
     let (on, off) = if color {
         let c = match diagnosis.outcome {
             Outcome::Dropped | Outcome::Unroutable => BOLD_RED,
@@ -174,6 +187,74 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
         let _ = writeln!(s, "     next: {} (probe explain {})", cause.next, cause.id);
     }
     s
+}
+
+/// A row for an ICMP error the host sent about the packet: its time is the error's first
+/// sighting; the packet's own Δ goes on from its previous hop, as the error is another packet.
+fn error_row(
+    s: &mut String,
+    cell: &mut String,
+    e: &IcmpError,
+    start: u64,
+    prev: u64,
+    topo: &Topology,
+) {
+    let ts = e.sighting.ts_ns;
+    s.push_str("   +");
+    cell.clear();
+    fmt_ns(cell, ts.saturating_sub(start));
+    push_padded(s, cell, 9);
+    s.push_str(" Δ");
+    cell.clear();
+    fmt_delta(cell, ts.saturating_sub(prev));
+    push_padded(s, cell, 8);
+    s.push(' ');
+    cell.clear();
+    write_place(cell, &e.sighting, topo);
+    push_padded(s, cell, 30);
+    let _ = writeln!(s, " answered with {}", e.sentence());
+}
+
+/// An ICMP error the host sent about the packet (`icmp_errors`).
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct JsonIcmpError {
+    /// The error's own timeline (its `id`).
+    timeline: u64,
+    /// Nanoseconds since the packet's first timestamped hop.
+    t_ns: u64,
+    /// CLOCK_MONOTONIC time of the error's first sighting.
+    ts_ns: u64,
+    /// Where the error was first seen.
+    #[serde(rename = "where")]
+    place: String,
+    /// `port unreachable`, `fragmentation needed (mtu 1280)`, ...
+    what: String,
+    icmp_type: u8,
+    icmp_code: u8,
+    /// The next-hop MTU of a "fragmentation needed" or "packet too big" error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mtu: Option<u32>,
+    /// Where the error was sent (the packet's sender).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<std::net::IpAddr>,
+}
+
+impl JsonIcmpError {
+    fn of(e: &IcmpError, start: u64, topo: &Topology) -> Self {
+        let (icmp_type, icmp_code) = e.type_code().unwrap_or_default();
+        JsonIcmpError {
+            timeline: e.journey,
+            t_ns: e.sighting.ts_ns.saturating_sub(start),
+            ts_ns: e.sighting.ts_ns,
+            place: place(&e.sighting, topo),
+            what: e.describe(),
+            icmp_type,
+            icmp_code,
+            mtu: e.mtu(),
+            to: e.to(),
+        }
+    }
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -266,6 +347,12 @@ struct JsonJourney<'a> {
     evicted: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     events_lost: bool,
+    /// ICMP errors the host sent about this packet, each with its own timeline's id.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    icmp_errors: Vec<JsonIcmpError>,
+    /// For an ICMP error: the id of the timeline of the packet it quotes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answers: Option<u64>,
 }
 
 fn line_name(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -324,6 +411,12 @@ fn json(j: &Journey, topo: &Topology, diagnosis: Diagnosis, clock: &Clock) -> St
         hops,
         evicted: j.evicted,
         events_lost: j.events_lost,
+        icmp_errors: j
+            .icmp_errors
+            .iter()
+            .map(|e| JsonIcmpError::of(e, start, topo))
+            .collect(),
+        answers: j.answers,
     })
     .unwrap_or_else(|e| format!("{{\"schema\":\"{SCHEMA}\",\"error\":\"{e}\"}}"))
 }

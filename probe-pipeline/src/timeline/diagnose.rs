@@ -2,6 +2,8 @@
 //! is one function that either recognises the journey or passes it on; they are tried in order
 //! of how decisive their evidence is (a drop, then a shadowed route, then where it left).
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -73,12 +75,25 @@ pub fn diagnose(j: &Journey, topo: &Topology) -> Diagnosis {
         format!(" after {}", rewrites.join(", "))
     };
     let case = Case { j, topo, after_nat };
-    dropped(&case)
+    let mut d = dropped(&case)
         .or_else(|| shadowed_by_tunnel(&case))
         .or_else(|| last_tc_exit(&case))
         .or_else(|| local_delivery(&case))
         .or_else(|| unroutable(&case))
-        .unwrap_or_else(|| incomplete(&case))
+        .unwrap_or_else(|| incomplete(&case));
+    // The errors the host sent about the packet, and for an error the packet it answers.
+    for (n, e) in j.icmp_errors.iter().enumerate() {
+        let lead = if n == 0 {
+            "; the host answered with"
+        } else {
+            " and"
+        };
+        let _ = write!(d.text, "{lead} {}", e.sentence());
+    }
+    if let Some(a) = j.answers {
+        let _ = write!(d.text, " (an ICMP error about packet {a})");
+    }
+    d
 }
 
 impl Case<'_> {

@@ -70,8 +70,14 @@ pub(super) fn gather(s: &Scene<'_>, cause: &Cause) -> Vec<FactValue> {
                 .map(|v| (v, Source::Host)),
             Fact::Qdisc => host.and_then(|h| qdisc(s, h)).map(|v| (v, Source::Host)),
             Fact::Socket => host.and_then(|h| socket(s, h)).map(|v| (v, Source::Host)),
-            // Not read yet: the kernel exposes neither to probe's programs today.
-            Fact::Conntrack | Fact::IcmpError => None,
+            // The error the host sent back, when its tc sighting was joined to the packet.
+            Fact::IcmpError => {
+                s.j.icmp_errors
+                    .first()
+                    .map(|e| (e.sentence(), Source::Timeline))
+            }
+            // Not read yet: the kernel exposes it to none of probe's programs today.
+            Fact::Conntrack => None,
         };
         if let Some((value, from)) = reading {
             out.push(FactValue { fact, value, from });

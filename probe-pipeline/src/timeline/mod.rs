@@ -15,6 +15,7 @@ mod correlate;
 mod diagnose;
 mod evidence;
 mod hash;
+mod icmp;
 mod tally;
 mod untimed;
 
@@ -24,6 +25,8 @@ use serde::Serialize;
 pub use correlate::{Correlator, Limits};
 pub use diagnose::{Diagnosis, Outcome, diagnose};
 pub use evidence::{FactValue, Source};
+pub use icmp::IcmpError;
+pub(crate) use icmp::error_name as icmp_error_name;
 pub use tally::Tally;
 
 use crate::event::{Direction, Event, EventBody};
@@ -89,6 +92,12 @@ pub struct Journey {
     /// sightings may be missing.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub events_lost: bool,
+    /// ICMP errors the host sent about this packet, in the order they were seen.
+    #[serde(skip)]
+    pub icmp_errors: Vec<IcmpError>,
+    /// For an ICMP error: the journey of the packet it quotes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<u64>,
     /// The tuple at the last sighting (after every rewrite so far).
     #[serde(skip)]
     pub current: Option<Tuple>,
@@ -111,11 +120,19 @@ impl Journey {
         })
     }
 
-    /// Whether any sighting of the journey matches `filter` (before or after rewrites).
+    /// Whether any sighting of the journey matches `filter` (before or after rewrites). An ICMP
+    /// error matches where the packet it quotes does: it belongs with that packet.
     pub fn matches(&self, filter: &crate::filter::Filter) -> bool {
-        self.hops
-            .iter()
-            .any(|h| Tuple::of_event(&h.event).is_some_and(|t| filter.matches(&t)))
+        self.hops.iter().any(|h| {
+            let quoted = match &h.event.body {
+                EventBody::Tc(t) => t.quoted.as_ref().and_then(Tuple::of),
+                _ => None,
+            };
+            Tuple::of_event(&h.event)
+                .into_iter()
+                .chain(quoted)
+                .any(|t| filter.matches(&t))
+        })
     }
 }
 

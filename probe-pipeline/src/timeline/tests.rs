@@ -43,6 +43,7 @@ fn tc(ts: u64, ifindex: u32, direction: Direction, packet: Packet) -> Event {
             netns_cookie: 1,
             mark: 0,
             packet,
+            quoted: None,
             frame: None,
         }),
     }
@@ -1090,4 +1091,140 @@ fn a_frame_without_ip_is_headed_by_what_it_carries() {
     let j = one(vec![tc(1_000, 2, Direction::Ingress, arp)]);
     let text = render_text(&j, &topo(), false);
     assert!(text.lines().next().unwrap().ends_with(") arp"), "{text}");
+}
+
+fn udp(src: &str, sport: u16, dst: &str, dport: u16, ip_id: u16) -> Packet {
+    let mut p = tcp(src, sport, dst, dport, 0, 0);
+    let ip = p.ip.as_mut().unwrap();
+    ip.proto = Transport::Udp;
+    ip.ip_id = ip_id;
+    ip.l4 = Some(L4Header::Udp { sport, dport });
+    p
+}
+
+/// An ICMP error from `src` to `dst`, quoting `quoted`, seen on tc `ifindex` egress.
+fn icmp_error(
+    ts: u64,
+    ifindex: u32,
+    (src, dst): (&str, &str),
+    (t, code, mtu): (u8, u8, u16),
+    quoted: Packet,
+) -> Event {
+    let mut p = tcp(src, 0, dst, 0, 0, 0);
+    let ip = p.ip.as_mut().unwrap();
+    ip.proto = Transport::Icmp;
+    ip.ip_id = 999;
+    ip.l4 = Some(L4Header::Icmp {
+        icmp_type: t,
+        icmp_code: code,
+        icmp_id: 0,
+        icmp_seq: mtu,
+    });
+    let mut e = tc(ts, ifindex, Direction::Egress, p);
+    if let EventBody::Tc(t) = &mut e.body {
+        t.quoted = Some(quoted);
+    }
+    e
+}
+
+#[test]
+fn an_icmp_error_joins_the_packet_it_quotes_both_ways() {
+    // A datagram DNATted to a container whose port is closed: the container's port
+    // unreachable comes back through the bridge, and NAT translates its quote back to the
+    // tuple the sender used.
+    let sent = udp("203.0.113.2", 40000, "203.0.113.1", 8080, 31);
+    let dnatted = udp("203.0.113.2", 40000, "172.17.0.2", 80, 31);
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(1_000, 2, Direction::Ingress, sent.clone()));
+    c.push(tc(41_000, 4, Direction::Egress, dnatted));
+    // Another datagram of the same socket and tuple, later: the error is about the first
+    // one only where the quote says so (its IP id).
+    c.push(tc(
+        60_000,
+        2,
+        Direction::Ingress,
+        udp("203.0.113.2", 40000, "203.0.113.1", 8080, 32),
+    ));
+    c.push(icmp_error(
+        90_000,
+        2,
+        ("203.0.113.1", "203.0.113.2"),
+        (3, 3, 0),
+        sent,
+    ));
+    let done = c.flush();
+    assert_eq!(done.len(), 3, "{done:#?}");
+    let (packet, error) = (&done[0], &done[2]);
+    assert_eq!(packet.icmp_errors.len(), 1, "{done:#?}");
+    assert_eq!(packet.icmp_errors[0].journey, error.id);
+    assert_eq!(error.answers, Some(packet.id));
+    assert!(done[1].icmp_errors.is_empty() && done[1].answers.is_none());
+
+    let t = topo();
+    let d = diagnose(packet, &t);
+    assert!(
+        d.text.ends_with(&format!(
+            "; the host answered with ICMP port unreachable to 203.0.113.2 (packet {})",
+            error.id
+        )),
+        "{}",
+        d.text
+    );
+    // The error is a row of the packet's timeline, at its own time; the packet's Δ are its own.
+    let block = render_text(packet, &t, false);
+    let rows: Vec<&str> = block.lines().collect();
+    assert!(
+        rows[3].starts_with("   +0.089ms   Δ49µs")
+            && rows[3].contains("eth0 egress")
+            && rows[3].contains("answered with ICMP port unreachable"),
+        "{block}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&render_json(packet, &t)).unwrap();
+    let e = &json["icmp_errors"][0];
+    assert_eq!(e["timeline"], error.id);
+    assert_eq!(e["t_ns"], 89_000);
+    assert_eq!(e["what"], "port unreachable");
+    assert_eq!(
+        (e["icmp_type"].as_u64(), e["icmp_code"].as_u64()),
+        (Some(3), Some(3))
+    );
+    assert_eq!(e["to"], "203.0.113.2");
+    let json: serde_json::Value = serde_json::from_str(&render_json(error, &t)).unwrap();
+    assert_eq!(json["answers"], packet.id);
+    assert!(
+        render_text(error, &t, false).starts_with(&format!(
+            "packet {} (flow {}) icmp 203.0.113.1 > 203.0.113.2 (ICMP error about packet {})",
+            error.id, error.flow, packet.id
+        )),
+        "{}",
+        render_text(error, &t, false)
+    );
+}
+
+#[test]
+fn fragmentation_needed_names_its_mtu_and_a_quote_of_no_known_packet_links_nothing() {
+    let sent = udp("172.17.0.2", 5000, "198.51.100.7", 53, 77);
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(1_000, 4, Direction::Ingress, sent.clone()));
+    c.push(icmp_error(
+        20_000,
+        4,
+        ("172.17.0.1", "172.17.0.2"),
+        (3, 4, 1280),
+        sent,
+    ));
+    // An error quoting a packet never seen stays an error of its own.
+    c.push(icmp_error(
+        30_000,
+        4,
+        ("172.17.0.1", "172.17.0.2"),
+        (3, 1, 0),
+        udp("172.17.0.2", 5001, "198.51.100.7", 53, 78),
+    ));
+    let done = c.flush();
+    assert_eq!(done.len(), 3, "{done:#?}");
+    let e = &done[0].icmp_errors[0];
+    assert_eq!(e.mtu(), Some(1280));
+    assert_eq!(e.describe(), "fragmentation needed (mtu 1280)");
+    assert!(done[2].answers.is_none(), "{done:#?}");
 }

@@ -254,10 +254,18 @@ impl Correlator {
                 // A socket purging its queue frees packets it already received: part of a
                 // journey if we saw it, not a journey of its own.
                 let purge = matches!(&event.body, EventBody::Drop(d) if d.reason.as_deref() == Some("QUEUE_PURGE"));
+                let quoted = match &event.body {
+                    EventBody::Tc(t) => t.quoted.clone(),
+                    _ => None,
+                };
                 match found {
                     Some(i) => self.attach(i, event, tuple, false),
                     None if purge => return,
                     None => self.start(event, tuple, sig),
+                }
+                if let Some(q) = quoted {
+                    let i = found.unwrap_or(self.live.len() - 1);
+                    self.link_icmp_error(i, &q);
                 }
                 if let Some(s) = skb.filter(|&s| s != 0) {
                     let i = found.or(self.live.len().checked_sub(1));
@@ -272,6 +280,44 @@ impl Correlator {
             }
         }
         self.expire(now);
+    }
+
+    /// Journey `i`, an ICMP error just seen, answers the packet its payload quotes: the two
+    /// are linked, once, at the error's first sighting.
+    fn link_icmp_error(&mut self, i: usize, quoted: &Packet) {
+        if self.live[i].answers.is_some() {
+            return;
+        }
+        let error_id = self.live[i].id;
+        let (Some(sig), Some(tuple)) = (Signature::of(quoted), Tuple::of(quoted)) else {
+            return;
+        };
+        // The quote is the packet as the host received it, or as its sender sent it where
+        // NAT translated the error back: any tuple the journey had. The latest such journey
+        // is the one the error followed.
+        let Some(k) = self.by_sig.get(&sig).and_then(|ids| {
+            ids.as_slice().iter().rev().find_map(|&id| {
+                let k = self.index_of(id).filter(|_| id != error_id)?;
+                let j = &self.live[k];
+                let had = j.first == Some(tuple)
+                    || j.current == Some(tuple)
+                    || j.rewrites
+                        .iter()
+                        .any(|r| r.before == tuple || r.after == tuple);
+                had.then_some(k)
+            })
+        }) else {
+            return;
+        };
+        let Some(sighting) = self.live[i].hops.last().map(|h| h.event.clone()) else {
+            return;
+        };
+        let answered = self.live[k].id;
+        self.live[i].answers = Some(answered);
+        self.live[k].icmp_errors.push(super::IcmpError {
+            journey: error_id,
+            sighting,
+        });
     }
 
     /// Where journey `id` is in the live set (kept in id order: journeys are appended as they
@@ -380,6 +426,8 @@ impl Correlator {
             rewrites: Vec::new(),
             evicted: false,
             events_lost: false,
+            icmp_errors: Vec::new(),
+            answers: None,
             sig,
             current: tuple,
             last_ns: event.ts_ns,
