@@ -70,7 +70,8 @@ pub fn run(release: bool, args: &[String]) -> anyhow::Result<()> {
 /// empty). The host's results of the guest tests go into the matrix's table.
 pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()> {
     let toolchain = setup::run()?;
-    let bin = build_with(&toolchain, false)?;
+    // The optimised build, as users run it: the host tests and the guests use the same one.
+    let bin = build_with(&toolchain, vm::GUEST_RELEASE)?;
     // Compile as the invoking user, so the target directory stays theirs; only running needs root.
     run_cmd(
         cargo()
@@ -126,7 +127,7 @@ pub fn test(extra: &[String], matrix: Option<Vec<String>>) -> anyhow::Result<()>
     } else {
         lines
     };
-    vm::matrix(&lines, &vm::parse_results(&host_output, "host"))
+    vm::matrix(&bin, &lines, &vm::parse_results(&host_output, "host"))
 }
 
 /// Whether `cargo test <extra>` runs the test file `name`: always, unless `--test` picks others.

@@ -42,10 +42,19 @@ pub fn apply(t: &mut Topology, changes: &[rtnl::LinkChange]) {
     for change in changes {
         match change {
             rtnl::LinkChange::New(l) => {
-                t.links.insert(
-                    l.index,
-                    (l.name.clone(), l.kind.clone().unwrap_or_default()),
-                );
+                // An interface's kind never changes; a notification that does not carry it (or
+                // carries link info the parser could not read) must not make a veth unknown.
+                let kind = l
+                    .kind
+                    .clone()
+                    .or_else(|| {
+                        t.links
+                            .get(&l.index)
+                            .filter(|(_, k)| !k.is_empty())
+                            .map(|(_, k)| k.clone())
+                    })
+                    .unwrap_or_default();
+                t.links.insert(l.index, (l.name.clone(), kind));
             }
             rtnl::LinkChange::Removed { index } => {
                 t.links.remove(index);
@@ -146,4 +155,42 @@ pub fn uplinks(routes: &[rtnl::Route]) -> Vec<u32> {
         })
         .flat_map(|r| r.devices.iter().copied())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use netlink_packet_route::link::LinkLayerType;
+
+    use super::*;
+
+    fn link(index: u32, name: &str, kind: Option<&str>) -> rtnl::Link {
+        rtnl::Link {
+            index,
+            name: name.into(),
+            hw_type: LinkLayerType::Ether,
+            kind: kind.map(str::to_owned),
+            master: None,
+            peer: None,
+        }
+    }
+
+    /// A change that does not say the kind (a state change whose link info could not be read)
+    /// keeps the one known: a veth must not turn into an unknown device, which would make a
+    /// delivery read "left through veth-web".
+    #[test]
+    fn a_change_without_a_kind_keeps_the_known_one() {
+        let mut t = topology(&[link(4, "veth-web", Some("veth"))]);
+        apply(&mut t, &[rtnl::LinkChange::New(link(4, "veth-web", None))]);
+        assert_eq!(t.kind(4), "veth");
+        // A renamed device keeps its kind too; a new index starts unknown.
+        apply(
+            &mut t,
+            &[
+                rtnl::LinkChange::New(link(4, "web0", None)),
+                rtnl::LinkChange::New(link(9, "x", None)),
+            ],
+        );
+        assert_eq!((t.name(4).as_str(), t.kind(4)), ("web0", "veth"));
+        assert_eq!(t.kind(9), "");
+    }
 }

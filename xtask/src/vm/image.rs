@@ -193,6 +193,7 @@ fn shell_quote(s: &str) -> String {
 fn job_archive(
     kernel: &Kernel,
     work: &Path,
+    probe: &Path,
     command: &[String],
     env: &[(String, String)],
     extra: &[PathBuf],
@@ -222,7 +223,7 @@ fn job_archive(
         std::fs::create_dir_all(ir.join("boot"))?;
         std::fs::copy(kernel.root.join(&config), ir.join(&config))?;
     }
-    pack_binary(&probe_lab::probe_binary(), &ir, "/usr/bin/probe")?;
+    pack_binary(probe, &ir, "/usr/bin/probe")?;
     for bin in extra {
         let name = bin.file_name().context("binary without a name")?;
         pack_binary(bin, &ir, &format!("/usr/bin/{}", name.to_string_lossy()))?;
@@ -284,16 +285,18 @@ fn job_archive(
     Ok(out)
 }
 
-/// Builds the initramfs for `command` inside `work` and returns its path.
+/// Builds the initramfs for `command` inside `work`, with `probe` as /usr/bin/probe, and
+/// returns its path.
 pub fn initramfs(
     kernel: &Kernel,
     work: &Path,
+    probe: &Path,
     command: &[String],
     env: &[(String, String)],
     extra: &[PathBuf],
 ) -> anyhow::Result<PathBuf> {
     let modules = modules_archive(kernel)?;
-    let job = job_archive(kernel, work, command, env, extra)?;
+    let job = job_archive(kernel, work, probe, command, env, extra)?;
     let out = work.join("initramfs.gz");
     let mut joined = std::fs::read(&modules)?;
     joined.extend(std::fs::read(&job)?);

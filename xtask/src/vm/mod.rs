@@ -14,7 +14,7 @@ mod qemu;
 
 use std::{
     collections::BTreeMap,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -97,6 +97,10 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+/// Guests run the optimised build: under software emulation an unoptimised probe takes
+/// several times as long to start (reading BTF, loading programs), and every guest test
+/// starts probe at least once.
+pub const GUEST_RELEASE: bool = true;
 /// Tells the tests they run on a stock Debian kernel, which has kprobes and fentry.
 const GUEST_ENV: (&str, &str) = ("PROBE_EXPECT_KERNEL_FUNCTIONS", "1");
 /// Printed in the guest before each test binary runs, to attribute its results.
@@ -215,7 +219,12 @@ pub struct Ran {
 
 /// Finds the kernel of `line` and runs `tests` in it. A kernel that cannot be found is an
 /// `Err` with the reason (reported as unavailable); a guest that panics or hangs is an error.
-fn run_line(line: &str, tests: &[(&str, &[&str])], bins: &[PathBuf]) -> anyhow::Result<KernelRun> {
+fn run_line(
+    line: &str,
+    probe: &Path,
+    tests: &[(&str, &[&str])],
+    bins: &[PathBuf],
+) -> anyhow::Result<KernelRun> {
     let kernel = match apt::kernel(line) {
         Ok(k) => k,
         Err(e) => {
@@ -231,7 +240,7 @@ fn run_line(line: &str, tests: &[(&str, &[&str])], bins: &[PathBuf]) -> anyhow::
         kernel.release
     ));
     let env = [(GUEST_ENV.0.to_owned(), GUEST_ENV.1.to_owned())];
-    let out = qemu::boot(&kernel, &test_script(tests, bins), &env, bins)
+    let out = qemu::boot(&kernel, probe, &test_script(tests, bins), &env, bins)
         .with_context(|| format!("on {}", kernel.release))?;
     status(&format!(
         "{}: exit {} after {:.0?}",
@@ -252,12 +261,12 @@ fn run_line(line: &str, tests: &[(&str, &[&str])], bins: &[PathBuf]) -> anyhow::
 
 /// `cargo xtask vm --test NAME...`: those test binaries, all their tests, on one kernel.
 pub fn run_tests(line: Option<&str>, names: &[String]) -> anyhow::Result<()> {
-    crate::tasks::build(false)?;
+    let probe = crate::tasks::build(GUEST_RELEASE)?;
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let bins = test_binaries(&names)?;
     let tests: Vec<(&str, &[&str])> = names.iter().map(|n| (*n, &[][..])).collect();
     let line = line.unwrap_or(apt::DEFAULT_LINE);
-    let run = run_line(line, &tests, &bins)?;
+    let run = run_line(line, &probe, &tests, &bins)?;
     let ran = match &run.outcome {
         Ok(ran) => ran,
         Err(why) => bail!("no kernel of line {line}: {why}"),
@@ -275,13 +284,13 @@ pub fn run_tests(line: Option<&str>, names: &[String]) -> anyhow::Result<()> {
 
 /// The matrix of `cargo xtask test`: the guest tests on every kernel line, then one table with
 /// the host's results of the same tests. Fails if any kernel failed, showing its console.
-pub fn matrix(lines: &[String], host: &[TestResult]) -> anyhow::Result<()> {
+pub fn matrix(probe: &Path, lines: &[String], host: &[TestResult]) -> anyhow::Result<()> {
     let bins = test_binaries(&GUEST_TESTS.iter().map(|t| t.0).collect::<Vec<_>>())?;
     let started = Instant::now();
     let mut runs = Vec::new();
     let mut failures = Vec::new();
     for line in lines {
-        match run_line(line, GUEST_TESTS, &bins) {
+        match run_line(line, probe, GUEST_TESTS, &bins) {
             Ok(run) => runs.push(run),
             // A panic, an oops or a hang: the console is in the error.
             Err(e) => {
@@ -408,13 +417,13 @@ fn host_release() -> String {
 
 /// `cargo xtask vm [--kernel LINE] -- COMMAND`: the command's output and exit status.
 pub fn run(line: Option<&str>, command: &[String]) -> anyhow::Result<()> {
-    crate::tasks::build(false)?;
+    let probe = crate::tasks::build(GUEST_RELEASE)?;
     let kernel = apt::kernel(line.unwrap_or(apt::DEFAULT_LINE))?;
     status(&format!(
         "booting Debian kernel {} under qemu (software emulation)",
         kernel.release
     ));
-    let out = qemu::boot(&kernel, command, &[], &[])?;
+    let out = qemu::boot(&kernel, &probe, command, &[], &[])?;
     println!("{}", out.output);
     if out.code != 0 {
         std::process::exit(out.code);

@@ -3,7 +3,7 @@
 
 use std::{
     io::Read as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -39,10 +39,12 @@ impl Drop for Work {
     }
 }
 
-/// Boots `kernel` with `command` as the guest's job. `extra` binaries are packed as
-/// /usr/bin/NAME. A panic, an oops or a timeout is an error carrying the whole console.
+/// Boots `kernel` with `command` as the guest's job and `probe` as its /usr/bin/probe. `extra`
+/// binaries are packed as /usr/bin/NAME. A panic, an oops or a timeout is an error carrying
+/// the whole console.
 pub fn boot(
     kernel: &Kernel,
+    probe: &Path,
     command: &[String],
     env: &[(String, String)],
     extra: &[PathBuf],
@@ -54,7 +56,7 @@ pub fn boot(
     let work = Work(std::env::temp_dir().join(format!("probe-vm-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&work.0);
     std::fs::create_dir_all(&work.0)?;
-    let initrd = image::initramfs(kernel, &work.0, command, env, extra)?;
+    let initrd = image::initramfs(kernel, &work.0, probe, command, env, extra)?;
     let started = Instant::now();
     // `timeout` ends qemu (and kills it if it lingers) when the guest hangs.
     let mut qemu = Command::new("timeout")
