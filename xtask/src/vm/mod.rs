@@ -97,6 +97,39 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+/// Added on some kernel lines only: (line, test binary, name filters). The stories and the
+/// timelines on the production kernels (6.1, 6.12), where hook and chain verdicts come from
+/// fentry and kprobes beside the tc sightings; 5.10 lacks the drop reasons the firewall and
+/// icc stories and one timeline test need.
+pub const LINE_TESTS: &[(&str, &str, &[&str])] = &[
+    (
+        "6.1",
+        "stories",
+        &["firewalld_forward_chain", "icc_false_drops"],
+    ),
+    (
+        "6.12",
+        "stories",
+        &["firewalld_forward_chain", "icc_false_drops"],
+    ),
+    ("6.1", "timelines", &[]),
+    ("6.12", "timelines", &[]),
+];
+
+/// What runs on kernel line `line`: the whole matrix's tests, then that line's own.
+pub fn tests_for(line: &str) -> Vec<(&'static str, &'static [&'static str])> {
+    GUEST_TESTS
+        .iter()
+        .copied()
+        .chain(
+            LINE_TESTS
+                .iter()
+                .filter(|t| t.0 == line)
+                .map(|&(_, name, filters)| (name, filters)),
+        )
+        .collect()
+}
+
 /// Guests run the optimised build: under software emulation an unoptimised probe takes
 /// several times as long to start (reading BTF, loading programs), and every guest test
 /// starts probe at least once.
@@ -285,12 +318,22 @@ pub fn run_tests(line: Option<&str>, names: &[String]) -> anyhow::Result<()> {
 /// The matrix of `cargo xtask test`: the guest tests on every kernel line, then one table with
 /// the host's results of the same tests. Fails if any kernel failed, showing its console.
 pub fn matrix(probe: &Path, lines: &[String], host: &[TestResult]) -> anyhow::Result<()> {
-    let bins = test_binaries(&GUEST_TESTS.iter().map(|t| t.0).collect::<Vec<_>>())?;
+    let mut names: Vec<&str> = GUEST_TESTS
+        .iter()
+        .map(|t| t.0)
+        .chain(LINE_TESTS.iter().map(|t| t.1))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let built: BTreeMap<&str, PathBuf> =
+        names.iter().copied().zip(test_binaries(&names)?).collect();
     let started = Instant::now();
     let mut runs = Vec::new();
     let mut failures = Vec::new();
     for line in lines {
-        match run_line(line, probe, GUEST_TESTS, &bins) {
+        let tests = tests_for(line);
+        let bins: Vec<PathBuf> = tests.iter().map(|t| built[t.0].clone()).collect();
+        match run_line(line, probe, &tests, &bins) {
             Ok(run) => runs.push(run),
             // A panic, an oops or a hang: the console is in the error.
             Err(e) => {
