@@ -362,6 +362,44 @@ fn a_neighbour_that_never_answers_is_named_with_its_entry() {
 }
 
 #[test]
+fn a_packet_waiting_seconds_for_its_neighbour_is_one_timeline_to_its_drop() {
+    require_root();
+    let _lab = one_lab_at_a_time();
+    let lab = Routed::new().unwrap();
+    // The kernel's defaults: three solicitations a second apart, then the packet is dropped.
+    sysctl(&lab.router, "net.ipv4.neigh.to-server.mcast_solicit", "3").unwrap();
+    sysctl(
+        &lab.router,
+        "net.ipv4.neigh.to-server.retrans_time_ms",
+        "1000",
+    )
+    .unwrap();
+    let absent: IpAddr = "10.203.2.98".parse().unwrap();
+    let (all, stderr) = trace(lab.router.name(), "udp port 7110", || {
+        udp_from(&lab.client, None, absent, 7110, 8);
+        wait_for_neighbour(&lab.router, "10.203.2.98", "FAILED");
+    });
+    let mine: Vec<&Value> = all.iter().filter(|t| t["first"]["dport"] == 7110).collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one packet, one timeline: {mine:#?}\n{stderr}"
+    );
+    let d = dropped(&all, "neighbour", &stderr);
+    // From its arrival to its drop, seconds apart.
+    assert_eq!(
+        d["hops"][0]["where"],
+        format!("{} ingress", Routed::TO_CLIENT),
+        "{d:#}"
+    );
+    let hops = d["hops"].as_array().unwrap();
+    let waited = hops.last().unwrap()["t_ns"].as_u64().unwrap();
+    assert!(waited > 1_000_000_000, "dropped after {waited} ns: {d:#}");
+    // The router tells the sender.
+    answered(&all, d, "host unreachable", Routed::CLIENT);
+}
+
+#[test]
 fn a_full_queue_names_the_qdisc_and_its_drops() {
     require_root();
     let _lab = one_lab_at_a_time();

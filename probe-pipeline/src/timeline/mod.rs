@@ -120,6 +120,18 @@ impl Journey {
         })
     }
 
+    /// Routed out of the host's stack (a successful, non-local routing decision) and not yet
+    /// seen leaving or dropped: possibly queued until its next hop's address resolves.
+    fn routed_out_not_left(&self) -> bool {
+        !self.ended
+            && self.hops.iter().any(|h| {
+                matches!(&h.event.body, EventBody::Fib(f)
+                    if !f.failed() && f.table != crate::event::RT_TABLE_LOCAL
+                        && f.dev.as_deref().is_some_and(|d| d != "lo"))
+            })
+            && !self.hops.iter().any(|h| is_exit(&h.event))
+    }
+
     /// Whether any sighting of the journey matches `filter` (before or after rewrites). An ICMP
     /// error matches where the packet it quotes does: it belongs with that packet.
     pub fn matches(&self, filter: &crate::filter::Filter) -> bool {

@@ -1228,3 +1228,37 @@ fn fragmentation_needed_names_its_mtu_and_a_quote_of_no_known_packet_links_nothi
     assert_eq!(e.describe(), "fragmentation needed (mtu 1280)");
     assert!(done[2].answers.is_none(), "{done:#?}");
 }
+
+#[test]
+fn a_packet_waiting_for_its_neighbour_stays_one_timeline() {
+    // Routed out of eth0, then queued a second until the next hop's address resolved: one
+    // timeline, however long the wait (up to the kernel's three solicitations).
+    let syn = tcp("172.17.0.2", 40000, "198.51.100.7", 443, 9, TcpFlags::SYN);
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(1_000, 4, Direction::Ingress, syn.clone()));
+    c.push(fib(5_000, "198.51.100.7", 443, 254, Some("eth0"), 0));
+    // Another packet, seen and gone meanwhile, keeps the clock going.
+    let other = tcp("172.17.0.3", 40001, "172.17.0.2", 80, 1, TcpFlags::SYN);
+    c.push(tc(500_000_000, 3, Direction::Ingress, other.clone()));
+    c.push(tc(500_010_000, 4, Direction::Egress, other));
+    c.expire(1_000_000_000);
+    c.push(tc(1_200_000_000, 2, Direction::Egress, syn));
+    let done = c.flush();
+    assert_eq!(done.len(), 2, "{done:#?}");
+    let j = done
+        .iter()
+        .find(|j| j.hops.len() == 3)
+        .expect("the waiting packet, whole");
+    assert_eq!(diagnose(j, &topo()).outcome, diagnose::Outcome::Left);
+
+    // A packet that was not routed out ends after the usual quiet.
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(
+        1_000,
+        4,
+        Direction::Ingress,
+        tcp("172.17.0.2", 1, "172.17.0.9", 2, 3, TcpFlags::SYN),
+    ));
+    c.expire(400_000_000);
+    assert_eq!(c.take_finished().len(), 1);
+}

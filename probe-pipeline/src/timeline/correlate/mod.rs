@@ -139,6 +139,11 @@ pub struct Correlator {
 /// microseconds on one CPU).
 const DECISION_GAP_NS: u64 = 1_000_000;
 
+/// How long a packet routed out may wait for its neighbour to resolve: the kernel's default
+/// is three solicitations a second apart (mcast_solicit 3, retrans_time 1 s), then the packet
+/// is dropped (NEIGH_FAILED).
+const NEIGHBOUR_WAIT_NS: u64 = 3_500_000_000;
+
 /// Most chain verdicts waiting for the hook verdict that names their packet.
 const MAX_UNNAMED: usize = 1024;
 
@@ -376,8 +381,7 @@ impl Correlator {
         for &id in self.by_sig.get(&sig)?.as_slice().iter().rev() {
             let Some(i) = self.index_of(id) else { continue };
             let j = &self.live[i];
-            if (j.ended && !include_ended) || now.saturating_sub(j.last_ns) > self.limits.linger_ns
-            {
+            if (j.ended && !include_ended) || self.is_over(j, now) {
                 continue;
             }
             // Where the signature cannot tell packets apart (IPv6 and id-0 datagrams of one
@@ -530,6 +534,19 @@ impl Correlator {
         }
     }
 
+    /// Whether journey `j` has been quiet for too long to go on at `now`. While few packets
+    /// are in flight, one routed out and not yet seen leaving may be waiting for its
+    /// neighbour: it goes on after the address resolves (or fails), up to seconds later, and
+    /// must not become two timelines. Under load the plain linger holds, so memory stays
+    /// bounded as before.
+    fn is_over(&self, j: &Journey, now: u64) -> bool {
+        let quiet = now.saturating_sub(j.last_ns);
+        quiet > self.limits.linger_ns
+            && !(quiet <= NEIGHBOUR_WAIT_NS
+                && self.live.len() <= self.limits.max_live / 8
+                && j.routed_out_not_left())
+    }
+
     /// Ends journeys quiet since before `now - linger`. Cheap to call often: it looks at most
     /// every few milliseconds of event time.
     pub fn expire(&mut self, now: u64) {
@@ -539,7 +556,6 @@ impl Correlator {
         self.next_expire_ns = now + EXPIRE_EVERY_NS;
         self.close_decisions(|d| now.saturating_sub(d.ts_ns) > DECISION_GAP_NS);
         self.expire_unnamed(now);
-        let linger = self.limits.linger_ns;
         while let Some(l) = self.lookups.front() {
             if now.saturating_sub(l.ts_ns) > self.limits.lookup_window_ns {
                 let l = self.lookups.pop_front().expect("non-empty");
@@ -550,7 +566,7 @@ impl Correlator {
         }
         let mut i = 0;
         while i < self.live.len() {
-            if now.saturating_sub(self.live[i].last_ns) > linger {
+            if self.is_over(&self.live[i], now) {
                 let j = self.live.remove(i).expect("index in range");
                 self.live_ids.remove(i);
                 self.finish(j);
