@@ -194,6 +194,16 @@ fn root_attributes(j: &Journey, topo: &Topology, d: &Diagnosis, untimed: bool) -
     if !containers.is_empty() {
         a.strs("probe.containers", containers);
     }
+    if !j.icmp_errors.is_empty() {
+        // The errors the host sent about the packet, and which timelines (traces) they are.
+        a.strs(
+            "probe.icmp_errors",
+            j.icmp_errors.iter().map(|e| e.sentence()).collect(),
+        );
+    }
+    if let Some(id) = j.answers {
+        a.int("probe.answers", id as i64);
+    }
     if j.events_lost {
         a.bool("probe.events_lost", true);
     }

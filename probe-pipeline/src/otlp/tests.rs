@@ -413,3 +413,48 @@ fn the_sink_exports_the_timelines_it_shows() {
         run().trace_id(line["id"].as_u64().unwrap())
     );
 }
+
+#[test]
+fn an_icmp_error_and_its_packet_name_each_other() {
+    let p = tcp("172.17.0.2", 5000, "203.0.113.2", 53);
+    let mut error = tcp("172.17.0.1", 0, "172.17.0.2", 0);
+    let ip = error.ip.as_mut().unwrap();
+    ip.proto = Transport::Icmp;
+    ip.l4 = Some(L4Header::Icmp {
+        icmp_type: 3,
+        icmp_code: 1,
+        icmp_id: 0,
+        icmp_seq: 0,
+    });
+    let mut e = tc(9_000, 4, Direction::Egress, error);
+    if let EventBody::Tc(t) = &mut e.body {
+        t.quoted = Some(p.clone());
+    }
+    let mut c = Correlator::new(Limits::default());
+    c.push(tc(1_000, 4, Direction::Ingress, p));
+    c.push(e);
+    let done = c.flush();
+    assert_eq!(done.len(), 2, "{done:#?}");
+    let root = |j: &Journey| {
+        let spans = round_trip(spans(j, &topo(), &diagnose(j, &topo()), &run()));
+        attrs(&spans[0].attributes)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<HashMap<String, Value>>()
+    };
+    let packet = root(&done[0]);
+    let Value::ArrayValue(errors) = &packet["probe.icmp_errors"] else {
+        panic!("{packet:?}")
+    };
+    assert_eq!(
+        errors.values[0].value,
+        Some(s(&format!(
+            "ICMP host unreachable to 172.17.0.2 (packet {})",
+            done[1].id
+        )))
+    );
+    assert_eq!(
+        root(&done[1])["probe.answers"],
+        Value::IntValue(done[0].id as i64)
+    );
+}
