@@ -83,6 +83,8 @@ pub mod names {
     pub const TP_FIB6_LOOKUP: &str = "fib6_table_lookup";
     pub const RAW_TP_FIB_LOOKUP: &str = "fib_table_lookup_raw";
     pub const RAW_TP_FIB6_NETNS: &str = "fib6_table_lookup_netns";
+    pub const ROUTE_INPUT_FENTRY: &str = "ip_route_input_fentry";
+    pub const ROUTE_INPUT_FEXIT: &str = "ip_route_input_fexit";
     pub const NF_HOOK_FENTRY: &str = "nf_hook_slow_fentry";
     pub const NF_HOOK_FEXIT: &str = "nf_hook_slow_fexit";
     pub const NF_HOOK_KPROBE: &str = "nf_hook_slow_kprobe";

@@ -76,6 +76,14 @@ fn backends_follow_the_kernel_version() {
         };
         assert_eq!(hook.as_deref(), Some(expected), "{report}");
         assert!(doctor.feature("fentry/fexit") == (version >= (5, 5)));
+        // Input routing decisions know their namespace from the decision's own device there.
+        assert_eq!(
+            routes.contains("fentry/fexit ip_route_input_noref (input namespace)"),
+            version >= (5, 5),
+            "{routes}"
+        );
+    } else if !doctor.feature("fentry/fexit") {
+        assert!(!routes.contains("ip_route_input_noref"), "{routes}");
     }
     match kprobes {
         Some(true) => {

@@ -11,4 +11,5 @@ pub mod fib_rules;
 pub mod netif;
 pub mod nf;
 pub mod qdisc;
+pub mod route_input;
 pub mod tc;

@@ -24,6 +24,46 @@ pub struct IngressSeen {
 #[map(name = "INGRESS_SEEN")]
 static INGRESS_SEEN: PerCpuArray<IngressSeen> = PerCpuArray::with_max_entries(1, 0);
 
+/// The input routing decision in progress on this CPU (`ip_route_input_noref`, where fentry
+/// is available): the namespace of the device the packet came in on, and how many such calls
+/// are open (a relookup can nest one).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InputRoute {
+    pub netns_inum: u32,
+    pub depth: u32,
+}
+
+#[map(name = "INPUT_ROUTE")]
+static INPUT_ROUTE: PerCpuArray<InputRoute> = PerCpuArray::with_max_entries(1, 0);
+
+/// An input routing decision begins for a packet that came in on `dev`.
+#[inline(always)]
+pub fn enter_input_route(dev: u64) {
+    let netns_inum = skb::dev_netns(dev);
+    if let Some(slot) = INPUT_ROUTE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
+        unsafe {
+            (*slot).netns_inum = netns_inum;
+            (*slot).depth = ((*slot).depth + 1).min(8);
+        }
+    }
+}
+
+/// The input routing decision on this CPU returns.
+#[inline(always)]
+pub fn leave_input_route() {
+    if let Some(slot) = INPUT_ROUTE.get_ptr_mut(0) {
+        // SAFETY: as in `enter_input_route`.
+        unsafe {
+            (*slot).depth = (*slot).depth.saturating_sub(1);
+            if (*slot).depth == 0 {
+                (*slot).netns_inum = 0;
+            }
+        }
+    }
+}
+
 /// The namespace of the IPv6 lookup in progress on this CPU, from the raw tracepoint
 /// `fib6_table_lookup` (its first argument is the `struct net`), for the ordinary tracepoint's
 /// program, which makes the event: the two run one after the other for the same lookup.
@@ -115,7 +155,15 @@ pub fn of_lookup(dev: u64, iif: i32, ts_ns: u64) -> u32 {
         }
     }
     if iif != LOOPBACK_IFINDEX && iif != 0 {
-        // An input lookup runs in softirq, where the current task is whoever was interrupted.
+        // An input lookup runs in softirq, where the current task is whoever was interrupted:
+        // the decision it is part of knows its device, where fentry could watch it.
+        if let Some(route) = INPUT_ROUTE.get_ptr(0) {
+            // SAFETY: per-CPU slot of a plain struct.
+            let route = unsafe { *route };
+            if route.depth != 0 && route.netns_inum != 0 {
+                return route.netns_inum;
+            }
+        }
         if let Some(seen) = INGRESS_SEEN.get_ptr(0) {
             // SAFETY: per-CPU slot of a plain struct.
             let seen = unsafe { *seen };

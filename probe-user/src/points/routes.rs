@@ -89,11 +89,39 @@ impl Point for Decisions {
             }
             other => other,
         };
-        match outcome {
+        let outcome = match outcome {
             Outcome::Attached(what) if raw6 => Outcome::Attached(format!(
                 "{what}, raw tracepoint fib6_table_lookup (IPv6 namespace)"
             )),
             other => other,
+        };
+        // The namespace of IPv4 input decisions, exactly, where the kernel has trampolines;
+        // elsewhere the tc ingress sighting just before on the same CPU tells it.
+        let Outcome::Attached(what) = outcome else {
+            return outcome;
+        };
+        let input = kernel.aya_btf().map(|btf| {
+            attach::fexit_pair(
+                bpf,
+                btf,
+                "ip_route_input_noref",
+                prog::ROUTE_INPUT_FENTRY,
+                prog::ROUTE_INPUT_FEXIT,
+            )
+        });
+        match input {
+            Some(Ok(())) => Outcome::Attached(format!(
+                "{what}, fentry/fexit ip_route_input_noref (input namespace)"
+            )),
+            Some(Err(e)) => {
+                log::debug!(
+                    "fentry ip_route_input_noref: {}; input lookups are placed by the tc \
+                     sighting before them",
+                    attach::short(&e)
+                );
+                Outcome::Attached(what)
+            }
+            None => Outcome::Attached(what),
         }
     }
 }

@@ -63,6 +63,9 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
         "watch",
         &["counts_drops_and_hop_latency_through_this_kernels_verifier"],
     ),
+    // Lookups in their own namespace: twin namespaces with the same addresses, a failed input
+    // lookup (its namespace from fentry on ip_route_input_noref there), a container's own.
+    ("route_namespaces", &[]),
     (
         "tc",
         &[
