@@ -180,32 +180,32 @@ mod tests {
 
     #[test]
     fn names_the_errors_and_their_mtu() {
-        assert_eq!(
-            describe(&error(Transport::Icmp, 3, 3, 0, 0)),
-            "port unreachable"
-        );
-        assert_eq!(
-            describe(&error(Transport::Icmp, 3, 4, 0, 1280)),
-            "fragmentation needed (mtu 1280)"
-        );
-        assert_eq!(
-            describe(&error(Transport::Icmpv6, 2, 0, 0, 1280)),
-            "packet too big (mtu 1280)"
-        );
+        for (proto, t, code, id, seq, name) in [
+            (Transport::Icmp, 3, 3, 0, 0, "port unreachable"),
+            (
+                Transport::Icmp,
+                3,
+                4,
+                0,
+                1280,
+                "fragmentation needed (mtu 1280)",
+            ),
+            (
+                Transport::Icmpv6,
+                2,
+                0,
+                0,
+                1280,
+                "packet too big (mtu 1280)",
+            ),
+            (Transport::Icmpv6, 1, 4, 0, 0, "port unreachable"),
+            (Transport::Icmp, 11, 0, 0, 0, "time exceeded (TTL)"),
+            (Transport::Icmp, 3, 15, 0, 0, "unreachable (code 15)"),
+        ] {
+            assert_eq!(describe(&error(proto, t, code, id, seq)), name);
+        }
         // A 32-bit MTU: the high half is in the first field.
         assert_eq!(mtu(&error(Transport::Icmpv6, 2, 0, 1, 0)), Some(65536));
-        assert_eq!(
-            describe(&error(Transport::Icmpv6, 1, 4, 0, 0)),
-            "port unreachable"
-        );
-        assert_eq!(
-            describe(&error(Transport::Icmp, 11, 0, 0, 0)),
-            "time exceeded (TTL)"
-        );
-        assert_eq!(
-            describe(&error(Transport::Icmp, 3, 15, 0, 0)),
-            "unreachable (code 15)"
-        );
         // A port unreachable's MTU bytes are unused: no MTU is claimed.
         assert_eq!(mtu(&error(Transport::Icmp, 3, 3, 0, 1280)), None);
     }
