@@ -76,26 +76,44 @@ pub struct Lookup6 {
     pub daddr: [u8; 16],
 }
 
-#[map(name = "LOOKUP6_NETNS")]
-static LOOKUP6_NETNS: PerCpuArray<Lookup6> = PerCpuArray::with_max_entries(1, 0);
+/// The lookups parked on this CPU, newest at `next - 1`: a softirq can interrupt a lookup
+/// between its two probes and make lookups of its own, so one slot is not enough.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Parked6 {
+    pub entries: [Lookup6; PARKED6],
+    pub next: u32,
+    pub _pad: u32,
+}
 
-/// Most time between the raw and the ordinary tracepoint of one lookup (they are two probes
-/// of one tracepoint call).
-const RAW_TO_RECORD_NS: u64 = 50_000;
+/// Lookups parked at once per CPU (a lookup, one interrupting it, and margin).
+const PARKED6: usize = 4;
+
+#[map(name = "LOOKUP6_NETNS")]
+static LOOKUP6_NETNS: PerCpuArray<Parked6> = PerCpuArray::with_max_entries(1, 0);
+
+/// Most time between the raw and the ordinary tracepoint of one lookup (two probes of one
+/// tracepoint call: microseconds, more under emulation).
+const RAW_TO_RECORD_NS: u64 = 2_000_000;
 
 /// Parks the namespace of the IPv6 lookup being made.
 #[inline(always)]
 pub fn park_lookup6(v: Lookup6) {
     if let Some(slot) = LOOKUP6_NETNS.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, only this CPU writes it while this program runs.
-        unsafe { *slot = v }
+        let parked = unsafe { &mut *slot };
+        let i = (parked.next as usize) % PARKED6;
+        if let Some(e) = parked.entries.get_mut(i) {
+            *e = v;
+        }
+        parked.next = parked.next.wrapping_add(1);
     }
 }
 
-/// The namespace parked for this lookup (same table and destination, moments ago), taken
-/// so that it serves one lookup only; 0 when none was. The probes of a tracepoint run in the
-/// order they were registered, which another tracer may have reversed: then the slot holds
-/// the previous lookup's, which the checks mostly tell.
+/// The namespace parked for this lookup (same table and destination, moments ago; the
+/// newest such), taken so that it serves one lookup only; 0 when none was. The probes of a
+/// tracepoint run in the order they were registered, which another tracer may have reversed:
+/// then a parked entry may be the previous lookup's, which the checks mostly tell.
 #[inline(always)]
 pub fn take_lookup6(table: u32, daddr: &[u8; 16], ts_ns: u64) -> u32 {
     let Some(slot) = LOOKUP6_NETNS.get_ptr_mut(0) else {
@@ -103,15 +121,28 @@ pub fn take_lookup6(table: u32, daddr: &[u8; 16], ts_ns: u64) -> u32 {
     };
     // SAFETY: per-CPU slot of a plain struct, only this CPU touches it while this runs.
     let parked = unsafe { &mut *slot };
-    if parked.ts_ns == 0
-        || ts_ns.saturating_sub(parked.ts_ns) > RAW_TO_RECORD_NS
-        || parked.table != table
-        || parked.daddr != *daddr
-    {
-        return 0;
+    let mut best: Option<usize> = None;
+    let mut best_ts = 0;
+    for i in 0..PARKED6 {
+        let Some(e) = parked.entries.get(i) else {
+            continue;
+        };
+        if e.ts_ns != 0
+            && e.ts_ns >= best_ts
+            && ts_ns.saturating_sub(e.ts_ns) <= RAW_TO_RECORD_NS
+            && e.table == table
+            && e.daddr == *daddr
+        {
+            best = Some(i);
+            best_ts = e.ts_ns;
+        }
     }
-    parked.ts_ns = 0;
-    parked.netns_inum
+    let Some(i) = best else { return 0 };
+    let Some(e) = parked.entries.get_mut(i) else {
+        return 0;
+    };
+    e.ts_ns = 0;
+    e.netns_inum
 }
 
 /// The namespace a `struct net *` is.
