@@ -124,14 +124,13 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
             // The kernel gave no time: none is shown, and Δ skips the row.
             push_padded(&mut s, "   (untimed)", TIME_COLUMNS);
         } else {
-            s.push_str(if h.inferred { "  ~+" } else { "   +" });
-            cell.clear();
-            fmt_ns(&mut cell, h.ts_ns.saturating_sub(start));
-            push_padded(&mut s, &cell, 9);
-            s.push_str(" Δ");
-            cell.clear();
-            fmt_delta(&mut cell, h.ts_ns.saturating_sub(prev));
-            push_padded(&mut s, &cell, 8);
+            time_columns(
+                &mut s,
+                &mut cell,
+                h.inferred,
+                h.ts_ns.saturating_sub(start),
+                h.ts_ns.saturating_sub(prev),
+            );
             prev = h.ts_ns;
         }
         s.push(' ');
@@ -189,6 +188,18 @@ fn text(j: &Journey, topo: &Topology, color: bool, diagnosis: Diagnosis) -> Stri
     s
 }
 
+/// A timed row's time columns: `   +0.041ms   Δ40µs    ` (`~+` for a hop joined by inference).
+fn time_columns(s: &mut String, cell: &mut String, inferred: bool, since_start: u64, delta: u64) {
+    s.push_str(if inferred { "  ~+" } else { "   +" });
+    cell.clear();
+    fmt_ns(cell, since_start);
+    push_padded(s, cell, 9);
+    s.push_str(" Δ");
+    cell.clear();
+    fmt_delta(cell, delta);
+    push_padded(s, cell, 8);
+}
+
 /// A row for an ICMP error the host sent about the packet: its time is the error's first
 /// sighting; the packet's own Δ goes on from its previous hop, as the error is another packet.
 fn error_row(
@@ -200,14 +211,13 @@ fn error_row(
     topo: &Topology,
 ) {
     let ts = e.sighting.ts_ns;
-    s.push_str("   +");
-    cell.clear();
-    fmt_ns(cell, ts.saturating_sub(start));
-    push_padded(s, cell, 9);
-    s.push_str(" Δ");
-    cell.clear();
-    fmt_delta(cell, ts.saturating_sub(prev));
-    push_padded(s, cell, 8);
+    time_columns(
+        s,
+        cell,
+        false,
+        ts.saturating_sub(start),
+        ts.saturating_sub(prev),
+    );
     s.push(' ');
     cell.clear();
     write_place(cell, &e.sighting, topo);

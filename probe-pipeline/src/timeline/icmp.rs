@@ -38,14 +38,7 @@ impl IcmpError {
 
     /// The ICMP type and code.
     pub fn type_code(&self) -> Option<(u8, u8)> {
-        match self.tc()?.packet.ip.as_ref()?.l4 {
-            Some(L4Header::Icmp {
-                icmp_type,
-                icmp_code,
-                ..
-            }) => Some((icmp_type, icmp_code)),
-            _ => None,
-        }
+        icmp_header(&self.tc()?.packet).map(|(_, t, code, _, _)| (t, code))
     }
 
     /// The next-hop MTU a "fragmentation needed" or "packet too big" error reports.
@@ -71,6 +64,12 @@ impl IcmpError {
 /// The MTU field of a "fragmentation needed" (ICMP 3/4: bytes 6-7 of the header) or "packet
 /// too big" (ICMPv6 2: bytes 4-7) error. The decoder keeps those bytes as the echo fields.
 fn mtu(p: &Packet) -> Option<u32> {
+    let (proto, icmp_type, icmp_code, id, seq) = icmp_header(p)?;
+    mtu_of(proto, icmp_type, icmp_code, id, seq)
+}
+
+/// The ICMP header's fields: protocol, type, code, and bytes 4-7 (as the echo fields).
+fn icmp_header(p: &Packet) -> Option<(Transport, u8, u8, u16, u16)> {
     let ip = p.ip.as_ref()?;
     match ip.l4 {
         Some(L4Header::Icmp {
@@ -78,7 +77,7 @@ fn mtu(p: &Packet) -> Option<u32> {
             icmp_code,
             icmp_id,
             icmp_seq,
-        }) => mtu_of(ip.proto, icmp_type, icmp_code, icmp_id, icmp_seq),
+        }) => Some((ip.proto, icmp_type, icmp_code, icmp_id, icmp_seq)),
         _ => None,
     }
 }
@@ -94,18 +93,11 @@ fn mtu_of(proto: Transport, icmp_type: u8, icmp_code: u8, id: u16, seq: u16) -> 
 
 /// An ICMP error in words.
 fn describe(p: &Packet) -> String {
-    let Some(ip) = &p.ip else {
-        return "error".to_owned();
-    };
-    match ip.l4 {
-        Some(L4Header::Icmp {
-            icmp_type,
-            icmp_code,
-            icmp_id,
-            icmp_seq,
-        }) => error_name(ip.proto, icmp_type, icmp_code, icmp_id, icmp_seq)
-            .unwrap_or_else(|| format!("type {icmp_type} code {icmp_code}")),
-        _ => "error".to_owned(),
+    match icmp_header(p) {
+        Some((proto, t, code, id, seq)) => {
+            error_name(proto, t, code, id, seq).unwrap_or_else(|| format!("type {t} code {code}"))
+        }
+        None => "error".to_owned(),
     }
 }
 
