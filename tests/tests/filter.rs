@@ -14,7 +14,8 @@ use serde_json::Value;
 /// "... N sightings filtered out in the kernel" from probe's summary line.
 fn filtered_in_kernel(stderr: &str) -> u64 {
     stderr
-        .split(';')
+        .lines()
+        .flat_map(|line| line.split(';'))
         .find_map(|part| {
             part.trim()
                 .strip_suffix("sightings filtered out in the kernel")
@@ -179,4 +180,81 @@ fn a_dropped_packet_the_filter_admits_is_reported() {
         !drops.iter().any(|e| e["packet"]["ip"]["dport"] == 9003),
         "the turned-away datagram's drop was reported: {events:#?}"
     );
+}
+
+/// Address filters (`host`, `net`, `src`/`dst`, IPv6 networks, `not`) give the filter its
+/// largest frame, which sits on top of each program's own within the kernel's 512 bytes: every
+/// program must load with one, in each mode, and the filter must choose by address. Three
+/// datagrams differ only in port; the filter admits one of them by its destination address and
+/// turns away the others by theirs.
+#[test]
+fn address_filters_load_in_every_mode_and_choose_by_address() {
+    require_root();
+    let lab = TwoHosts::new().unwrap();
+    let (a, b) = (lab.a_addr, lab.b_addr);
+    let filter = format!(
+        "dst host {b} and udp dst port 9010 or dst host {a} and udp dst port 9011 \
+         or net fd00::/8 and not host fd00::1 \
+         or src net 10.201.0.0/24 and udp dst port 9012 and not net {b}/32"
+    );
+    let dir = std::env::temp_dir().join(format!("probe-filter-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcapng = dir.join("trace.pcapng");
+    let modes: [&[&str]; 3] = [
+        &["--json"],
+        &["--events", "--json"],
+        &[
+            "--json",
+            "--snaplen",
+            "64",
+            "--pcapng",
+            pcapng.to_str().unwrap(),
+        ],
+    ];
+    for mode in modes {
+        let mut args = vec!["trace", "--netns", lab.a.name(), "--filter", &filter];
+        args.extend_from_slice(mode);
+        let run = ProbeRun::start(&args).unwrap();
+        let unloaded: Vec<&String> = run
+            .stderr_so_far()
+            .iter()
+            .filter(|l| l.contains("unavailable") || l.contains("cannot load"))
+            .collect();
+        assert!(
+            unloaded.is_empty(),
+            "{mode:?}: a program did not load: {unloaded:#?}"
+        );
+        let receiver = udp_listen(&lab.b, b, 9010).unwrap();
+        lab.a
+            .run(move || {
+                let sock = UdpSocket::bind((a, 0)).unwrap();
+                for port in [9011, 9012, 9010] {
+                    sock.send_to(b"which", (b, port)).unwrap();
+                }
+            })
+            .unwrap();
+        // One socket's datagrams leave in order: the last one's arrival means all three left.
+        receiver.recv(&mut [0u8; 16]).unwrap();
+        let (stdout, stderr) = run.stop().unwrap();
+        let lines = json_lines(&stdout).unwrap();
+        let port_of = |v: &Value| {
+            v["packet"]["ip"]["dport"]
+                .as_u64()
+                .or_else(|| v["first"]["dport"].as_u64())
+        };
+        let ports: Vec<u64> = lines.iter().filter_map(port_of).collect();
+        assert!(
+            ports.contains(&9010),
+            "{mode:?}: the admitted datagram is missing: {lines:#?}\n{stderr}"
+        );
+        assert!(
+            !ports.iter().any(|p| *p == 9011 || *p == 9012),
+            "{mode:?}: a datagram the filter turns away by address was reported: {lines:#?}"
+        );
+        assert!(
+            filtered_in_kernel(&stderr) >= 2,
+            "{mode:?}: the kernel turned away fewer than the two datagrams: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -240,25 +240,24 @@ fn remember_flow(f: &mut FlowKey) {
     let _ = ADMITTED_FLOWS.insert(&*f, 1, 0);
 }
 
-#[inline(always)]
-fn half(a: &[u8; 16], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    let mut i = 0;
-    while i < 8 {
-        b[i] = a[at + i];
-        i += 1;
-    }
-    u64::from_ne_bytes(b)
-}
-
-/// Whether `addr` is in instruction `i`'s network. Fields are read one by one, so no copy of a
-/// whole instruction takes stack space.
+/// Whether `addr` is in instruction `i`'s network. Everything is read a byte at a time, the
+/// address too and volatile: copies of the mask and network, or the address's bytes hoisted
+/// out of the unrolled instructions, take stack the filter's frame does not have (it sits on
+/// top of its caller's within the kernel's 512 bytes; an address filter once made tc_ingress
+/// fail to load).
 #[inline(always)]
 fn in_net(addr: &[u8; 16], i: usize) -> bool {
-    let mask = config::get(|c| &c.filter[i].mask);
-    let net = config::get(|c| &c.filter[i].addr);
-    half(addr, 0) & half(&mask, 0) == half(&net, 0)
-        && half(addr, 8) & half(&mask, 8) == half(&net, 8)
+    let mut j = 0;
+    while j < 16 {
+        let mask = config::get(|c| &c.filter[i].mask[j]);
+        // SAFETY: j < 16, within the array.
+        let byte = unsafe { core::ptr::read_volatile(addr.as_ptr().add(j)) };
+        if byte & mask != config::get(|c| &c.filter[i].addr[j]) {
+            return false;
+        }
+        j += 1;
+    }
+    true
 }
 
 #[inline(always)]
