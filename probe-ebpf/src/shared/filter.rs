@@ -240,12 +240,12 @@ fn remember_flow(f: &mut FlowKey) {
     let _ = ADMITTED_FLOWS.insert(&*f, 1, 0);
 }
 
-/// Whether `addr` is in instruction `i`'s network. Everything is read a byte at a time, the
-/// address too and volatile: copies of the mask and network, or the address's bytes hoisted
-/// out of the unrolled instructions, take stack the filter's frame does not have (it sits on
-/// top of its caller's within the kernel's 512 bytes; an address filter once made tc_ingress
-/// fail to load).
-#[inline(always)]
+/// Whether `addr` is in instruction `i`'s network, a byte at a time. A function of its own:
+/// inlined into the unrolled instructions, the compiler kept copies of the mask and network
+/// (or hoisted the address's bytes out of them) in the filter's frame, which sits on top of its
+/// caller's within the kernel's 512 bytes; an address filter once made tc_ingress fail to
+/// load. Each call is verified with its own constant `i`.
+#[inline(never)]
 fn in_net(addr: &[u8; 16], i: usize) -> bool {
     let mut j = 0;
     while j < 16 {
@@ -255,9 +255,7 @@ fn in_net(addr: &[u8; 16], i: usize) -> bool {
         if mask == 0 {
             return true;
         }
-        // SAFETY: j < 16, within the array.
-        let byte = unsafe { core::ptr::read_volatile(addr.as_ptr().add(j)) };
-        if byte & mask != config::get(|c| &c.filter[i].addr[j]) {
+        if addr[j] & mask != config::get(|c| &c.filter[i].addr[j]) {
             return false;
         }
         j += 1;
