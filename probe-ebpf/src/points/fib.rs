@@ -57,6 +57,31 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
         count_failure(tb_id, err, family::IPV4);
         return Ok(());
     }
+    // The filter first: a lookup it turns away costs its reads, not a ring entry.
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&read_kernel::<[u8; 4]>(flp, l.saddr).unwrap_or_default());
+    dst[..4].copy_from_slice(&read_kernel::<[u8; 4]>(flp, l.daddr).unwrap_or_default());
+    let proto = read_kernel::<u8>(flp, l.proto).unwrap_or_default();
+    // Ports as the tracepoint gives them: TCP and UDP only, in host order.
+    let (sport, dport) = if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        (
+            u16::from_be(read_kernel::<u16>(flp, l.sport).unwrap_or_default()),
+            u16::from_be(read_kernel::<u16>(flp, l.dport).unwrap_or_default()),
+        )
+    } else {
+        (0, 0)
+    };
+    if !filter::admit_tuple(&filter::Fields {
+        saddr: &src,
+        daddr: &dst,
+        sport,
+        dport,
+        l4_proto: proto,
+        family: family::IPV4,
+    }) {
+        return Ok(());
+    }
     let Some(mut entry) = maps::EVENTS.reserve::<FibEvent>(0) else {
         maps::bump(counter::RINGBUF_FULL);
         return Err(-1);
@@ -72,14 +97,10 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
         flags: 0,
         cpu,
     };
-    ev.src = [0; 16];
-    ev.dst = [0; 16];
+    ev.src = src;
+    ev.dst = dst;
     ev.gw = [0; 16];
     ev.dev_name = [0; 16];
-    let saddr: [u8; 4] = read_kernel(flp, l.saddr).unwrap_or_default();
-    let daddr: [u8; 4] = read_kernel(flp, l.daddr).unwrap_or_default();
-    ev.src[..4].copy_from_slice(&saddr);
-    ev.dst[..4].copy_from_slice(&daddr);
     ev.gw_family = family::OTHER;
     let mut dev = 0u64;
     if nhc == 0 {
@@ -111,15 +132,9 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
     ev.err = err;
     ev.oif = read_kernel::<i32>(flp, l.oif).unwrap_or_default();
     ev.iif = read_kernel::<i32>(flp, l.iif).unwrap_or_default();
-    ev.proto = read_kernel::<u8>(flp, l.proto).unwrap_or_default();
-    // Ports as the tracepoint gives them: TCP and UDP only, in host order.
-    if ev.proto == IPPROTO_TCP || ev.proto == IPPROTO_UDP {
-        ev.sport = u16::from_be(read_kernel::<u16>(flp, l.sport).unwrap_or_default());
-        ev.dport = u16::from_be(read_kernel::<u16>(flp, l.dport).unwrap_or_default());
-    } else {
-        ev.sport = 0;
-        ev.dport = 0;
-    }
+    ev.proto = proto;
+    ev.sport = sport;
+    ev.dport = dport;
     ev.family = family::IPV4;
     ev.tos = read_kernel::<u8>(flp, l.tos).unwrap_or_default();
     ev.scope = read_kernel::<u8>(flp, l.scope).unwrap_or_default();
@@ -127,18 +142,6 @@ fn try_fib_raw(ctx: &RawTracePointContext, l: &Fib4RawLayout) -> Result<(), i32>
     ev.source = fib_source::RAW_TP_FIB4;
     ev._pad = 0;
     ev.netns_inum = netns::of_lookup(dev, ev.iif, ts_ns);
-    let admitted = filter::admit_tuple(&filter::Fields {
-        saddr: &ev.src,
-        daddr: &ev.dst,
-        sport: ev.sport,
-        dport: ev.dport,
-        l4_proto: ev.proto,
-        family: family::IPV4,
-    });
-    if !admitted {
-        entry.discard(0);
-        return Ok(());
-    }
     maps::submit(entry);
     Ok(())
 }
@@ -215,6 +218,25 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
         count_failure(read::<u32>(ctx, l.tb_id), read::<i32>(ctx, l.err), fam);
         return Ok(());
     }
+    // The filter first: a lookup it turns away costs its reads, not a ring entry.
+    let addr_len = if fam == family::IPV4 { 4 } else { 16 };
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    read_into(ctx, l.src, &mut src[..addr_len]);
+    read_into(ctx, l.dst, &mut dst[..addr_len]);
+    let sport = read::<u16>(ctx, l.sport);
+    let dport = read::<u16>(ctx, l.dport);
+    let proto = read::<u8>(ctx, l.proto);
+    if !filter::admit_tuple(&filter::Fields {
+        saddr: &src,
+        daddr: &dst,
+        sport,
+        dport,
+        l4_proto: proto,
+        family: fam,
+    }) {
+        return Ok(());
+    }
     // The event is filled in place in the ring buffer: it is too large for the BPF stack
     // next to the record reads.
     let Some(mut entry) = maps::EVENTS.reserve::<FibEvent>(0) else {
@@ -232,12 +254,9 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
         flags: 0,
         cpu,
     };
-    let addr_len = if fam == family::IPV4 { 4 } else { 16 };
-    ev.src = [0; 16];
-    ev.dst = [0; 16];
+    ev.src = src;
+    ev.dst = dst;
     ev.gw = [0; 16];
-    read_into(ctx, l.src, &mut ev.src[..addr_len]);
-    read_into(ctx, l.dst, &mut ev.dst[..addr_len]);
     // The kernel fills the gateway fields only when the next hop has a gateway, and then
     // zeroes the other family's field; otherwise both hold leftovers. So a gateway counts only
     // when exactly one of the two is non-zero.
@@ -271,10 +290,10 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
     ev.err = read::<i32>(ctx, l.err);
     ev.oif = read::<i32>(ctx, l.oif);
     ev.iif = read::<i32>(ctx, l.iif);
-    ev.sport = read::<u16>(ctx, l.sport);
-    ev.dport = read::<u16>(ctx, l.dport);
+    ev.sport = sport;
+    ev.dport = dport;
     ev.family = fam;
-    ev.proto = read::<u8>(ctx, l.proto);
+    ev.proto = proto;
     ev.tos = read::<u8>(ctx, l.tos);
     ev.scope = read::<u8>(ctx, l.scope);
     ev.flags = read::<u8>(ctx, l.flags);
@@ -292,18 +311,6 @@ fn try_fib(ctx: &TracePointContext, l: &FibTpLayout, fam: u8, source: u8) -> Res
     } else {
         netns::of_lookup(0, ev.iif, ts_ns)
     };
-    let admitted = filter::admit_tuple(&filter::Fields {
-        saddr: &ev.src,
-        daddr: &ev.dst,
-        sport: ev.sport,
-        dport: ev.dport,
-        l4_proto: ev.proto,
-        family: fam,
-    });
-    if !admitted {
-        entry.discard(0);
-        return Ok(());
-    }
     maps::submit(entry);
     Ok(())
 }

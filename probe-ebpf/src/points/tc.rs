@@ -136,7 +136,7 @@ fn observe_icmp_error(
         &*quoted
     };
     if !filter::admit(pkt) && !filter::admit(quoted) {
-        entry.discard(0);
+        maps::discard(entry);
         return Ok(());
     }
     // SAFETY: as above.
