@@ -4,7 +4,7 @@
 use std::{net::UdpSocket, time::Duration};
 
 use probe_lab::{
-    HostLab, Netns, ProbeRun, TwoHosts,
+    HostLab, Netns, ProbeRun, Routed, TwoHosts,
     probe::json_lines,
     require_root,
     traffic::{serve_tcp_once, tcp_exchange, udp_listen},
@@ -257,4 +257,74 @@ fn address_filters_load_in_every_mode_and_choose_by_address() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Routing lookups are judged by the filter before they take a ring entry, for IPv4 (raw
+/// tracepoint, or the record without BTF) and IPv6 (the record). The router's input lookups
+/// carry no ports, so they are admitted as the lookup of the packet its tc ingress program
+/// judged just before: the admitted datagram's timeline has its forwarding lookup, and the
+/// datagram turned away, sent just before it between the same addresses, has no timeline.
+#[test]
+fn routing_lookups_follow_the_filter() {
+    require_root();
+    let lab = Routed::new().unwrap().with_ipv6().unwrap();
+    let run = ProbeRun::start(&[
+        "trace",
+        "--netns",
+        lab.router.name(),
+        "--json",
+        "--no-netfilter",
+        "--filter",
+        "udp dst port 7331",
+    ])
+    .unwrap();
+    let any6: std::net::IpAddr = std::net::Ipv6Addr::UNSPECIFIED.into();
+    let any4: std::net::IpAddr = std::net::Ipv4Addr::UNSPECIFIED.into();
+    let servers = [
+        (std::net::IpAddr::from(Routed::SERVER), any4),
+        (std::net::IpAddr::from(Routed::SERVER6), any6),
+    ];
+    for (server, any) in servers {
+        let receiver = lab
+            .server
+            .run(move || UdpSocket::bind((any, 7331)).unwrap())
+            .unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The turned-away datagram first: the admitted one's arrival means both were routed.
+        lab.client
+            .run(move || {
+                let sock = UdpSocket::bind((any, 0)).unwrap();
+                sock.send_to(b"turned away", (server, 7332)).unwrap();
+                sock.send_to(b"admitted", (server, 7331)).unwrap();
+            })
+            .unwrap();
+        receiver.recv(&mut [0u8; 16]).unwrap();
+    }
+    let (stdout, stderr) = run.stop().unwrap();
+    let timelines = json_lines(&stdout).unwrap();
+    assert!(
+        !timelines.iter().any(|t| t["first"]["dport"] == 7332),
+        "a timeline of a turned-away datagram: {timelines:#?}"
+    );
+    for (server, _) in servers {
+        let admitted = timelines
+            .iter()
+            .find(|t| t["first"]["dport"] == 7331 && t["first"]["dst"] == server.to_string())
+            .unwrap_or_else(|| panic!("{server}: no timeline: {timelines:#?}\n{stderr}"));
+        let forwarding = admitted["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| {
+                let e = &h["event"];
+                e["kind"] == "fib" && e["dev"] == Routed::TO_SERVER && e["iif"].as_i64() > Some(1)
+            })
+            .count();
+        assert_eq!(forwarding, 1, "{server}: its forwarding lookup: {admitted:#}");
+    }
+    // Each turned-away datagram's sightings on both router interfaces and its lookup.
+    let filtered = filtered_in_kernel(&stderr);
+    assert!(filtered >= 6, "{filtered} sightings turned away: {stderr}");
 }
