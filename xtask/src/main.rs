@@ -134,13 +134,15 @@ enum Task {
     #[command(after_help = "Examples:\n  \
         cargo xtask vm -- probe doctor\n  \
         cargo xtask vm --kernel 6.1 -- probe trace --no-tc --count 5\n  \
-        cargo xtask vm --test kernel_functions")]
+        cargo xtask vm --test kernel_functions\n  \
+        cargo xtask vm --kernel 5.10 --test filter:routing_lookups,a_dropped_packet")]
     Vm {
         /// Kernel line: 6.1, 6.12 or 5.10 (default 6.1); the newest Debian kernel of the line.
         #[arg(long)]
         kernel: Option<String>,
-        /// Run these integration tests (tests/tests/NAME.rs) in the guest instead of a command.
-        #[arg(long = "test", value_name = "NAME")]
+        /// Run these integration tests (tests/tests/NAME.rs) in the guest instead of a command;
+        /// NAME:F1,F2 runs only the tests whose names contain F1 or F2.
+        #[arg(long = "test", value_name = "NAME[:FILTERS]")]
         tests: Vec<String>,
         /// The command to run in the guest.
         #[arg(last = true)]

@@ -39,6 +39,7 @@ pub const GUEST_TESTS: &[(&str, &[&str])] = &[
             "packets_the_filter_turns_away_write_no_event",
             "admitted_connection_is_followed_through_dnat_and_back",
             "a_dropped_packet_the_filter_admits_is_reported",
+            "routing_lookups_follow_the_filter",
         ],
     ),
     // Diagnoses that differ by kernel: reasons or places, the facts read in the guest.
@@ -306,9 +307,17 @@ fn run_line(
 /// `cargo xtask vm --test NAME...`: those test binaries, all their tests, on one kernel.
 pub fn run_tests(line: Option<&str>, names: &[String]) -> anyhow::Result<()> {
     let probe = crate::tasks::build(GUEST_RELEASE)?;
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // NAME or NAME:FILTER,FILTER (libtest's name filters).
+    let split: Vec<(&str, Vec<&str>)> = names
+        .iter()
+        .map(|n| match n.split_once(':') {
+            Some((name, filters)) => (name, filters.split(',').filter(|f| !f.is_empty()).collect()),
+            None => (n.as_str(), Vec::new()),
+        })
+        .collect();
+    let names: Vec<&str> = split.iter().map(|(n, _)| *n).collect();
     let bins = test_binaries(&names)?;
-    let tests: Vec<(&str, &[&str])> = names.iter().map(|n| (*n, &[][..])).collect();
+    let tests: Vec<(&str, &[&str])> = split.iter().map(|(n, f)| (*n, f.as_slice())).collect();
     let line = line.unwrap_or(apt::DEFAULT_LINE);
     let run = run_line(line, &probe, &tests, &bins)?;
     let ran = match &run.outcome {
