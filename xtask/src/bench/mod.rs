@@ -113,7 +113,7 @@ pub struct Results {
     pub tcp: Vec<Measured>,
     pub udp64: Vec<Measured>,
     pub losses: Vec<loss::LossResult>,
-    pub startup: Option<startup::Startup>,
+    pub startup: Vec<startup::Startup>,
     pub replays: Option<Replays>,
 }
 
@@ -146,7 +146,7 @@ pub fn run(no_build: bool, opts: Options) -> anyhow::Result<()> {
         tcp: Vec::new(),
         udp64: Vec::new(),
         losses: Vec::new(),
-        startup: None,
+        startup: Vec::new(),
         replays: None,
     };
     if wants(Part::Tcp) {
@@ -175,7 +175,7 @@ pub fn run(no_build: bool, opts: Options) -> anyhow::Result<()> {
         drop(routed);
     }
     if wants(Part::Startup) {
-        results.startup = Some(startup::measure(&bin, &lab)?);
+        results.startup = startup::measure(&bin, &lab)?;
     }
     if wants(Part::Replay) || wants(Part::Fuzz) {
         results.replays = Some(replay_throughput(

@@ -154,21 +154,29 @@ fn markdown(machine: &Machine, plan: Plan, r: &Results) -> Result<String, std::f
             }
         )?;
     }
-    if let Some(st) = &r.startup {
+    for st in &r.startup {
         writeln!(
             md,
-            "\nStart-up: launch to ready with {} veths to attach: {:.3} s (target 1 s: {}); \
-             {} veths created while tracing attached at {:.0} per second{}.",
+            "\nStart-up, --tc-backend {}: launch to ready with {} veths to attach: {:.3} s \
+             (target 1 s: {}); with none to attach {:.3} s, so {:.1} ms per program attached; \
+             {} veths created while tracing attached at {:.0} per second{}; creating them took \
+             {:.3} s while traced, {:.2}× the {:.3} s without probe.",
+            st.backend,
             super::startup::VETHS,
             st.ready_s,
             if st.ready_s <= 1.0 { "met" } else { "missed" },
+            st.ready_empty_s,
+            st.attach_ms(),
             super::startup::VETHS,
             st.attach_per_s,
             if st.all_attached {
                 ""
             } else {
                 " (not all within 60 s)"
-            }
+            },
+            st.create_traced_s,
+            st.create_traced_s / st.create_alone_s.max(1e-6),
+            st.create_alone_s,
         )?;
     }
     if let Some(replays) = r.replays.as_ref().filter(|r| !r.runs.is_empty()) {
@@ -274,12 +282,17 @@ fn to_json(machine: &Machine, plan: Plan, r: &Results) -> serde_json::Value {
                 "lost": t.lost,
             })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "startup": r.startup.as_ref().map(|s| json!({
+        "startup": r.startup.iter().map(|s| json!({
+            "backend": s.backend,
             "veths": super::startup::VETHS,
             "ready_s": s.ready_s,
+            "ready_empty_s": s.ready_empty_s,
+            "attach_ms_per_program": s.attach_ms(),
             "attach_per_s": s.attach_per_s,
             "all_attached": s.all_attached,
-        })),
+            "create_alone_s": s.create_alone_s,
+            "create_traced_s": s.create_traced_s,
+        })).collect::<Vec<_>>(),
         "replay": r.replays.as_ref().map(|replays| json!({
             "recorded_events": replays.recorded_events,
             "startup_cpu_s": replays.startup.cpu_s,
