@@ -9,7 +9,7 @@
 use aya_ebpf::{
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use probe_common::{EventHeader, NfEvent, PacketInfo, counter, kind, probe_source};
@@ -42,6 +42,14 @@ pub struct NfEntry {
 /// whose exit never came cannot pile up.
 #[map(name = "NF_ENTRIES")]
 static NF_ENTRIES: LruHashMap<Level, NfEntry> = LruHashMap::with_max_entries(8192, 0);
+
+/// The entry while it is filled and judged: in a map value, not on the stack, because the
+/// verifier does not follow what a map value holds. Every path through the packet parse then
+/// reaches the filter in the same state; with the entry on the stack, 6.1's verifier walked the
+/// filter once per path, and an address filter took minutes to load (see points/drop.rs). One
+/// user per CPU at a time: kprobe programs do not nest on a CPU, nor does one fentry program.
+#[map(name = "NF_SCRATCH")]
+static NF_SCRATCH: PerCpuArray<NfEntry> = PerCpuArray::with_max_entries(1, 0);
 
 #[fentry(function = "nf_hook_slow")]
 pub fn nf_hook_slow_fentry(ctx: FEntryContext) -> u32 {
@@ -84,7 +92,12 @@ fn enter(id: u64, skb_addr: u64, state: u64) {
     let pf = read_kernel::<u8>(state, layout::get(|l| &l.nfstate_pf)).unwrap_or(0);
     let in_dev = read_kernel::<u64>(state, layout::get(|l| &l.nfstate_in)).unwrap_or(0);
     let out_dev = read_kernel::<u64>(state, layout::get(|l| &l.nfstate_out)).unwrap_or(0);
-    let mut entry = NfEntry {
+    let Some(entry) = NF_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used only while this program runs on it.
+    let entry = unsafe { &mut *entry };
+    *entry = NfEntry {
         // SAFETY: helper without preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skb: skb_addr,
@@ -98,7 +111,7 @@ fn enter(id: u64, skb_addr: u64, state: u64) {
     };
     skb::read_packet(skb_addr, skb::ethertype_of_pf(pf), &mut entry.packet);
     if filter::admit(&entry.packet) {
-        let _ = NF_ENTRIES.insert(&key, &entry, 0);
+        let _ = NF_ENTRIES.insert(&key, &*entry, 0);
     }
 }
 
