@@ -322,7 +322,10 @@ fn routing_lookups_follow_the_filter() {
                 e["kind"] == "fib" && e["dev"] == Routed::TO_SERVER && e["iif"].as_i64() > Some(1)
             })
             .count();
-        assert_eq!(forwarding, 1, "{server}: its forwarding lookup: {admitted:#}");
+        assert_eq!(
+            forwarding, 1,
+            "{server}: its forwarding lookup: {admitted:#}"
+        );
     }
     // Each turned-away datagram's sightings on both router interfaces and its lookup.
     let filtered = filtered_in_kernel(&stderr);

@@ -28,8 +28,8 @@ pub fn submit<T>(entry: RingBufEntry<T>) {
 
 /// Discards a reserved entry. Without the flag a discard wakes a reader that has caught up, as
 /// a submit does: with a filter that turns everything away the reader is always caught up, so
-/// each discarded routing lookup paid a wakeup (about 2.9 µs per lookup here, against 0.85 µs
-/// for one that was written) and woke the reader for nothing.
+/// each discarded routing lookup paid a wakeup (2.9 µs per lookup on an AMD EPYC, against 0.85
+/// µs for one that was written) and woke the reader for nothing.
 #[inline(always)]
 pub fn discard<T>(entry: RingBufEntry<T>) {
     entry.discard(BPF_RB_NO_WAKEUP as u64);

@@ -307,7 +307,8 @@ fn run_line(
     })
 }
 
-/// `cargo xtask vm --test NAME...`: those test binaries, all their tests, on one kernel.
+/// `cargo xtask vm --test NAME[:FILTERS]...`: those test binaries on one kernel, each with all
+/// its tests or only those whose names contain one of its filters.
 pub fn run_tests(line: Option<&str>, names: &[String]) -> anyhow::Result<()> {
     let probe = crate::tasks::build(GUEST_RELEASE)?;
     // NAME or NAME:FILTER,FILTER (libtest's name filters).
